@@ -9,7 +9,10 @@ Nothing here may claim success for work that failed.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, List, Optional
+import os
+import subprocess
+import time
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 # One severity vocabulary for every scanner; the server refuses anything else.
 SEVERITIES = ("critical", "important", "moderate", "low", "unknown")
@@ -64,6 +67,56 @@ class OperationResult:
 
 def tail(text: str, limit: int = OUTPUT_TAIL_CHARS) -> str:
     return text[-limit:]
+
+
+@dataclasses.dataclass
+class CommandOutput:
+    argv: List[str]
+    exit_code: int
+    stdout: str
+    stderr: str
+    duration_seconds: float
+
+
+def run_command(
+    argv: Sequence[str],
+    *,
+    timeout: float = 1800,
+    env: Optional[Mapping[str, str]] = None,
+    stdin: Optional[str] = None,
+) -> CommandOutput:
+    """Run a package tool with a clean, non-interactive, C-locale environment.
+
+    Never raises for a non-zero exit: callers decide what an exit code means
+    (``dnf check-update`` exits 100 when updates exist). A missing binary or
+    a timeout raises ScanError naming the command.
+    """
+    full_env = dict(os.environ)
+    full_env.update({"LC_ALL": "C", "LANG": "C", "DEBIAN_FRONTEND": "noninteractive"})
+    if env:
+        full_env.update(env)
+    started = time.monotonic()
+    try:
+        completed = subprocess.run(
+            list(argv),
+            input=stdin,
+            capture_output=True,
+            text=True,
+            errors="replace",
+            timeout=timeout,
+            env=full_env,
+        )
+    except FileNotFoundError as exc:
+        raise ScanError(f"{argv[0]} is not installed") from exc
+    except subprocess.TimeoutExpired as exc:
+        raise ScanError(f"{argv[0]} did not finish within {timeout:.0f} s") from exc
+    return CommandOutput(
+        argv=list(argv),
+        exit_code=completed.returncode,
+        stdout=completed.stdout,
+        stderr=completed.stderr,
+        duration_seconds=time.monotonic() - started,
+    )
 
 
 class Scanner:
