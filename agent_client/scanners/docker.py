@@ -1,0 +1,587 @@
+"""Docker image scanner and installer.
+
+Local images come from the Docker Engine API over its Unix socket (plain
+HTTP over AF_UNIX, ``http.client`` only: no Docker SDK). Remote digests come
+from the registry HTTP API v2 with anonymous Bearer-token auth.
+
+How an update is decided, per tagged local image:
+
+1. ``HEAD /v2/<repo>/manifests/<tag>`` (Accept: manifest list, OCI index, v2
+   manifest, OCI manifest) gives the remote digest (``Docker-Content-Digest``).
+2. When the remote is an index / manifest list, it is fetched and the digest of
+   the entry for this host's os/architecture(/variant) is picked as well.
+3. An update exists only when neither the remote digest nor that platform
+   digest is among the image's local ``RepoDigests`` for the same repository.
+   A local RepoDigest may be the index digest (``docker pull``) or the platform
+   manifest digest (pulled by digest, or by other tools): both count as current.
+
+An image the scanner could not check (registry answered 429, network error,
+auth needed, no local RepoDigest to compare with...) is never reported as an
+update: it goes to ``last_not_checked`` with the reason.
+
+Versions are shown as ``<tag>@<first 12 hex digits of the digest>``:
+``current_version`` uses the local RepoDigest of that repository,
+``available_version`` the remote (index or manifest) digest. Full digests are
+in the record's metadata. Severity is always "unknown": a registry says
+nothing about security.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import re
+import socket
+import time
+import urllib.parse
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import requests
+
+from .base import OperationResult, ScanError, Scanner, UpdateRecord, tail
+
+DEFAULT_SOCKET_PATH = "/var/run/docker.sock"
+DOCKER_HUB_DOMAIN = "docker.io"
+DOCKER_HUB_API_HOST = "registry-1.docker.io"
+
+MEDIA_DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+MEDIA_OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+MEDIA_DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+MEDIA_OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+INDEX_MEDIA_TYPES = (MEDIA_DOCKER_MANIFEST_LIST, MEDIA_OCI_INDEX)
+MANIFEST_ACCEPT = ", ".join(
+    (MEDIA_DOCKER_MANIFEST_LIST, MEDIA_OCI_INDEX, MEDIA_DOCKER_MANIFEST, MEDIA_OCI_MANIFEST)
+)
+
+_DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+
+
+class RegistryUnavailable(Exception):
+    """The registry could not be asked right now (429, network, auth): not an update."""
+
+
+# --- image references -------------------------------------------------------
+
+
+class ImageReference:
+    """A parsed image reference, normalized the way Docker normalizes names.
+
+    ``nginx`` -> domain ``docker.io``, repository ``library/nginx``, tag ``latest``;
+    the registry API host for Docker Hub is ``registry-1.docker.io``.
+    """
+
+    def __init__(self, domain: str, repository: str, tag: str = "", digest: str = "") -> None:
+        self.domain = domain
+        self.repository = repository
+        self.tag = tag
+        self.digest = digest
+
+    @classmethod
+    def parse(cls, reference: str) -> "ImageReference":
+        ref = reference.strip()
+        if not ref or " " in ref:
+            raise ValueError(f"not an image reference: {reference!r}")
+        digest = ""
+        if "@" in ref:
+            ref, digest = ref.split("@", 1)
+        tag = ""
+        last_slash = ref.rfind("/")
+        colon = ref.rfind(":")
+        if colon > last_slash:
+            ref, tag = ref[:colon], ref[colon + 1:]
+        first, _, rest = ref.partition("/")
+        if rest and ("." in first or ":" in first or first == "localhost"):
+            domain, path = first, rest
+        else:
+            domain, path = DOCKER_HUB_DOMAIN, ref
+        if domain in ("index.docker.io", "registry-1.docker.io"):
+            domain = DOCKER_HUB_DOMAIN
+        if domain == DOCKER_HUB_DOMAIN and "/" not in path:
+            path = "library/" + path
+        if not path or path != path.lower():
+            raise ValueError(f"not an image reference: {reference!r}")
+        if not digest and not tag:
+            tag = "latest"
+        return cls(domain, path, tag, digest)
+
+    @property
+    def api_host(self) -> str:
+        return DOCKER_HUB_API_HOST if self.domain == DOCKER_HUB_DOMAIN else self.domain
+
+    @property
+    def repo_key(self) -> Tuple[str, str]:
+        return (self.domain, self.repository)
+
+    @property
+    def engine_name(self) -> str:
+        """The repository name as the Engine API's ``fromImage`` takes it."""
+        if self.domain == DOCKER_HUB_DOMAIN:
+            if self.repository.startswith("library/"):
+                return self.repository[len("library/"):]
+            return self.repository
+        return f"{self.domain}/{self.repository}"
+
+    def __str__(self) -> str:
+        text = self.engine_name
+        if self.tag:
+            text += f":{self.tag}"
+        if self.digest:
+            text += f"@{self.digest}"
+        return text
+
+
+def short_digest(digest: str) -> str:
+    return digest.split(":", 1)[-1][:12]
+
+
+# --- Docker Engine API over a Unix socket ------------------------------------
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, socket_path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._socket_path = socket_path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self._socket_path)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+class EngineClient:
+    """The few Docker Engine API calls the scanner needs."""
+
+    def __init__(self, socket_path: str = DEFAULT_SOCKET_PATH, timeout: float = 30.0) -> None:
+        self.socket_path = socket_path
+        self.timeout = timeout
+
+    def _request(self, method: str, path: str, timeout: Optional[float] = None):
+        conn = _UnixHTTPConnection(self.socket_path, timeout or self.timeout)
+        try:
+            conn.request(method, path, headers={"Host": "docker"})
+            return conn, conn.getresponse()
+        except (OSError, http.client.HTTPException):
+            conn.close()
+            raise
+
+    def get_json(self, path: str) -> Any:
+        try:
+            conn, response = self._request("GET", path)
+        except (OSError, http.client.HTTPException) as exc:
+            raise ScanError(f"Docker Engine at {self.socket_path} did not answer: {exc}") from exc
+        try:
+            body = response.read()
+        finally:
+            conn.close()
+        if response.status != 200:
+            raise ScanError(f"Docker Engine GET {path} answered {response.status}: {_engine_message(body)}")
+        try:
+            return json.loads(body.decode("utf-8"))
+        except ValueError as exc:
+            raise ScanError(f"Docker Engine GET {path} returned invalid JSON") from exc
+
+    def ping(self) -> bool:
+        try:
+            conn, response = self._request("GET", "/_ping", timeout=5.0)
+        except (OSError, http.client.HTTPException):
+            return False
+        try:
+            response.read()
+        finally:
+            conn.close()
+        return response.status == 200
+
+    def pull(self, name: str, tag: str) -> Tuple[bool, List[str]]:
+        """``POST /images/create``; returns (succeeded, progress lines).
+
+        The Engine streams one JSON object per line; an object with ``error``
+        (or ``errorDetail``) means the pull failed even though the HTTP status
+        was 200.
+        """
+        query = urllib.parse.urlencode({"fromImage": name, "tag": tag})
+        try:
+            conn, response = self._request("POST", f"/images/create?{query}", timeout=3600)
+        except (OSError, http.client.HTTPException) as exc:
+            return False, [f"Docker Engine at {self.socket_path} did not answer: {exc}"]
+        lines: List[str] = []
+        failed = response.status != 200
+        try:
+            if failed:
+                lines.append(f"HTTP {response.status}: {_engine_message(response.read())}")
+                return False, lines
+            for raw in _iter_json_lines(response):
+                try:
+                    event = json.loads(raw)
+                except ValueError:
+                    lines.append(raw)
+                    continue
+                if not isinstance(event, dict):
+                    continue
+                error = event.get("error") or (event.get("errorDetail") or {}).get("message")
+                if error:
+                    failed = True
+                    lines.append(f"error: {error}")
+                    continue
+                status = event.get("status", "")
+                if event.get("id"):
+                    status = f"{event['id']}: {status}"
+                # Byte-level "Downloading"/"Extracting" ticks would drown the tail.
+                if event.get("progressDetail") and event.get("progress"):
+                    continue
+                if status:
+                    lines.append(status)
+        except (OSError, http.client.HTTPException) as exc:
+            failed = True
+            lines.append(f"pull stream broke off: {exc}")
+        finally:
+            conn.close()
+        return not failed, lines
+
+
+def _iter_json_lines(response: http.client.HTTPResponse) -> Iterable[str]:
+    buffer = b""
+    while True:
+        chunk = response.read1(65536) if hasattr(response, "read1") else response.read(65536)
+        if not chunk:
+            break
+        buffer += chunk
+        while b"\n" in buffer:
+            line, buffer = buffer.split(b"\n", 1)
+            if line.strip():
+                yield line.decode("utf-8", "replace").strip()
+    if buffer.strip():
+        yield buffer.decode("utf-8", "replace").strip()
+
+
+def _engine_message(body: bytes) -> str:
+    try:
+        return str(json.loads(body.decode("utf-8")).get("message", "")) or body.decode("utf-8", "replace")
+    except (ValueError, AttributeError):
+        return body.decode("utf-8", "replace").strip()
+
+
+# --- registry API v2 ----------------------------------------------------------
+
+
+def _parse_bearer_challenge(header: str) -> Optional[Dict[str, str]]:
+    scheme, _, params = header.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return {key.lower(): value for key, value in re.findall(r'(\w+)="([^"]*)"', params)}
+
+
+class RegistryClient:
+    """Anonymous, read-only registry v2 client: manifest digests and indexes."""
+
+    def __init__(
+        self,
+        insecure_registries: Sequence[str] = (),
+        timeout: float = 20.0,
+        session: Optional[requests.Session] = None,
+    ) -> None:
+        self.insecure_registries = {host.lower() for host in insecure_registries}
+        self.timeout = timeout
+        self.session = session or requests.Session()
+        self._tokens: Dict[Tuple[str, str, str], str] = {}
+
+    def _base_url(self, ref: ImageReference) -> str:
+        host = ref.api_host
+        scheme = "http" if host.lower() in self.insecure_registries else "https"
+        return f"{scheme}://{host}"
+
+    def _request(self, method: str, ref: ImageReference, reference: str) -> requests.Response:
+        url = f"{self._base_url(ref)}/v2/{ref.repository}/manifests/{reference}"
+        headers = {"Accept": MANIFEST_ACCEPT}
+        token_key = (ref.api_host, ref.repository, "pull")
+        if token_key in self._tokens:
+            headers["Authorization"] = f"Bearer {self._tokens[token_key]}"
+        response = self._send(method, url, headers)
+        if response.status_code == 401:
+            challenge = _parse_bearer_challenge(response.headers.get("WWW-Authenticate", ""))
+            if challenge is None or "realm" not in challenge:
+                raise RegistryUnavailable(f"{ref.api_host} requires credentials (HTTP 401)")
+            self._tokens[token_key] = self._fetch_token(challenge, ref)
+            headers["Authorization"] = f"Bearer {self._tokens[token_key]}"
+            response = self._send(method, url, headers)
+        if response.status_code == 429:
+            retry_after = response.headers.get("Retry-After", "")
+            raise RegistryUnavailable(
+                f"{ref.api_host} rate limit reached (HTTP 429"
+                + (f", Retry-After {retry_after}" if retry_after else "") + ")"
+            )
+        if response.status_code in (401, 403):
+            raise RegistryUnavailable(f"{ref.api_host} refused anonymous access (HTTP {response.status_code})")
+        if response.status_code == 404:
+            raise RegistryUnavailable(f"{ref.repository}:{reference} not found on {ref.api_host}")
+        if response.status_code != 200:
+            raise RegistryUnavailable(f"{ref.api_host} answered HTTP {response.status_code}")
+        return response
+
+    def _send(self, method: str, url: str, headers: Dict[str, str]) -> requests.Response:
+        try:
+            return self.session.request(method, url, headers=headers, timeout=self.timeout, allow_redirects=True)
+        except requests.RequestException as exc:
+            raise RegistryUnavailable(f"network error talking to {urllib.parse.urlsplit(url).netloc}: {exc}") from exc
+
+    def _fetch_token(self, challenge: Dict[str, str], ref: ImageReference) -> str:
+        params = {}
+        if challenge.get("service"):
+            params["service"] = challenge["service"]
+        params["scope"] = challenge.get("scope") or f"repository:{ref.repository}:pull"
+        try:
+            response = self.session.get(challenge["realm"], params=params, timeout=self.timeout)
+        except requests.RequestException as exc:
+            raise RegistryUnavailable(f"token service {challenge['realm']} unreachable: {exc}") from exc
+        if response.status_code == 429:
+            raise RegistryUnavailable("token service rate limit reached (HTTP 429)")
+        if response.status_code != 200:
+            raise RegistryUnavailable(f"token service answered HTTP {response.status_code}")
+        try:
+            body = response.json()
+        except ValueError as exc:
+            raise RegistryUnavailable("token service returned invalid JSON") from exc
+        token = (body.get("token") or body.get("access_token")) if isinstance(body, dict) else None
+        if not token:
+            raise RegistryUnavailable("token service returned no token")
+        return str(token)
+
+    def head_manifest(self, ref: ImageReference) -> Tuple[str, str]:
+        """(digest, media type) of the manifest a tag points at."""
+        reference = ref.digest or ref.tag
+        response = self._request("HEAD", ref, reference)
+        digest = response.headers.get("Docker-Content-Digest", "")
+        media_type = response.headers.get("Content-Type", "").split(";")[0].strip()
+        if not _DIGEST_RE.match(digest):
+            # Some registries omit the header on HEAD: GET and hash the bytes.
+            response = self._request("GET", ref, reference)
+            digest = "sha256:" + hashlib.sha256(response.content).hexdigest()
+            media_type = response.headers.get("Content-Type", "").split(";")[0].strip() or media_type
+        return digest, media_type
+
+    def get_index(self, ref: ImageReference, digest: str) -> Dict[str, Any]:
+        response = self._request("GET", ref, digest)
+        try:
+            body = response.json()
+        except ValueError as exc:
+            raise RegistryUnavailable(f"index {digest} is not JSON") from exc
+        if not isinstance(body, dict) or not isinstance(body.get("manifests"), list):
+            raise RegistryUnavailable(f"index {digest} has no manifests list")
+        return body
+
+
+def pick_platform_digest(index: Dict[str, Any], os_name: str, arch: str, variant: str = "") -> Optional[str]:
+    """Digest of the index entry for this platform, or None when there is none.
+
+    A missing variant on either side matches (Docker defaults arm64 to v8);
+    attestation manifests (platform unknown/unknown) never match.
+    """
+    candidates = []
+    for entry in index.get("manifests", []):
+        platform = entry.get("platform") or {}
+        if platform.get("os") != os_name or platform.get("architecture") != arch:
+            continue
+        entry_variant = platform.get("variant", "")
+        if variant and entry_variant and _normal_variant(arch, entry_variant) != _normal_variant(arch, variant):
+            continue
+        candidates.append((entry_variant == variant, entry.get("digest", "")))
+    candidates.sort(key=lambda item: not item[0])
+    for _exact, digest in candidates:
+        if _DIGEST_RE.match(digest):
+            return digest
+    return None
+
+
+def _normal_variant(arch: str, variant: str) -> str:
+    if arch == "arm64" and variant in ("", "v8"):
+        return "v8"
+    return variant
+
+
+# --- the scanner ---------------------------------------------------------------
+
+
+class DockerScanner(Scanner):
+    package_type = "docker"
+
+    def __init__(
+        self,
+        socket_path: str = DEFAULT_SOCKET_PATH,
+        insecure_registries: Sequence[str] = (),
+        registry_timeout: float = 20.0,
+        engine_timeout: float = 30.0,
+        session: Optional[requests.Session] = None,
+    ) -> None:
+        self.engine = EngineClient(socket_path, engine_timeout)
+        self.registry = RegistryClient(insecure_registries, registry_timeout, session)
+        # Images the last scan could not check, with the reason: never updates.
+        self.last_not_checked: List[Dict[str, str]] = []
+
+    def is_available(self) -> bool:
+        return self.engine.ping()
+
+    def _host_platform(self) -> Tuple[str, str, str]:
+        version = self.engine.get_json("/version")
+        os_name = str(version.get("Os") or "linux")
+        arch = str(version.get("Arch") or "amd64")
+        variant = "v8" if arch == "arm64" else ("v7" if arch == "arm" else "")
+        return os_name, arch, variant
+
+    def _local_images(self) -> List[Dict[str, Any]]:
+        images = self.engine.get_json("/images/json")
+        if not isinstance(images, list):
+            raise ScanError("Docker Engine /images/json did not return a list")
+        return images
+
+    def scan(self) -> List[UpdateRecord]:
+        platform = self._host_platform()
+        records: List[UpdateRecord] = []
+        self.last_not_checked = []
+        for image in self._local_images():
+            digests_by_repo = _repo_digests(image.get("RepoDigests") or [])
+            for tagged in image.get("RepoTags") or []:
+                if tagged == "<none>:<none>" or tagged.endswith(":<none>"):
+                    continue
+                try:
+                    ref = ImageReference.parse(tagged)
+                except ValueError:
+                    self.last_not_checked.append({"name": tagged, "reason": "unparseable tag"})
+                    continue
+                local_digests = digests_by_repo.get(ref.repo_key, [])
+                if not local_digests:
+                    self.last_not_checked.append({
+                        "name": tagged,
+                        "reason": "no RepoDigest for this repository (built or loaded locally)",
+                    })
+                    continue
+                try:
+                    remote = self._resolve_remote(ref, platform)
+                except RegistryUnavailable as exc:
+                    self.last_not_checked.append({"name": tagged, "reason": str(exc)})
+                    continue
+                if remote["digest"] in local_digests or (
+                    remote["platform_digest"] and remote["platform_digest"] in local_digests
+                ):
+                    continue
+                records.append(self._record(tagged, ref, image, local_digests, remote, platform))
+        return records
+
+    def _resolve_remote(self, ref: ImageReference, platform: Tuple[str, str, str]) -> Dict[str, Any]:
+        digest, media_type = self.registry.head_manifest(ref)
+        platform_digest = None
+        if media_type in INDEX_MEDIA_TYPES:
+            index = self.registry.get_index(ref, digest)
+            platform_digest = pick_platform_digest(index, *platform)
+            if platform_digest is None:
+                raise RegistryUnavailable(
+                    f"{ref} has no manifest for {'/'.join(p for p in platform if p)}"
+                )
+        return {"digest": digest, "media_type": media_type, "platform_digest": platform_digest}
+
+    def _record(
+        self,
+        tagged: str,
+        ref: ImageReference,
+        image: Dict[str, Any],
+        local_digests: List[str],
+        remote: Dict[str, Any],
+        platform: Tuple[str, str, str],
+    ) -> UpdateRecord:
+        return UpdateRecord(
+            package_type=self.package_type,
+            name=tagged,
+            current_version=f"{ref.tag}@{short_digest(local_digests[0])}",
+            available_version=f"{ref.tag}@{short_digest(remote['digest'])}",
+            severity="unknown",
+            is_security=False,
+            repository=ref.domain,
+            size_bytes=image.get("Size") if isinstance(image.get("Size"), int) else None,
+            metadata={
+                "image_id": image.get("Id", ""),
+                "current_digests": list(local_digests),
+                "remote_digest": remote["digest"],
+                "remote_media_type": remote["media_type"],
+                "remote_platform_digest": remote["platform_digest"] or "",
+                "platform": "/".join(p for p in platform if p),
+                "reference": str(ref),
+            },
+        )
+
+    def dry_run(self, names: List[str]) -> OperationResult:
+        started = time.monotonic()
+        platform = self._host_platform()
+        packages: List[Dict[str, str]] = []
+        lines: List[str] = []
+        ok = True
+        for name in names:
+            try:
+                ref = ImageReference.parse(name)
+                remote = self._resolve_remote(ref, platform)
+            except (ValueError, RegistryUnavailable) as exc:
+                ok = False
+                lines.append(f"{name}: cannot check: {exc}")
+                continue
+            packages.append({
+                "name": name,
+                "reference": str(ref),
+                "available_version": f"{ref.tag}@{short_digest(remote['digest'])}",
+                "remote_digest": remote["digest"],
+                "remote_platform_digest": remote["platform_digest"] or "",
+            })
+            lines.append(f"would pull {ref} ({remote['digest']})")
+        return OperationResult(
+            succeeded=ok,
+            exit_code=0 if ok else 1,
+            output_tail=tail("\n".join(lines)),
+            duration_seconds=time.monotonic() - started,
+            packages=packages,
+        )
+
+    def install(self, names: List[str]) -> OperationResult:
+        started = time.monotonic()
+        packages: List[Dict[str, str]] = []
+        lines: List[str] = []
+        ok = True
+        for name in names:
+            try:
+                ref = ImageReference.parse(name)
+            except ValueError as exc:
+                ok = False
+                lines.append(f"{name}: {exc}")
+                continue
+            pulled, progress = self.engine.pull(ref.engine_name, ref.digest or ref.tag)
+            lines.append(f"$ pull {ref}")
+            lines.extend(progress)
+            if not pulled:
+                ok = False
+                lines.append(f"{name}: pull FAILED")
+                continue
+            entry = {"name": name, "reference": str(ref)}
+            for line in progress:
+                if line.startswith("Digest: "):
+                    entry["digest"] = line[len("Digest: "):].strip()
+            packages.append(entry)
+        return OperationResult(
+            succeeded=ok,
+            exit_code=0 if ok else 1,
+            output_tail=tail("\n".join(lines)),
+            duration_seconds=time.monotonic() - started,
+            packages=packages,
+        )
+
+
+def _repo_digests(repo_digests: Sequence[str]) -> Dict[Tuple[str, str], List[str]]:
+    by_repo: Dict[Tuple[str, str], List[str]] = {}
+    for entry in repo_digests:
+        try:
+            ref = ImageReference.parse(entry)
+        except ValueError:
+            continue
+        if ref.digest:
+            by_repo.setdefault(ref.repo_key, []).append(ref.digest)
+    return by_repo

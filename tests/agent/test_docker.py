@@ -1,0 +1,619 @@
+"""DockerScanner against a real local registry and a fake Docker Engine.
+
+Registry side: Debian's ``docker-registry`` (distribution 2.8) started by the
+test on a free loopback port, images pushed through the registry HTTP API.
+Engine side: a threading HTTP server on a Unix socket serving the hand-written
+Engine API v1.43 fixtures in ``docker_fixtures/`` (see its README).
+Rate limiting (429) and Bearer-token auth use tiny loopback HTTP servers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import json
+import os
+import socket
+import socketserver
+import string
+import subprocess
+import threading
+import time
+import urllib.parse
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import pytest
+import requests
+
+from agent_client.scanners.docker import (
+    MEDIA_DOCKER_MANIFEST,
+    MEDIA_DOCKER_MANIFEST_LIST,
+    MEDIA_OCI_INDEX,
+    MEDIA_OCI_MANIFEST,
+    DockerScanner,
+    ImageReference,
+    pick_platform_digest,
+)
+from tests.agent.conftest import require_tools
+
+FIXTURES = Path(__file__).parent / "docker_fixtures"
+
+
+# --- a real registry ----------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Registry:
+    def __init__(self, host: str) -> None:
+        self.host = host
+        self.base = f"http://{host}"
+
+    def put_blob(self, repo: str, data: bytes) -> str:
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        started = requests.post(f"{self.base}/v2/{repo}/blobs/uploads/", timeout=10)
+        assert started.status_code == 202, started.text
+        location = urllib.parse.urljoin(self.base, started.headers["Location"])
+        sep = "&" if "?" in location else "?"
+        done = requests.put(
+            f"{location}{sep}digest={digest}",
+            data=data,
+            headers={"Content-Type": "application/octet-stream"},
+            timeout=10,
+        )
+        assert done.status_code == 201, done.text
+        return digest
+
+    def put_manifest(self, repo: str, reference: str, manifest: dict, media_type: str) -> str:
+        body = json.dumps(manifest).encode()
+        response = requests.put(
+            f"{self.base}/v2/{repo}/manifests/{reference}",
+            data=body,
+            headers={"Content-Type": media_type},
+            timeout=10,
+        )
+        assert response.status_code == 201, response.text
+        digest = response.headers["Docker-Content-Digest"]
+        assert digest == "sha256:" + hashlib.sha256(body).hexdigest()
+        return digest
+
+    def push_image(self, repo: str, tag: Optional[str], arch: str, marker: str, oci: bool = False) -> Tuple[str, int]:
+        """Push a one-layer image; returns (manifest digest, manifest size)."""
+        layer = f"layer for {repo} {arch} {marker}".encode()
+        config = json.dumps({
+            "architecture": arch,
+            "os": "linux",
+            "config": {"Labels": {"marker": marker}},
+            "rootfs": {"type": "layers", "diff_ids": ["sha256:" + hashlib.sha256(layer).hexdigest()]},
+        }).encode()
+        config_digest = self.put_blob(repo, config)
+        layer_digest = self.put_blob(repo, layer)
+        media_type = MEDIA_OCI_MANIFEST if oci else MEDIA_DOCKER_MANIFEST
+        manifest = {
+            "schemaVersion": 2,
+            "mediaType": media_type,
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json" if oci
+                else "application/vnd.docker.container.image.v1+json",
+                "size": len(config),
+                "digest": config_digest,
+            },
+            "layers": [{
+                "mediaType": "application/vnd.oci.image.layer.v1.tar" if oci
+                else "application/vnd.docker.image.rootfs.diff.tar",
+                "size": len(layer),
+                "digest": layer_digest,
+            }],
+        }
+        body_size = len(json.dumps(manifest).encode())
+        digest = self.put_manifest(repo, tag or "sha256:" + hashlib.sha256(json.dumps(manifest).encode()).hexdigest(),
+                                   manifest, media_type)
+        return digest, body_size
+
+    def push_index(self, repo: str, tag: str, entries: List[Tuple[str, int, Dict[str, str]]], oci: bool) -> str:
+        media_type = MEDIA_OCI_INDEX if oci else MEDIA_DOCKER_MANIFEST_LIST
+        child_type = MEDIA_OCI_MANIFEST if oci else MEDIA_DOCKER_MANIFEST
+        index = {
+            "schemaVersion": 2,
+            "mediaType": media_type,
+            "manifests": [
+                {"mediaType": child_type, "digest": digest, "size": size, "platform": platform}
+                for digest, size, platform in entries
+            ],
+        }
+        return self.put_manifest(repo, tag, index, media_type)
+
+    def push_multi(self, repo: str, tag: str, marker: str, oci: bool) -> Dict[str, str]:
+        amd64 = self.push_image(repo, None, "amd64", marker, oci)
+        arm64 = self.push_image(repo, None, "arm64", marker, oci)
+        index = self.push_index(repo, tag, [
+            (amd64[0], amd64[1], {"architecture": "amd64", "os": "linux"}),
+            (arm64[0], arm64[1], {"architecture": "arm64", "os": "linux", "variant": "v8"}),
+        ], oci)
+        return {"index": index, "amd64": amd64[0], "arm64": arm64[0]}
+
+
+@pytest.fixture
+def registry(tmp_path, request) -> Registry:
+    require_tools("docker-registry")
+    port = _free_port()
+    storage = tmp_path / "registry-storage"
+    storage.mkdir()
+    config = tmp_path / "registry.yml"
+    config.write_text(
+        "version: 0.1\n"
+        "log:\n  level: error\n  accesslog:\n    disabled: true\n"
+        "storage:\n  filesystem:\n    rootdirectory: %s\n  delete:\n    enabled: true\n"
+        "http:\n  addr: 127.0.0.1:%d\n" % (storage, port)
+    )
+    log = open(tmp_path / "registry.log", "wb")
+    process = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=log, stderr=subprocess.STDOUT)
+
+    def stop() -> None:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+
+    request.addfinalizer(stop)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            if requests.get(f"{base}/v2/", timeout=1).status_code == 200:
+                break
+        except requests.RequestException:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            pytest.fail("docker-registry did not start: " + (tmp_path / "registry.log").read_text())
+        time.sleep(0.1)
+    return Registry(f"127.0.0.1:{port}")
+
+
+# --- a fake Docker Engine on a Unix socket ------------------------------------
+
+
+class _UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+
+
+class FakeEngine:
+    """Serves the recorded Engine API responses; records what it was asked."""
+
+    def __init__(self, socket_path: str) -> None:
+        self.socket_path = socket_path
+        self.images: list = []
+        self.pull_status = 200
+        self.pull_body = b""
+        self.requests: List[Tuple[str, str]] = []
+        engine = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args) -> None:
+                pass
+
+            def _send_json(self, status: int, payload: bytes) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Api-Version", "1.43")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def do_GET(self) -> None:
+                engine.requests.append(("GET", self.path))
+                if self.path == "/_ping":
+                    self.send_response(200)
+                    self.send_header("Content-Type", "text/plain; charset=utf-8")
+                    self.send_header("Content-Length", "2")
+                    self.end_headers()
+                    self.wfile.write(b"OK")
+                elif self.path == "/version":
+                    self._send_json(200, (FIXTURES / "version.json").read_bytes())
+                elif self.path.startswith("/images/json"):
+                    self._send_json(200, json.dumps(engine.images).encode())
+                else:
+                    self._send_json(404, b'{"message":"page not found"}')
+
+            def do_POST(self) -> None:
+                engine.requests.append(("POST", self.path))
+                if not self.path.startswith("/images/create"):
+                    self._send_json(404, b'{"message":"page not found"}')
+                    return
+                if engine.pull_status != 200:
+                    self._send_json(engine.pull_status, engine.pull_body)
+                    return
+                # Stream the progress the way the Engine does: chunked, one JSON object a line.
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                for line in engine.pull_body.splitlines(keepends=True):
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(line), line))
+                    self.wfile.flush()
+                self.wfile.write(b"0\r\n\r\n")
+
+        self.server = _UnixHTTPServer(socket_path, Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=5)
+
+
+@pytest.fixture
+def engine(tmp_path, request) -> FakeEngine:
+    # AF_UNIX paths are limited to ~107 bytes; tmp_path can be longer.
+    sock_dir = Path(os.environ.get("TMPDIR", "/tmp"))
+    path = str(sock_dir / f"rf-docker-{os.getpid()}-{abs(hash(str(tmp_path))) % 10**8}.sock")
+    if os.path.exists(path):
+        os.unlink(path)
+    fake = FakeEngine(path)
+
+    def stop() -> None:
+        fake.close()
+        if os.path.exists(path):
+            os.unlink(path)
+
+    request.addfinalizer(stop)
+    return fake
+
+
+def render(name: str, **values: str) -> str:
+    return string.Template((FIXTURES / name).read_text()).safe_substitute(**values)
+
+
+def set_images(engine: FakeEngine, registry: Registry, app_digest: str, multi_digest: str) -> None:
+    engine.images = json.loads(render(
+        "images_json.template.json", registry=registry.host, app_digest=app_digest, multi_digest=multi_digest,
+    ))
+
+
+def scanner_for(engine: FakeEngine, registry_host: str) -> DockerScanner:
+    return DockerScanner(socket_path=engine.socket_path, insecure_registries=[registry_host], registry_timeout=5)
+
+
+# --- tests: real registry ----------------------------------------------------
+
+
+def test_up_to_date_images_give_no_update(engine, registry):
+    app = registry.push_image("app", "1.0", "amd64", "v1")[0]
+    multi = registry.push_multi("multi", "latest", "v1", oci=True)
+    set_images(engine, registry, app, multi["amd64"])
+
+    scanner = scanner_for(engine, registry.host)
+    assert scanner.is_available()
+    assert scanner.scan() == []
+    # The locally built image cannot be compared; the dangling one is skipped.
+    assert scanner.last_not_checked == [{
+        "name": f"{registry.host}/built:dev",
+        "reason": "no RepoDigest for this repository (built or loaded locally)",
+    }]
+
+
+def test_retagged_image_is_exactly_one_update_with_both_digests(engine, registry):
+    old = registry.push_image("app", "1.0", "amd64", "v1")[0]
+    multi = registry.push_multi("multi", "latest", "v1", oci=True)
+    new = registry.push_image("app", "1.0", "amd64", "v2")[0]
+    assert new != old
+    set_images(engine, registry, old, multi["amd64"])
+
+    records = scanner_for(engine, registry.host).scan()
+
+    assert len(records) == 1
+    record = records[0]
+    assert record.package_type == "docker"
+    assert record.name == f"{registry.host}/app:1.0"
+    assert record.current_version == "1.0@" + old[len("sha256:"):][:12]
+    assert record.available_version == "1.0@" + new[len("sha256:"):][:12]
+    assert record.severity == "unknown"
+    assert record.is_security is False
+    assert record.repository == registry.host
+    assert record.metadata["current_digests"] == [old]
+    assert record.metadata["remote_digest"] == new
+    assert record.metadata["remote_media_type"] == MEDIA_DOCKER_MANIFEST
+    assert record.metadata["remote_platform_digest"] == ""
+    assert record.metadata["platform"] == "linux/amd64"
+
+
+@pytest.mark.parametrize("oci", [True, False], ids=["oci-index", "docker-manifest-list"])
+def test_multi_arch_platform_digest_is_no_false_positive_until_amd64_changes(engine, registry, oci):
+    app = registry.push_image("app", "1.0", "amd64", "v1")[0]
+    first = registry.push_multi("multi", "latest", "v1", oci=oci)
+    # Local RepoDigest is the amd64 platform manifest, not the index.
+    set_images(engine, registry, app, first["amd64"])
+    scanner = scanner_for(engine, registry.host)
+    assert scanner.scan() == []
+
+    # ...and an index digest as RepoDigest (what `docker pull` records) is current too.
+    set_images(engine, registry, app, first["index"])
+    assert scanner.scan() == []
+
+    # A new push changes the index's amd64 entry: now it is an update.
+    second = registry.push_multi("multi", "latest", "v2", oci=oci)
+    assert second["amd64"] != first["amd64"]
+    set_images(engine, registry, app, first["amd64"])
+    records = scanner.scan()
+    assert [r.name for r in records] == [f"{registry.host}/multi:latest"]
+    meta = records[0].metadata
+    assert meta["remote_digest"] == second["index"]
+    assert meta["remote_platform_digest"] == second["amd64"]
+    assert meta["remote_media_type"] == (MEDIA_OCI_INDEX if oci else MEDIA_DOCKER_MANIFEST_LIST)
+    assert records[0].available_version == "latest@" + second["index"][7:19]
+
+
+def test_index_change_for_another_platform_only_is_not_an_update(engine, registry):
+    app = registry.push_image("app", "1.0", "amd64", "v1")[0]
+    first = registry.push_multi("multi", "latest", "v1", oci=True)
+    # Re-push the index with the same amd64 manifest but a new arm64 one.
+    arm64_new = registry.push_image("multi", None, "arm64", "v2", oci=True)
+    amd64_size = len(requests.get(
+        f"{registry.base}/v2/multi/manifests/{first['amd64']}",
+        headers={"Accept": MEDIA_OCI_MANIFEST}, timeout=5,
+    ).content)
+    new_index = registry.push_index("multi", "latest", [
+        (first["amd64"], amd64_size, {"architecture": "amd64", "os": "linux"}),
+        (arm64_new[0], arm64_new[1], {"architecture": "arm64", "os": "linux", "variant": "v8"}),
+    ], oci=True)
+    assert new_index != first["index"]
+    set_images(engine, registry, app, first["amd64"])
+    assert scanner_for(engine, registry.host).scan() == []
+
+
+def test_dry_run_reports_refs_and_digests_without_pulling(engine, registry):
+    digest = registry.push_image("app", "1.0", "amd64", "v3")[0]
+    scanner = scanner_for(engine, registry.host)
+
+    result = scanner.dry_run([f"{registry.host}/app:1.0", f"{registry.host}/missing:1"])
+
+    assert result.succeeded is False  # the missing image is an honest failure
+    assert result.packages == [{
+        "name": f"{registry.host}/app:1.0",
+        "reference": f"{registry.host}/app:1.0",
+        "available_version": "1.0@" + digest[7:19],
+        "remote_digest": digest,
+        "remote_platform_digest": "",
+    }]
+    assert f"would pull {registry.host}/app:1.0 ({digest})" in result.output_tail
+    assert "missing:1 not found" in result.output_tail
+    assert not any(method == "POST" for method, _ in engine.requests)
+
+
+# --- tests: registries that refuse ---------------------------------------------
+
+
+class _TinyRegistry:
+    """A loopback HTTP server with a scripted handler (429s, token auth)."""
+
+    def __init__(self, handler_factory) -> None:
+        self.seen: List[Tuple[str, str, Dict[str, str]]] = []
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler_factory(self))
+        self.host = f"127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=5)
+
+
+def _rate_limited_handler(owner):
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+        def do_HEAD(self) -> None:
+            owner.seen.append(("HEAD", self.path, dict(self.headers)))
+            self.send_response(429)
+            self.send_header("Retry-After", "60")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_GET = do_HEAD
+
+    return Handler
+
+
+TOKEN = "anonymous-pull-token"
+FAKE_DIGEST = "sha256:" + "ab" * 32
+
+
+def _token_auth_handler(owner):
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            owner.seen.append(("GET", self.path, dict(self.headers)))
+            if self.path.startswith("/token"):
+                body = json.dumps({"token": TOKEN, "expires_in": 300}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                return
+            self.do_HEAD()
+
+        def do_HEAD(self) -> None:
+            if self.command == "HEAD":
+                owner.seen.append(("HEAD", self.path, dict(self.headers)))
+            if self.headers.get("Authorization") != f"Bearer {TOKEN}":
+                self.send_response(401)
+                self.send_header(
+                    "WWW-Authenticate",
+                    f'Bearer realm="http://{owner.host}/token",service="tiny.registry",'
+                    f'scope="repository:team/tool:pull"',
+                )
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", MEDIA_DOCKER_MANIFEST)
+            self.send_header("Docker-Content-Digest", FAKE_DIGEST)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    return Handler
+
+
+@pytest.fixture
+def tiny_registry(request):
+    servers = []
+
+    def start(handler_factory):
+        server = _TinyRegistry(handler_factory)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+def _image(tag: str, digest: str) -> dict:
+    repo = tag.rsplit(":", 1)[0]
+    return {
+        "Containers": -1, "Created": 1717171717, "Id": "sha256:" + "cd" * 32, "Labels": None,
+        "ParentId": "", "RepoDigests": [f"{repo}@{digest}"], "RepoTags": [tag],
+        "SharedSize": -1, "Size": 1000, "VirtualSize": 1000,
+    }
+
+
+def test_rate_limited_registry_means_not_checked_never_an_update(engine, tiny_registry):
+    limited = tiny_registry(_rate_limited_handler)
+    dead_port = _free_port()  # nothing listens here: a network error
+    engine.images = [
+        _image(f"{limited.host}/app:1.0", "sha256:" + "11" * 32),
+        _image(f"127.0.0.1:{dead_port}/other:2", "sha256:" + "22" * 32),
+    ]
+    scanner = DockerScanner(
+        socket_path=engine.socket_path,
+        insecure_registries=[limited.host, f"127.0.0.1:{dead_port}"],
+        registry_timeout=5,
+    )
+
+    assert scanner.scan() == []
+    not_checked = {entry["name"]: entry["reason"] for entry in scanner.last_not_checked}
+    assert not_checked[f"{limited.host}/app:1.0"] == f"{limited.host} rate limit reached (HTTP 429, Retry-After 60)"
+    assert not_checked[f"127.0.0.1:{dead_port}/other:2"].startswith(f"network error talking to 127.0.0.1:{dead_port}")
+    assert limited.seen[0][0] == "HEAD"
+
+
+def test_bearer_challenge_fetches_anonymous_token_and_retries(engine, tiny_registry):
+    authed = tiny_registry(_token_auth_handler)
+    engine.images = [_image(f"{authed.host}/team/tool:3", "sha256:" + "33" * 32)]
+    scanner = DockerScanner(socket_path=engine.socket_path, insecure_registries=[authed.host], registry_timeout=5)
+
+    records = scanner.scan()
+
+    assert scanner.last_not_checked == []
+    assert [(r.name, r.metadata["remote_digest"]) for r in records] == [(f"{authed.host}/team/tool:3", FAKE_DIGEST)]
+    methods_paths = [(method, path.split("?")[0]) for method, path, _ in authed.seen]
+    assert methods_paths == [
+        ("HEAD", "/v2/team/tool/manifests/3"),
+        ("GET", "/token"),
+        ("HEAD", "/v2/team/tool/manifests/3"),
+    ]
+    token_query = urllib.parse.parse_qs(urllib.parse.urlsplit(authed.seen[1][1]).query)
+    assert token_query == {"service": ["tiny.registry"], "scope": ["repository:team/tool:pull"]}
+    assert authed.seen[2][2]["Authorization"] == f"Bearer {TOKEN}"
+    assert MEDIA_OCI_INDEX in authed.seen[0][2]["Accept"]
+
+
+# --- tests: pulls through the fake Engine --------------------------------------
+
+
+def test_install_pulls_via_engine_and_parses_progress(engine):
+    engine.pull_body = render("pull_ok.jsonl", registry="127.0.0.1:5999").encode()
+    scanner = DockerScanner(socket_path=engine.socket_path)
+
+    result = scanner.install(["127.0.0.1:5999/app:1.0"])
+
+    assert result.succeeded is True
+    assert result.exit_code == 0
+    assert engine.requests == [("POST", "/images/create?fromImage=127.0.0.1%3A5999%2Fapp&tag=1.0")]
+    assert result.packages == [{
+        "name": "127.0.0.1:5999/app:1.0",
+        "reference": "127.0.0.1:5999/app:1.0",
+        "digest": "sha256:c5b1261d6d3e43071626931fc004f70149baeba2c8ec672bd4f27761f8e1ad6b",
+    }]
+    assert "4abcf2066143: Pull complete" in result.output_tail
+    assert "Status: Downloaded newer image for 127.0.0.1:5999/app:1.0" in result.output_tail
+    assert "32.77kB/3.409MB" not in result.output_tail  # byte ticks are dropped
+
+
+def test_install_error_in_stream_is_a_failure(engine):
+    engine.pull_body = (FIXTURES / "pull_error.jsonl").read_bytes()
+    result = DockerScanner(socket_path=engine.socket_path).install(["nginx:1.25"])
+
+    assert engine.requests == [("POST", "/images/create?fromImage=nginx&tag=1.25")]
+    assert result.succeeded is False
+    assert result.exit_code == 1
+    assert result.packages == []
+    assert "error: failed to register layer" in result.output_tail
+    assert "no space left on device" in result.output_tail
+
+
+def test_install_refused_by_engine_is_a_failure(engine):
+    engine.pull_status = 404
+    engine.pull_body = render("pull_not_found.json", registry="127.0.0.1:5999").encode()
+    result = DockerScanner(socket_path=engine.socket_path).install(["127.0.0.1:5999/app:9.9"])
+
+    assert result.succeeded is False
+    assert "HTTP 404: manifest for 127.0.0.1:5999/app:9.9 not found" in result.output_tail
+
+
+def test_unreachable_socket_is_unavailable(tmp_path):
+    assert DockerScanner(socket_path=str(tmp_path / "nothing.sock")).is_available() is False
+
+
+# --- pure helpers ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text,domain,repository,tag,api_host,engine_name", [
+    ("nginx", "docker.io", "library/nginx", "latest", "registry-1.docker.io", "nginx"),
+    ("nginx:1.25", "docker.io", "library/nginx", "1.25", "registry-1.docker.io", "nginx"),
+    ("docker.io/library/nginx:1", "docker.io", "library/nginx", "1", "registry-1.docker.io", "nginx"),
+    ("grafana/grafana:10.2.0", "docker.io", "grafana/grafana", "10.2.0", "registry-1.docker.io", "grafana/grafana"),
+    ("ghcr.io/org/app:v1", "ghcr.io", "org/app", "v1", "ghcr.io", "ghcr.io/org/app"),
+    ("localhost:5000/app", "localhost:5000", "app", "latest", "localhost:5000", "localhost:5000/app"),
+    ("localhost/app:2", "localhost", "app", "2", "localhost", "localhost/app"),
+])
+def test_reference_normalization(text, domain, repository, tag, api_host, engine_name):
+    ref = ImageReference.parse(text)
+    assert (ref.domain, ref.repository, ref.tag, ref.api_host, ref.engine_name) == (
+        domain, repository, tag, api_host, engine_name,
+    )
+
+
+def test_repo_digest_reference_has_digest_and_no_tag():
+    ref = ImageReference.parse("nginx@sha256:" + "0" * 64)
+    assert (ref.repo_key, ref.tag, ref.digest) == (("docker.io", "library/nginx"), "", "sha256:" + "0" * 64)
+
+
+def test_platform_pick_ignores_attestations_and_handles_variants():
+    index = {"manifests": [
+        {"digest": "sha256:" + "a" * 64, "platform": {"os": "linux", "architecture": "amd64"}},
+        {"digest": "sha256:" + "b" * 64, "platform": {"os": "linux", "architecture": "arm", "variant": "v6"}},
+        {"digest": "sha256:" + "c" * 64, "platform": {"os": "linux", "architecture": "arm", "variant": "v7"}},
+        {"digest": "sha256:" + "d" * 64, "platform": {"os": "linux", "architecture": "arm64"}},
+        {"digest": "sha256:" + "e" * 64, "platform": {"os": "unknown", "architecture": "unknown"}},
+    ]}
+    assert pick_platform_digest(index, "linux", "amd64") == "sha256:" + "a" * 64
+    assert pick_platform_digest(index, "linux", "arm", "v7") == "sha256:" + "c" * 64
+    assert pick_platform_digest(index, "linux", "arm64", "v8") == "sha256:" + "d" * 64
+    assert pick_platform_digest(index, "windows", "amd64") is None
