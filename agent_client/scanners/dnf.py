@@ -1,0 +1,608 @@
+"""DNF scanner and installer (Fedora, RHEL and their rebuilds).
+
+Only the ``dnf`` command line is used, through :func:`run_command`; nothing here
+imports dnf's Python bindings, which live in the system Python, not the agent's.
+
+A scan costs a bounded number of dnf calls, however many updates are pending:
+
+1. ``dnf check-update``: exit 100 means updates are listed, 0 means none,
+   anything else is a :class:`ScanError` carrying dnf's output.
+2. ``dnf repoquery --installed`` for all of those names at once: installed versions.
+3. Advisories: dnf 4 needs two calls, ``updateinfo list --updates`` (which
+   advisory covers which package) and ``updateinfo info --updates`` (type,
+   severity, CVEs of each advisory); dnf 5 answers both with
+   ``advisory list --updates --json`` plus the same with ``--with-cve``.
+
+The parsers are module-level functions so the tests can feed them outputs
+recorded from a real dnf (tests/agent/dnf_fixtures/).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import json
+import os
+import re
+import shutil
+import time
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+from agent_client.scanners.base import (
+    CommandOutput,
+    OperationResult,
+    Scanner,
+    ScanError,
+    UpdateRecord,
+    run_command,
+    tail,
+)
+
+# Searched in this order: plain ``dnf`` is whatever the distribution made the
+# default (dnf 4 on EL8/EL9 and Debian, dnf 5 on Fedora 41+).
+DNF_BINARIES = ("dnf", "dnf-3", "dnf5")
+
+EXIT_UPDATES_AVAILABLE = 100
+
+SEVERITY_MAP = {
+    "critical": "critical",
+    "important": "important",
+    "moderate": "moderate",
+    "low": "low",
+}
+SEVERITY_RANK = {"unknown": 0, "low": 1, "moderate": 2, "important": 3, "critical": 4}
+
+# dnf 4's `updateinfo list` label column (dnf/cli/commands/updateinfo.py).
+_SECURITY_LABEL = re.compile(r"^(?P<severity>[A-Za-z]+)/Sec\.$")
+_LIST_TYPES = ("bugfix", "enhancement", "security", "newpackage", "unknown")
+
+# A unique prefix keeps repoquery's answer apart from repository progress
+# lines dnf may print on the same stream.
+REPOQUERY_MARK = "REDFLAG-RPM"
+REPOQUERY_FORMAT = REPOQUERY_MARK + "|%{name}|%{arch}|%{epoch}|%{version}|%{release}\\n"
+
+_NO_MATCH = re.compile(r"^No match for argument:\s*(?P<name>\S+)", re.MULTILINE)
+_NOT_INSTALLED = re.compile(r"^Package (?P<name>\S+) available, but not installed\.", re.MULTILINE)
+
+
+def map_severity(value: Optional[str]) -> str:
+    """dnf's advisory severity (Critical, Important, ..., None, "") → our vocabulary."""
+    return SEVERITY_MAP.get((value or "").strip().lower(), "unknown")
+
+
+# ---------------------------------------------------------------------------
+# Parsed shapes
+
+
+@dataclasses.dataclass
+class AvailableUpdate:
+    name: str
+    arch: str
+    version: str  # [epoch:]version-release, as dnf prints it
+    repository: str
+
+
+@dataclasses.dataclass
+class AdvisoryRef:
+    """One advisory as it applies to one package NEVRA."""
+
+    advisory_id: str
+    advisory_type: str
+    severity: str  # already mapped to our vocabulary
+    package_name: str
+    package_arch: str
+    package_version: str
+
+
+@dataclasses.dataclass
+class AdvisoryDetail:
+    advisory_id: str
+    advisory_type: str = ""
+    severity: str = "unknown"
+    title: str = ""
+    cve_ids: List[str] = dataclasses.field(default_factory=list)
+    bug_ids: List[str] = dataclasses.field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------
+# Parsers (pure functions over dnf's text)
+
+
+def format_evr(epoch: str, version: str, release: str) -> str:
+    epoch = (epoch or "").strip()
+    prefix = f"{epoch}:" if epoch and epoch not in ("0", "(none)") else ""
+    return f"{prefix}{version}-{release}"
+
+
+def split_nevra(nevra: str) -> Tuple[str, str, str]:
+    """``name-[epoch:]version-release.arch`` → (name, version-with-epoch, arch).
+
+    A zero epoch is dropped so versions compare equal to check-update's.
+    """
+    nevra = nevra.strip()
+    if nevra.endswith(".rpm"):
+        nevra = nevra[: -len(".rpm")]
+    body, _, arch = nevra.rpartition(".")
+    parts = body.rsplit("-", 2)
+    if len(parts) != 3 or not arch:
+        raise ValueError(f"not a NEVRA: {nevra!r}")
+    name, version, release = parts
+    epoch = ""
+    if ":" in version:
+        epoch, version = version.split(":", 1)
+    return name, format_evr(epoch, version, release), arch
+
+
+def _split_name_arch(token: str) -> Tuple[str, str]:
+    name, dot, arch = token.rpartition(".")
+    if not dot or not name:
+        return token, ""
+    return name, arch
+
+
+def parse_check_update(stdout: str) -> List[AvailableUpdate]:
+    """Rows of ``dnf check-update``: ``name.arch  [epoch:]version-release  repo``.
+
+    Progress and "Last metadata expiration check" lines have other shapes and
+    are skipped. The "Obsoleting Packages" block that can follow repeats
+    packages already listed, so parsing stops there. Old dnf/yum wrapped a
+    name too long for its column onto a line of its own; that is rejoined.
+    """
+    updates: List[AvailableUpdate] = []
+    pending_name: Optional[str] = None
+    for line in stdout.splitlines():
+        if line.strip().lower().startswith("obsoleting packages"):
+            break
+        fields = line.split()
+        continued = pending_name is not None and len(fields) == 2 and line[:1].isspace()
+        if continued:
+            fields = [pending_name] + fields
+        pending_name = None
+        if len(fields) == 1 and "." in fields[0] and not line[:1].isspace():
+            pending_name = fields[0]
+            continue
+        # Indented rows that are not continuations are sub-rows (e.g. the
+        # installed package an obsoleting one replaces).
+        if len(fields) != 3 or (line[:1].isspace() and not continued):
+            continue
+        name, arch = _split_name_arch(fields[0])
+        if not arch or not re.match(r"^(\d+:)?[^-\s]+-[^-\s]+$", fields[1]):
+            continue
+        updates.append(AvailableUpdate(name=name, arch=arch, version=fields[1], repository=fields[2]))
+    return updates
+
+
+def parse_repoquery_installed(stdout: str) -> Dict[Tuple[str, str], str]:
+    """Our repoquery format → {(name, arch): [epoch:]version-release}."""
+    installed: Dict[Tuple[str, str], str] = {}
+    for line in stdout.splitlines():
+        fields = line.strip().split("|")
+        if len(fields) != 6 or fields[0] != REPOQUERY_MARK:
+            continue
+        _, name, arch, epoch, version, release = fields
+        installed[(name, arch)] = format_evr(epoch, version, release)
+    return installed
+
+
+def parse_updateinfo_list(stdout: str) -> List[AdvisoryRef]:
+    """dnf 4 ``updateinfo list``: ``ADVISORY-ID  LABEL  NEVRA`` per line.
+
+    LABEL is ``<Severity>/Sec.`` for security advisories (the severity is only
+    shown for those) or the type name for the others.
+    """
+    refs: List[AdvisoryRef] = []
+    for line in stdout.splitlines():
+        fields = line.split()
+        if len(fields) == 4 and fields[0] in ("i", " "):
+            fields = fields[1:]  # `--all` marks installed advisories with "i"
+        if len(fields) != 3:
+            continue
+        advisory_id, label, nevra = fields
+        match = _SECURITY_LABEL.match(label)
+        if match:
+            advisory_type, severity = "security", map_severity(match.group("severity"))
+        elif label in _LIST_TYPES:
+            advisory_type, severity = label, "unknown"
+        else:
+            continue
+        try:
+            name, version, arch = split_nevra(nevra)
+        except ValueError:
+            continue
+        refs.append(AdvisoryRef(advisory_id, advisory_type, severity, name, arch, version))
+    return refs
+
+
+_INFO_RULE = re.compile(r"^={20,}\s*$")
+_INFO_FIELD = re.compile(r"^\s*(?P<key>[A-Za-z][A-Za-z ]*?)?\s*: ?(?P<value>.*)$")
+
+
+def parse_updateinfo_info(stdout: str) -> Dict[str, AdvisoryDetail]:
+    """dnf 4 ``updateinfo info``: blocks of ``Key: value`` lines under a ruled title.
+
+    Multi-valued keys (Bugs, CVEs, Description) continue on lines whose key is
+    blank (``           : CVE-2024-0002``).
+    """
+    details: Dict[str, AdvisoryDetail] = {}
+    title = ""
+    current: Optional[AdvisoryDetail] = None
+    key = ""
+    lines = stdout.splitlines()
+    index = 0
+    while index < len(lines):
+        line = lines[index]
+        # A block opens with rule / title / rule.
+        if _INFO_RULE.match(line) and index + 2 < len(lines) and _INFO_RULE.match(lines[index + 2]):
+            title = lines[index + 1].strip()
+            current = None
+            key = ""
+            index += 3
+            continue
+        index += 1
+        match = _INFO_FIELD.match(line)
+        if not match or not line.strip():
+            continue
+        key = (match.group("key") or "").strip() or key
+        value = match.group("value").strip()
+        if key == "Update ID":
+            current = details.setdefault(value, AdvisoryDetail(advisory_id=value))
+            current.title = current.title or title
+            continue
+        if current is None:
+            continue
+        if key == "Type":
+            current.advisory_type = value
+        elif key == "Severity":
+            current.severity = map_severity(value)
+        elif key == "CVEs" and value and value not in current.cve_ids:
+            current.cve_ids.append(value)
+        elif key == "Bugs" and value:
+            bug_id = value.split(" - ", 1)[0].strip()
+            if bug_id not in current.bug_ids:
+                current.bug_ids.append(bug_id)
+    return details
+
+
+def parse_advisory_json(list_stdout: str, cve_stdout: str) -> Tuple[List[AdvisoryRef], Dict[str, AdvisoryDetail]]:
+    """dnf 5 ``advisory list --json`` (basic) and ``--json --with-cve`` (extended)."""
+    refs: List[AdvisoryRef] = []
+    details: Dict[str, AdvisoryDetail] = {}
+
+    def load(text: str) -> list:
+        text = text.strip()
+        if not text:
+            return []
+        data = json.loads(text)
+        if not isinstance(data, list):
+            raise ValueError("expected a JSON array of advisories")
+        return data
+
+    for item in load(list_stdout):
+        advisory_id = str(item.get("name", ""))
+        advisory_type = str(item.get("type", "")).lower()
+        severity = map_severity(item.get("severity"))
+        try:
+            name, version, arch = split_nevra(str(item.get("nevra", "")))
+        except ValueError:
+            continue
+        refs.append(AdvisoryRef(advisory_id, advisory_type, severity, name, arch, version))
+        detail = details.setdefault(advisory_id, AdvisoryDetail(advisory_id=advisory_id))
+        detail.advisory_type, detail.severity = advisory_type, severity
+    for item in load(cve_stdout):
+        advisory_id = str(item.get("advisory_name", ""))
+        detail = details.setdefault(advisory_id, AdvisoryDetail(advisory_id=advisory_id))
+        for reference in item.get("references") or []:
+            if str(reference.get("reference_type", "")).lower() == "cve":
+                cve = str(reference.get("reference_id", ""))
+                if cve and cve not in detail.cve_ids:
+                    detail.cve_ids.append(cve)
+    return refs, details
+
+
+_SECTION_ACTIONS = (
+    ("installing", "install"),
+    ("upgrading", "upgrade"),
+    ("reinstalling", "reinstall"),
+    ("downgrading", "downgrade"),
+    ("removing", "remove"),
+)
+
+
+def parse_transaction_table(stdout: str) -> List[Dict[str, str]]:
+    """The package table dnf prints before asking to proceed.
+
+    Sections ("Upgrading:", "Installing dependencies:", "Removing dependent
+    packages:", ...) hold rows ``name arch version repository size``; the
+    table ends at "Transaction Summary". "replacing" sub-rows (obsoletes) and
+    "Skipping ..." sections are not changes and are left out.
+    """
+    packages: List[Dict[str, str]] = []
+    action: Optional[str] = None
+    in_table = False
+    pending_name: Optional[str] = None
+    for line in stdout.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("Transaction Summary"):
+            break
+        if _INFO_RULE.match(line):
+            in_table = True
+            continue
+        if not in_table or not stripped:
+            continue
+        if not line[:1].isspace() and stripped.endswith(":"):
+            header = stripped.lower()
+            action = next((act for word, act in _SECTION_ACTIONS if header.startswith(word)), None)
+            pending_name = None
+            continue
+        if action is None or not line[:1].isspace():
+            continue
+        fields = stripped.split()
+        if fields[0] in ("replacing", "upgrading", "obsoleting"):
+            continue
+        if len(fields) == 1:
+            pending_name = fields[0]  # a name too long for its column wraps
+            continue
+        if pending_name is not None:
+            fields = [pending_name] + fields
+            pending_name = None
+        if len(fields) < 4:
+            continue
+        packages.append(
+            {
+                "name": fields[0],
+                "arch": fields[1],
+                "version": fields[2],
+                "repository": fields[3],
+                "action": action,
+            }
+        )
+    return packages
+
+
+def unmatched_names(output: str) -> List[str]:
+    """Names dnf could not act on ("No match for argument", "available, but not installed")."""
+    names: List[str] = []
+    for pattern in (_NO_MATCH, _NOT_INSTALLED):
+        for match in pattern.finditer(output):
+            if match.group("name") not in names:
+                names.append(match.group("name"))
+    return names
+
+
+def _requested(package: Dict[str, str], names: Sequence[str]) -> bool:
+    candidates = (package["name"], f"{package['name']}.{package['arch']}")
+    return any(fnmatch.fnmatchcase(candidate, pattern) for pattern in names for candidate in candidates)
+
+
+def dependencies_of(packages: Iterable[Dict[str, str]], names: Sequence[str]) -> List[str]:
+    """Packages a transaction installs or upgrades that the caller did not name."""
+    found: List[str] = []
+    for package in packages:
+        if package["action"] in ("install", "upgrade") and not _requested(package, names):
+            if package["name"] not in found:
+                found.append(package["name"])
+    return found
+
+
+# ---------------------------------------------------------------------------
+
+
+class DnfScanner(Scanner):
+    """Pending DNF updates with their advisories; dry-run and install of named packages.
+
+    ``extra_options`` go before every dnf subcommand. Production passes none;
+    tests confine dnf with e.g. ``--installroot=DIR``,
+    ``--setopt=reposdir=DIR``, ``--releasever=N``, ``--setopt=cachedir=DIR``,
+    ``--config=FILE``, ``--noplugins`` or ``-C``.
+    """
+
+    package_type = "dnf"
+
+    def __init__(
+        self,
+        extra_options: Optional[Sequence[str]] = None,
+        *,
+        binary: Optional[str] = None,
+        timeout: float = 1800,
+    ) -> None:
+        self.extra_options = list(extra_options or [])
+        self._binary_override = binary
+        self.timeout = timeout
+
+    # -- tool discovery -----------------------------------------------------
+
+    def binary(self) -> Optional[str]:
+        candidates = (self._binary_override,) if self._binary_override else DNF_BINARIES
+        for candidate in candidates:
+            path = shutil.which(candidate) if candidate else None
+            if path:
+                return path
+        return None
+
+    def is_available(self) -> bool:
+        return self.binary() is not None
+
+    def is_dnf5(self) -> bool:
+        # Fedora 41+ ships /usr/bin/dnf as a symlink to dnf5; no subprocess needed.
+        path = self.binary()
+        return bool(path) and os.path.basename(os.path.realpath(path)).startswith("dnf5")
+
+    def _dnf(self, *args: str) -> CommandOutput:
+        path = self.binary()
+        if path is None:
+            raise ScanError("dnf is not installed")
+        return run_command([path, *self.extra_options, *args], timeout=self.timeout)
+
+    # -- scan ---------------------------------------------------------------
+
+    def scan(self) -> List[UpdateRecord]:
+        check = self._dnf("check-upgrade" if self.is_dnf5() else "check-update")
+        if check.exit_code == 0:
+            return []
+        if check.exit_code != EXIT_UPDATES_AVAILABLE:
+            raise ScanError(
+                f"dnf check-update exited {check.exit_code}: {tail(_combined(check), 2000)}"
+            )
+        available = parse_check_update(check.stdout)
+        if not available:
+            raise ScanError(
+                "dnf check-update reported updates (exit 100) but none could be parsed: "
+                + tail(_combined(check), 2000)
+            )
+        installed = self._installed_versions(sorted({update.name for update in available}))
+        refs, details = self._advisories()
+        return self._records(available, installed, refs, details)
+
+    def _installed_versions(self, names: List[str]) -> Dict[Tuple[str, str], str]:
+        result = self._dnf(
+            "repoquery", "--installed", "--latest-limit=1", "--qf", REPOQUERY_FORMAT, *names
+        )
+        if result.exit_code != 0:
+            raise ScanError(f"dnf repoquery --installed exited {result.exit_code}: {tail(_combined(result), 2000)}")
+        return parse_repoquery_installed(result.stdout)
+
+    def _advisories(self) -> Tuple[List[AdvisoryRef], Dict[str, AdvisoryDetail]]:
+        if self.is_dnf5():
+            listed = self._checked("advisory", "list", "--updates", "--json")
+            with_cve = self._checked("advisory", "list", "--updates", "--json", "--with-cve")
+            try:
+                return parse_advisory_json(listed.stdout, with_cve.stdout)
+            except ValueError as exc:  # json.JSONDecodeError is a ValueError
+                raise ScanError(f"dnf advisory list --json gave unreadable output: {exc}") from exc
+        listed = self._checked("updateinfo", "list", "--updates")
+        refs = parse_updateinfo_list(listed.stdout)
+        if not refs:
+            return [], {}
+        info = self._checked("updateinfo", "info", "--updates")
+        return refs, parse_updateinfo_info(info.stdout)
+
+    def _checked(self, *args: str) -> CommandOutput:
+        result = self._dnf(*args)
+        if result.exit_code != 0:
+            raise ScanError(f"dnf {' '.join(args)} exited {result.exit_code}: {tail(_combined(result), 2000)}")
+        return result
+
+    def _records(
+        self,
+        available: List[AvailableUpdate],
+        installed: Dict[Tuple[str, str], str],
+        refs: List[AdvisoryRef],
+        details: Dict[str, AdvisoryDetail],
+    ) -> List[UpdateRecord]:
+        arches_by_name: Dict[str, set] = {}
+        for update in available:
+            arches_by_name.setdefault(update.name, set()).add(update.arch)
+        installed_by_name: Dict[str, str] = {}
+        for (name, _arch), version in installed.items():
+            installed_by_name.setdefault(name, version)
+
+        records: List[UpdateRecord] = []
+        for update in available:
+            covering = [
+                ref for ref in refs
+                if ref.package_name == update.name and ref.package_arch in (update.arch, "noarch")
+            ]
+            advisories = []
+            severity = "unknown"
+            is_security = False
+            cve_ids: List[str] = []
+            for ref in covering:
+                detail = details.get(ref.advisory_id, AdvisoryDetail(advisory_id=ref.advisory_id))
+                advisory_type = detail.advisory_type or ref.advisory_type
+                advisory_severity = detail.severity if detail.severity != "unknown" else ref.severity
+                if SEVERITY_RANK[advisory_severity] > SEVERITY_RANK[severity]:
+                    severity = advisory_severity
+                is_security = is_security or advisory_type == "security"
+                cve_ids.extend(cve for cve in detail.cve_ids if cve not in cve_ids)
+                if all(item["id"] != ref.advisory_id for item in advisories):
+                    advisories.append(
+                        {
+                            "id": ref.advisory_id,
+                            "type": advisory_type,
+                            "severity": advisory_severity,
+                            "title": detail.title,
+                            "bug_ids": list(detail.bug_ids),
+                            "cve_ids": list(detail.cve_ids),
+                        }
+                    )
+            # Multilib hosts list one name under two arches; the server keys
+            # rows by name, so those become name.arch (which dnf also accepts).
+            multi_arch = len(arches_by_name[update.name]) > 1
+            current = installed.get((update.name, update.arch)) or installed_by_name.get(update.name, "")
+            records.append(
+                UpdateRecord(
+                    package_type=self.package_type,
+                    name=f"{update.name}.{update.arch}" if multi_arch else update.name,
+                    current_version=current,
+                    available_version=update.version,
+                    severity=severity,
+                    is_security=is_security,
+                    repository=update.repository,
+                    cve_ids=sorted(cve_ids),
+                    metadata={
+                        "arch": update.arch,
+                        "advisories": advisories,
+                        "advisory_ids": [item["id"] for item in advisories],
+                        "advisory_types": sorted({item["type"] for item in advisories}),
+                    },
+                )
+            )
+        return records
+
+    # -- operations ---------------------------------------------------------
+
+    def dry_run(self, names: List[str]) -> OperationResult:
+        """Resolve ``dnf upgrade NAMES`` and answer no at the prompt.
+
+        dnf exits 1 with "Operation aborted." after a successful resolution
+        that we declined: that is the normal dry-run ending. Exit 0 means there
+        was nothing to do. Anything else is a failure.
+        """
+        result = self._operation(["upgrade", "--assumeno"], names)
+        output = _combined(result)
+        declined = result.exit_code == 1 and "Operation aborted" in output
+        return self._result(result, names, resolved=result.exit_code == 0 or declined)
+
+    def install(self, names: List[str]) -> OperationResult:
+        result = self._operation(["upgrade", "-y"], names)
+        return self._result(result, names, resolved=result.exit_code == 0)
+
+    def _operation(self, args: List[str], names: List[str]) -> CommandOutput:
+        names = list(names)
+        # Without names `dnf upgrade` upgrades everything; a leading dash would
+        # be read as an option. Neither is what a command for named packages means.
+        if not names:
+            raise ValueError("no package names given")
+        bad = [name for name in names if not name or name.startswith("-") or any(c.isspace() for c in name)]
+        if bad:
+            raise ValueError(f"invalid package names: {bad!r}")
+        started = time.monotonic()
+        try:
+            return self._dnf(*args, *names)
+        except ScanError as exc:
+            # Missing binary or timeout: report it as the failed operation it is.
+            return CommandOutput(
+                argv=[*args, *names], exit_code=-1, stdout="", stderr=str(exc),
+                duration_seconds=time.monotonic() - started,
+            )
+
+    def _result(self, result: CommandOutput, names: List[str], *, resolved: bool) -> OperationResult:
+        output = _combined(result)
+        packages = parse_transaction_table(result.stdout)
+        # dnf 4 warns "No match for argument" but still acts on the other names;
+        # the requested operation did not fully happen, so it is not a success.
+        missing = unmatched_names(output)
+        return OperationResult(
+            succeeded=resolved and not missing,
+            exit_code=result.exit_code,
+            output_tail=tail(output),
+            duration_seconds=result.duration_seconds,
+            dependencies=dependencies_of(packages, names),
+            packages=packages,
+        )
+
+
+def _combined(result: CommandOutput) -> str:
+    if result.stdout and result.stderr:
+        return result.stdout.rstrip("\n") + "\n" + result.stderr
+    return result.stdout or result.stderr

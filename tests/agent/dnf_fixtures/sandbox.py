@@ -1,0 +1,225 @@
+"""Build a private RPM world for the DNF scanner tests.
+
+Everything lives under one directory (pytest's tmp_path): noarch RPMs built
+with rpmbuild from generated spec files, a createrepo_c repository with an
+updateinfo.xml added by modifyrepo_c, and an install root whose rpmdb holds
+the "old" versions. The machine's own rpm and dnf state is never touched:
+rpmbuild gets a private ``--dbpath`` (Debian's rpm would otherwise create
+``~/.rpmdb``) and every rpm/dnf call is confined with ``--root`` /
+``--installroot``.
+
+Used by tests/agent/test_dnf.py and by capture_outputs.py (which recorded the
+parser fixtures in this directory).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+from xml.sax.saxutils import escape, quoteattr
+
+C_LOCALE = {"LC_ALL": "C", "LANG": "C"}
+
+
+@dataclasses.dataclass
+class RpmSpec:
+    name: str
+    version: str
+    release: str = "1"
+    epoch: Optional[int] = None
+    requires: Tuple[str, ...] = ()
+
+    @property
+    def filename(self) -> str:
+        return f"{self.name}-{self.version}-{self.release}.noarch.rpm"
+
+
+@dataclasses.dataclass
+class Advisory:
+    advisory_id: str
+    advisory_type: str  # security / bugfix / enhancement
+    severity: str  # as written in updateinfo.xml: Critical, Important, ..., None
+    title: str
+    packages: Tuple[RpmSpec, ...]
+    cves: Tuple[str, ...] = ()
+    bugs: Tuple[Tuple[str, str], ...] = ()  # (id, title)
+    description: str = "Test advisory."
+
+
+def _run(argv: Sequence[str], **kwargs) -> subprocess.CompletedProcess:
+    import os
+
+    env = dict(os.environ)
+    env.update(C_LOCALE)
+    completed = subprocess.run(list(argv), capture_output=True, text=True, env=env, **kwargs)
+    if completed.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(argv)} exited {completed.returncode}\n"
+            f"stdout:\n{completed.stdout}\nstderr:\n{completed.stderr}"
+        )
+    return completed
+
+
+def _spec_text(spec: RpmSpec) -> str:
+    lines = [
+        f"Name: {spec.name}",
+        f"Version: {spec.version}",
+        f"Release: {spec.release}",
+        f"Summary: RedFlag test package {spec.name}",
+        "License: MIT",
+        "BuildArch: noarch",
+    ]
+    if spec.epoch is not None:
+        lines.append(f"Epoch: {spec.epoch}")
+    lines.extend(f"Requires: {requirement}" for requirement in spec.requires)
+    lines += [
+        "",
+        "%description",
+        f"RedFlag test package {spec.name} {spec.version}.",
+        "",
+        "%install",
+        f"mkdir -p %{{buildroot}}/usr/share/{spec.name}",
+        f"echo {spec.version}-{spec.release} > %{{buildroot}}/usr/share/{spec.name}/version",
+        "",
+        "%files",
+        f"/usr/share/{spec.name}/version",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def build_rpms(workdir: Path, specs: Sequence[RpmSpec]) -> Dict[str, Path]:
+    """Build each spec into a noarch RPM; returns {filename: path}."""
+    topdir = workdir / "rpmbuild"
+    for sub in ("SPECS", "SOURCES", "BUILD", "RPMS", "SRPMS"):
+        (topdir / sub).mkdir(parents=True, exist_ok=True)
+    built: Dict[str, Path] = {}
+    for spec in specs:
+        spec_path = topdir / "SPECS" / f"{spec.name}-{spec.version}-{spec.release}.spec"
+        spec_path.write_text(_spec_text(spec))
+        _run(
+            [
+                "rpmbuild",
+                "--dbpath", str(workdir / "rpmbuild-db"),
+                "--define", f"_topdir {topdir}",
+                "-bb", str(spec_path),
+            ]
+        )
+        path = topdir / "RPMS" / "noarch" / spec.filename
+        assert path.is_file(), f"rpmbuild did not produce {path}"
+        built[spec.filename] = path
+    return built
+
+
+def updateinfo_xml(advisories: Sequence[Advisory]) -> str:
+    parts = ['<?xml version="1.0" encoding="UTF-8"?>', "<updates>"]
+    for adv in advisories:
+        parts.append(
+            f'  <update from="test@redflag.invalid" status="stable" '
+            f"type={quoteattr(adv.advisory_type)} version=\"2.0\">"
+        )
+        parts.append(f"    <id>{escape(adv.advisory_id)}</id>")
+        parts.append(f"    <title>{escape(adv.title)}</title>")
+        parts.append('    <issued date="2024-01-15 00:00:00"/>')
+        parts.append('    <updated date="2024-01-15 00:00:00"/>')
+        parts.append(f"    <severity>{escape(adv.severity)}</severity>")
+        parts.append(f"    <summary>{escape(adv.title)}</summary>")
+        parts.append(f"    <description>{escape(adv.description)}</description>")
+        parts.append("    <references>")
+        for cve in adv.cves:
+            parts.append(
+                f"      <reference href={quoteattr('https://www.cve.org/CVERecord?id=' + cve)} "
+                f"id={quoteattr(cve)} type=\"cve\" title={quoteattr(cve)}/>"
+            )
+        for bug_id, bug_title in adv.bugs:
+            parts.append(
+                f"      <reference href={quoteattr('https://bugs.redflag.invalid/' + bug_id)} "
+                f"id={quoteattr(bug_id)} type=\"bugzilla\" title={quoteattr(bug_title)}/>"
+            )
+        parts.append("    </references>")
+        parts.append("    <pkglist>")
+        parts.append('      <collection short="redflag-test">')
+        parts.append("        <name>RedFlag test</name>")
+        for pkg in adv.packages:
+            parts.append(
+                f"        <package name={quoteattr(pkg.name)} version={quoteattr(pkg.version)} "
+                f"release={quoteattr(pkg.release)} epoch=\"{pkg.epoch or 0}\" arch=\"noarch\" "
+                f"src={quoteattr(f'{pkg.name}-{pkg.version}-{pkg.release}.src.rpm')}>"
+            )
+            parts.append(f"          <filename>{escape(pkg.filename)}</filename>")
+            parts.append("        </package>")
+        parts.append("      </collection>")
+        parts.append("    </pkglist>")
+        parts.append("  </update>")
+    parts.append("</updates>")
+    return "\n".join(parts) + "\n"
+
+
+def make_repository(repo_dir: Path, rpm_paths: Sequence[Path], advisories: Sequence[Advisory]) -> None:
+    """createrepo_c a directory of RPMs, then add updateinfo with modifyrepo_c."""
+    import shutil
+
+    repo_dir.mkdir(parents=True, exist_ok=True)
+    for path in rpm_paths:
+        shutil.copy2(path, repo_dir / path.name)
+    _run(["createrepo_c", "--quiet", str(repo_dir)])
+    if advisories:
+        updateinfo = repo_dir.parent / "updateinfo.xml"
+        updateinfo.write_text(updateinfo_xml(advisories))
+        _run(["modifyrepo_c", "--mdtype=updateinfo", str(updateinfo), str(repo_dir / "repodata")])
+
+
+class DnfSandbox:
+    """An install root, a private repository definition and dnf options for both."""
+
+    repo_id = "redflag-test"
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.root = base / "installroot"
+        self.repo_dir = base / "repo"
+        self.reposdir = base / "repos.d"
+        self.config = base / "dnf.conf"
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.reposdir.mkdir(parents=True, exist_ok=True)
+        self.config.write_text("[main]\ngpgcheck=0\nbest=False\nskip_if_unavailable=False\n")
+        (self.reposdir / f"{self.repo_id}.repo").write_text(
+            f"[{self.repo_id}]\n"
+            "name=RedFlag test repository\n"
+            f"baseurl=file://{self.repo_dir}\n"
+            "enabled=1\n"
+            "gpgcheck=0\n"
+            "metadata_expire=0\n"
+        )
+        _run(["rpm", "--root", str(self.root), "--initdb"])
+
+    def dnf_options(self) -> List[str]:
+        # With --installroot, dnf 4 puts logs and persistdir inside the root
+        # and prefixes cachedir with it; either way the cache stays under base.
+        return [
+            f"--config={self.config}",
+            f"--installroot={self.root}",
+            f"--setopt=reposdir={self.reposdir}",
+            f"--setopt=cachedir={self.base / 'cache'}",
+            "--releasever=12",
+            "--noplugins",
+        ]
+
+    def rpm_install(self, rpm_paths: Sequence[Path]) -> None:
+        _run(["rpm", "--root", str(self.root), "-i", *[str(p) for p in rpm_paths]])
+
+    def installed(self, *names: str) -> Dict[str, str]:
+        """{name: version-release} for the named packages installed in the root."""
+        completed = subprocess.run(
+            ["rpm", "--root", str(self.root), "-q", "--qf", "%{NAME} %{VERSION}-%{RELEASE}\\n", *names],
+            capture_output=True,
+            text=True,
+        )
+        found: Dict[str, str] = {}
+        for line in completed.stdout.splitlines():
+            parts = line.split()
+            if len(parts) == 2:
+                found[parts[0]] = parts[1]
+        return found
