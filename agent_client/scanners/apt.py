@@ -1,0 +1,616 @@
+"""APT scanner and installer (Debian, Ubuntu and derivatives).
+
+A scan costs a fixed number of subprocesses whatever the number of packages:
+
+1. ``apt-get update``, only when the last successful refresh is older than
+   ``refresh_interval_seconds`` (a stamp file in ``state_dir`` remembers it);
+2. one simulated ``apt-get -s dist-upgrade``: its ``Inst`` lines give the
+   current version, the candidate version and the candidate's origins, its
+   "kept back" section names the held-back packages;
+3. ``apt-mark showhold`` for packages pinned with ``apt-mark hold``;
+4. one batched ``apt-cache show`` for download sizes, plus one batched
+   ``apt-cache policy`` for held-back packages only (they have no ``Inst``
+   line, so their origin has to come from the cache).
+
+Why ``dist-upgrade`` and not ``upgrade``: the installer runs
+``apt-get install --only-upgrade NAMES``, which may pull in new dependencies
+just as ``dist-upgrade`` may. ``apt-get upgrade`` never installs a new package,
+so it would hide (as "kept back") every update that needs one - new kernel ABI
+packages, a library split - although the installer can apply it. With
+``dist-upgrade`` "kept back" means what an admin needs to know: the package is
+held (``apt-mark hold``), pinned, deferred by phasing, or its upgrade cannot be
+resolved. Those rows are still reported, flagged ``{"held_back": true}``.
+
+Severity mapping (APT carries no severity of its own): a candidate served from
+a security archive - suite ending in ``-security`` (``bookworm-security``,
+``jammy-security``) or a label ending in ``-Security`` (``Debian-Security``) -
+is ``is_security=True`` with severity ``important``; anything else is
+``unknown``. Debian's security tracker grades individual CVEs, but that data is
+not in the APT cache and the agent does not fetch it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import time
+from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
+
+from .base import (
+    CommandOutput,
+    OperationResult,
+    ScanError,
+    Scanner,
+    UpdateRecord,
+    run_command,
+    tail,
+)
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_STATE_DIR = "/etc/redflag/agent"
+DEFAULT_REFRESH_INTERVAL_SECONDS = 3600.0
+REFRESH_STAMP_NAME = "apt-lists-refreshed.stamp"
+SECURITY_SEVERITY = "important"
+
+# "Inst name [current] (candidate Label:Version/Suite, Label2:Suite2 [arch])";
+# a new package has no "[current]"; apt may append " [pkg]" notes after it.
+INST_LINE = re.compile(
+    r"^Inst (?P<name>\S+)"
+    r"(?: \[(?P<current>[^\]]+)\])?"
+    r" \((?P<candidate>\S+) (?P<origins>.*?) ?\[(?P<arch>[^\]]+)\]\)"
+)
+REMV_LINE = re.compile(r"^Remv (?P<name>\S+)(?: \[(?P<current>[^\]]+)\])?")
+# With APT::Get::Show-Versions, list entries read "name (current => candidate)".
+SHOWN_VERSIONS = re.compile(r"^(?P<name>\S+) \((?P<current>[^ )]+) => (?P<candidate>[^ )]+)\)$")
+# dpkg's own progress lines during a real install.
+UNPACKING_LINE = re.compile(
+    r"^Unpacking (?P<name>\S+) \((?P<new>[^)]+)\)(?: over \((?P<old>[^)]+)\))?"
+)
+SKIPPING_LINE = re.compile(r"^Skipping (?P<name>\S+), it is not installed and only upgrades are requested")
+# Debian policy package names, optionally with a ":arch" qualifier. Refusing
+# anything else also keeps a name from being read as an apt-get option.
+PACKAGE_NAME = re.compile(r"^[a-z0-9][a-z0-9+.\-]+(?::[a-z0-9][a-z0-9\-]*)?$")
+
+HELD_BACK_HEADERS = {
+    "The following packages have been kept back:": "kept_back",
+    "The following upgrades have been deferred due to phasing:": "phased",
+}
+HELD_CHANGE_HEADER = "The following held packages will be changed:"
+
+
+# --- parsing (pure functions, unit-tested on captured real output) ---------
+
+
+def parse_origins(text: str) -> List[Tuple[str, str]]:
+    """Split apt's release string into (label, suite) pairs.
+
+    apt prints each source as ``Label:Version/Suite`` where label and version
+    are optional (``stable``, ``12/stable``, ``Debian:12.5/stable``), or the
+    host name when the source has no Release file.
+    """
+    origins = []
+    for entry in text.split(", "):
+        entry = entry.strip()
+        if not entry:
+            continue
+        label, _, rest = entry.rpartition(":") if ":" in entry else ("", "", entry)
+        suite = rest.rsplit("/", 1)[-1]
+        origins.append((label, suite))
+    return origins
+
+
+def is_security_origin(label: str, suite: str) -> bool:
+    return suite.lower().endswith("-security") or label.lower().endswith("-security")
+
+
+def format_repository(label: str, suite: str) -> str:
+    return f"{label}/{suite}" if label else suite
+
+
+def parse_simulation(output: str) -> Dict[str, object]:
+    """Parse ``apt-get -s`` output.
+
+    Returns ``{"inst": [...], "remv": [...], "kept_back": {name: (cur, cand)},
+    "phased": {...}, "held_changes": [names]}``; each ``inst`` entry is a dict
+    with name, current (``""`` for a new package), candidate, arch and
+    origins (list of (label, suite)).
+    """
+    inst: List[Dict[str, object]] = []
+    remv: List[Dict[str, str]] = []
+    sections: Dict[str, Dict[str, Tuple[str, str]]] = {"kept_back": {}, "phased": {}}
+    held_changes: List[str] = []
+    current_section: Optional[str] = None
+    for line in output.splitlines():
+        if current_section is not None and line.startswith(" "):
+            for item in _list_items(line):
+                name, versions = item
+                if current_section == "held_changes":
+                    held_changes.append(name)
+                else:
+                    sections[current_section][name] = versions
+            continue
+        current_section = None
+        stripped = line.strip()
+        if stripped in HELD_BACK_HEADERS:
+            current_section = HELD_BACK_HEADERS[stripped]
+        elif stripped == HELD_CHANGE_HEADER:
+            current_section = "held_changes"
+        elif line.startswith("Inst "):
+            match = INST_LINE.match(line)
+            if match is None:
+                raise ScanError(f"unrecognised apt-get simulation line: {line!r}")
+            inst.append(
+                {
+                    "name": match.group("name"),
+                    "current": match.group("current") or "",
+                    "candidate": match.group("candidate"),
+                    "arch": match.group("arch"),
+                    "origins": parse_origins(match.group("origins")),
+                }
+            )
+        elif line.startswith("Remv "):
+            match = REMV_LINE.match(line)
+            if match is not None:
+                remv.append({"name": match.group("name"), "current": match.group("current") or ""})
+    return {
+        "inst": inst,
+        "remv": remv,
+        "kept_back": sections["kept_back"],
+        "phased": sections["phased"],
+        "held_changes": held_changes,
+    }
+
+
+def _list_items(line: str) -> List[Tuple[str, Tuple[str, str]]]:
+    """Entries of an indented apt package list, with or without Show-Versions."""
+    stripped = line.strip()
+    match = SHOWN_VERSIONS.match(stripped)
+    if match is not None:
+        return [(match.group("name"), (match.group("current"), match.group("candidate")))]
+    return [(name, ("", "")) for name in stripped.split()]
+
+
+def parse_cache_sizes(output: str) -> Dict[Tuple[str, str, str], int]:
+    """``apt-cache show`` records → {(package, version, arch): download size}."""
+    sizes: Dict[Tuple[str, str, str], int] = {}
+    for record in output.split("\n\n"):
+        fields: Dict[str, str] = {}
+        for line in record.splitlines():
+            if line[:1] in (" ", "\t") or ":" not in line:
+                continue
+            key, _, value = line.partition(":")
+            fields[key] = value.strip()
+        if {"Package", "Version", "Architecture", "Size"} <= fields.keys():
+            try:
+                size = int(fields["Size"])
+            except ValueError:
+                continue
+            sizes[(fields["Package"], fields["Version"], fields["Architecture"])] = size
+    return sizes
+
+
+def parse_policy(output: str) -> Dict[str, Dict[str, object]]:
+    """``apt-cache policy NAMES`` → {name: {installed, candidate, sources}}.
+
+    ``sources`` are the (uri, "suite/component") pairs that serve the candidate.
+    """
+    result: Dict[str, Dict[str, object]] = {}
+    name: Optional[str] = None
+    in_candidate = False
+    version_line = re.compile(r"^ (?:\*\*\*| {3}) (?P<version>\S+) (?P<priority>-?\d+)$")
+    source_line = re.compile(r"^\s+-?\d+ (?P<uri>\S+) (?P<dist>\S+)(?: \S+)? Packages$")
+    for line in output.splitlines():
+        if line and not line.startswith(" ") and line.endswith(":"):
+            name = line[:-1]
+            result[name] = {"installed": "", "candidate": "", "sources": []}
+            in_candidate = False
+            continue
+        if name is None:
+            continue
+        entry = result[name]
+        stripped = line.strip()
+        if stripped.startswith("Installed:"):
+            entry["installed"] = stripped.split(":", 1)[1].strip()
+        elif stripped.startswith("Candidate:"):
+            entry["candidate"] = stripped.split(":", 1)[1].strip()
+        else:
+            version_match = version_line.match(line)
+            if version_match is not None:
+                in_candidate = version_match.group("version") == entry["candidate"]
+                continue
+            source_match = source_line.match(line)
+            if source_match is not None and in_candidate:
+                entry["sources"].append((source_match.group("uri"), source_match.group("dist")))  # type: ignore[union-attr]
+    return result
+
+
+def parse_unpacked(output: str) -> List[Dict[str, str]]:
+    """dpkg's "Unpacking name (new) over (old)" lines from a real install."""
+    changed = []
+    for line in output.splitlines():
+        match = UNPACKING_LINE.match(line.strip())
+        if match is not None:
+            changed.append(
+                {
+                    "name": match.group("name"),
+                    "current_version": match.group("old") or "",
+                    "new_version": match.group("new"),
+                    "action": "upgrade" if match.group("old") else "install",
+                }
+            )
+    return changed
+
+
+def normalize_apt_options(options: Iterable[str]) -> List[str]:
+    """Accept ``"-o Key=Value"``, ``"-oKey=Value"`` or ``"Key=Value"``; return argv."""
+    argv: List[str] = []
+    for option in options:
+        text = option.strip()
+        if text.startswith("-o"):
+            text = text[2:].strip()
+        if "=" not in text or text.startswith("="):
+            raise ValueError(f"apt option must look like '-o Key=Value': {option!r}")
+        argv.extend(["-o", text])
+    return argv
+
+
+# --- the scanner ------------------------------------------------------------
+
+
+class AptScanner(Scanner):
+    package_type = "apt"
+
+    def __init__(
+        self,
+        *,
+        state_dir: str = DEFAULT_STATE_DIR,
+        refresh_interval_seconds: float = DEFAULT_REFRESH_INTERVAL_SECONDS,
+        apt_options: Sequence[str] = (),
+        lock_timeout_seconds: int = 300,
+        command_timeout_seconds: float = 1800,
+    ) -> None:
+        """``apt_options`` are extra ``-o Key=Value`` settings given to every
+        apt command (tests point apt at a private repository with
+        ``Dir::Etc::sourcelist`` and friends); production passes none.
+        ``lock_timeout_seconds`` lets apt wait for the dpkg lock that
+        unattended-upgrades or an admin's shell may hold."""
+        self.state_dir = state_dir
+        self.refresh_interval_seconds = refresh_interval_seconds
+        self.apt_options = normalize_apt_options(apt_options)
+        self.lock_timeout_seconds = lock_timeout_seconds
+        self.command_timeout_seconds = command_timeout_seconds
+
+    # -- availability ---------------------------------------------------
+
+    def is_available(self) -> bool:
+        return shutil.which("apt-get") is not None and shutil.which("dpkg-query") is not None
+
+    # -- scan -----------------------------------------------------------
+
+    @property
+    def refresh_stamp_path(self) -> str:
+        return os.path.join(self.state_dir, REFRESH_STAMP_NAME)
+
+    def lists_are_fresh(self) -> bool:
+        try:
+            refreshed_at = os.stat(self.refresh_stamp_path).st_mtime
+        except OSError:
+            return False
+        age = time.time() - refreshed_at
+        # A stamp from the future (clock moved back) is not trusted.
+        return 0 <= age < self.refresh_interval_seconds
+
+    def refresh_lists(self, *, force: bool = False) -> bool:
+        """Run ``apt-get update`` unless the lists are fresh; True if it ran."""
+        if not force and self.lists_are_fresh():
+            return False
+        result = self._update_lists()
+        if result.exit_code != 0:
+            raise ScanError(
+                f"apt-get update failed with exit code {result.exit_code}: "
+                f"{tail(_combined(result), 2000).strip()}"
+            )
+        return True
+
+    def _update_lists(self) -> CommandOutput:
+        result = self._apt_get(["update"], lock=True)
+        if result.exit_code == 0:
+            self._touch_refresh_stamp()
+        return result
+
+    def _refresh_before_operation(self, started: float) -> Optional[OperationResult]:
+        """Stale lists can name .debs the mirror no longer has: refresh first
+        (same interval as the scan); a failed refresh fails the operation."""
+        if self.lists_are_fresh():
+            return None
+        result = self._update_lists()
+        if result.exit_code == 0:
+            return None
+        return _operation_result(
+            result, _combined(result), ["apt-get update failed; no package was changed"], started, [], []
+        )
+
+    def _touch_refresh_stamp(self) -> None:
+        try:
+            os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
+            with open(self.refresh_stamp_path, "w", encoding="ascii") as stamp:
+                stamp.write(f"{time.time():.0f}\n")
+        except OSError as exc:
+            # The scan itself is still valid; the next one simply refreshes again.
+            logger.warning("cannot record the apt lists refresh in %s: %s", self.refresh_stamp_path, exc)
+
+    def scan(self) -> List[UpdateRecord]:
+        self.refresh_lists()
+        simulation = self._apt_get(
+            ["-s", "-o", "APT::Get::Show-Versions=true", "dist-upgrade"], lock=False
+        )
+        if simulation.exit_code != 0:
+            raise ScanError(
+                f"apt-get -s dist-upgrade failed with exit code {simulation.exit_code}: "
+                f"{tail(_combined(simulation), 2000).strip()}"
+            )
+        parsed = parse_simulation(simulation.stdout)
+        held = self._held_packages()
+
+        upgrades = [entry for entry in parsed["inst"] if entry["current"]]  # type: ignore[union-attr]
+        held_back: Dict[str, Tuple[str, str]] = dict(parsed["kept_back"])  # type: ignore[arg-type]
+        phased: Dict[str, Tuple[str, str]] = dict(parsed["phased"])  # type: ignore[arg-type]
+        policy = self._policy(list(held_back) + list(phased))
+
+        records = [self._record_from_inst(entry, held) for entry in upgrades]
+        for name, versions in list(held_back.items()) + list(phased.items()):
+            records.append(self._record_from_policy(name, versions, policy.get(name), held, name in phased))
+
+        self._add_sizes(records)
+        return records
+
+    def _record_from_inst(self, entry: Dict[str, object], held: Set[str]) -> UpdateRecord:
+        origins: List[Tuple[str, str]] = entry["origins"]  # type: ignore[assignment]
+        security = [origin for origin in origins if is_security_origin(*origin)]
+        chosen = security[0] if security else (origins[0] if origins else ("", ""))
+        metadata: Dict[str, object] = {
+            "arch": entry["arch"],
+            "origins": [format_repository(*origin) for origin in origins],
+        }
+        if entry["name"] in held:
+            metadata["held"] = True
+        return UpdateRecord(
+            package_type=self.package_type,
+            name=str(entry["name"]),
+            current_version=str(entry["current"]),
+            available_version=str(entry["candidate"]),
+            severity=SECURITY_SEVERITY if security else "unknown",
+            is_security=bool(security),
+            repository=format_repository(*chosen),
+            metadata=metadata,
+        )
+
+    def _record_from_policy(
+        self,
+        name: str,
+        versions: Tuple[str, str],
+        policy: Optional[Dict[str, object]],
+        held: Set[str],
+        deferred_by_phasing: bool,
+    ) -> UpdateRecord:
+        current, candidate = versions
+        sources: List[Tuple[str, str]] = []
+        if policy is not None:
+            current = current or str(policy["installed"])
+            candidate = candidate or str(policy["candidate"])
+            sources = policy["sources"]  # type: ignore[assignment]
+        suites = [dist for _, dist in sources]
+        security = [dist for dist in suites if is_security_origin("", dist.split("/", 1)[0])]
+        metadata: Dict[str, object] = {"held_back": True, "origins": suites}
+        if name in held:
+            metadata["held"] = True
+        if deferred_by_phasing:
+            metadata["phased"] = True
+        return UpdateRecord(
+            package_type=self.package_type,
+            name=name,
+            current_version=current,
+            available_version=candidate,
+            severity=SECURITY_SEVERITY if security else "unknown",
+            is_security=bool(security),
+            repository=security[0] if security else (suites[0] if suites else ""),
+            metadata=metadata,
+        )
+
+    def _held_packages(self) -> Set[str]:
+        result = run_command(
+            ["apt-mark", *self.apt_options, "showhold"], timeout=self.command_timeout_seconds
+        )
+        if result.exit_code != 0:
+            raise ScanError(f"apt-mark showhold failed: {tail(_combined(result), 2000).strip()}")
+        return {line.strip() for line in result.stdout.splitlines() if line.strip()}
+
+    def _policy(self, names: List[str]) -> Dict[str, Dict[str, object]]:
+        if not names:
+            return {}
+        result = run_command(
+            ["apt-cache", *self.apt_options, "policy", *names], timeout=self.command_timeout_seconds
+        )
+        if result.exit_code != 0:
+            raise ScanError(f"apt-cache policy failed: {tail(_combined(result), 2000).strip()}")
+        return parse_policy(result.stdout)
+
+    def _add_sizes(self, records: List[UpdateRecord]) -> None:
+        """Download sizes from one ``apt-cache show``; best effort, as sizes are
+        informational and a missing record must not fail the whole scan."""
+        if not records:
+            return
+        result = run_command(
+            ["apt-cache", *self.apt_options, "show", "--no-all-versions", *[r.name for r in records]],
+            timeout=self.command_timeout_seconds,
+        )
+        if result.exit_code != 0:
+            logger.info("apt-cache show exited %s; sizes may be missing", result.exit_code)
+        sizes = parse_cache_sizes(result.stdout)
+        by_name_version: Dict[Tuple[str, str], int] = {}
+        for (package, version, _arch), size in sizes.items():
+            by_name_version.setdefault((package, version), size)
+        for record in records:
+            package = record.name.split(":", 1)[0]
+            arch = str(record.metadata.get("arch", ""))
+            size = sizes.get((package, record.available_version, arch))
+            if size is None:
+                size = by_name_version.get((package, record.available_version))
+            record.size_bytes = size
+
+    # -- dry-run and install ----------------------------------------------
+
+    def dry_run(self, names: List[str]) -> OperationResult:
+        started = time.monotonic()
+        refused = self._refuse_bad_names(names, started) or self._refresh_before_operation(started)
+        if refused is not None:
+            return refused
+        result = self._apt_get(["-s", "install", "--only-upgrade", *names], lock=False)
+        output = _combined(result)
+        problems: List[str] = []
+        packages: List[Dict[str, str]] = []
+        dependencies: List[str] = []
+        if result.exit_code == 0:
+            parsed = parse_simulation(result.stdout)
+            requested = set(names)
+            for entry in parsed["inst"]:  # type: ignore[union-attr]
+                origins: List[Tuple[str, str]] = entry["origins"]
+                packages.append(
+                    {
+                        "name": str(entry["name"]),
+                        "current_version": str(entry["current"]),
+                        "new_version": str(entry["candidate"]),
+                        "action": "upgrade" if entry["current"] else "install",
+                        "repository": ", ".join(format_repository(*origin) for origin in origins),
+                    }
+                )
+                if entry["name"] not in requested:
+                    dependencies.append(str(entry["name"]))
+            for entry in parsed["remv"]:  # type: ignore[union-attr]
+                packages.append(
+                    {"name": entry["name"], "current_version": entry["current"], "new_version": "", "action": "remove"}
+                )
+            problems = _not_installed_problems(result.stdout)
+            if parsed["held_changes"]:
+                problems.append(
+                    "held packages would be changed, which the install refuses: "
+                    + ", ".join(parsed["held_changes"])  # type: ignore[arg-type]
+                    + " (apt-mark unhold them first)"
+                )
+        return _operation_result(result, output, problems, started, packages, dependencies)
+
+    def install(self, names: List[str]) -> OperationResult:
+        started = time.monotonic()
+        refused = self._refuse_bad_names(names, started) or self._refresh_before_operation(started)
+        if refused is not None:
+            return refused
+        result = self._apt_get(
+            [
+                "install",
+                "-y",
+                "--only-upgrade",
+                "-o",
+                "Dpkg::Options::=--force-confdef",
+                "-o",
+                "Dpkg::Options::=--force-confold",
+                *names,
+            ],
+            lock=True,
+        )
+        output = _combined(result)
+        packages = parse_unpacked(result.stdout)
+        requested = set(names)
+        dependencies = [entry["name"] for entry in packages if entry["name"] not in requested]
+        problems: List[str] = []
+        if result.exit_code == 0:
+            problems = _not_installed_problems(result.stdout)
+            problems.extend(self._verify_installed(packages))
+        return _operation_result(result, output, problems, started, packages, dependencies)
+
+    def _verify_installed(self, packages: List[Dict[str, str]]) -> List[str]:
+        """Check with dpkg that what apt unpacked is now installed and configured."""
+        if not packages:
+            return []
+        query = run_command(
+            ["dpkg-query", "-W", "-f=${binary:Package} ${Version} ${db:Status-Status}\n"]
+            + [entry["name"] for entry in packages],
+            timeout=self.command_timeout_seconds,
+        )
+        installed: Dict[str, Tuple[str, str]] = {}
+        for line in query.stdout.splitlines():
+            parts = line.split()
+            if len(parts) >= 3:
+                installed[parts[0]] = (parts[1], parts[2])
+                installed.setdefault(parts[0].split(":", 1)[0], (parts[1], parts[2]))
+        problems = []
+        for entry in packages:
+            version, status = installed.get(entry["name"], ("", "not installed"))
+            if version != entry["new_version"] or status != "installed":
+                problems.append(
+                    f"{entry['name']} should be {entry['new_version']} (installed) but dpkg reports "
+                    f"{version or '-'} ({status})"
+                )
+        return problems
+
+    def _refuse_bad_names(self, names: List[str], started: float) -> Optional[OperationResult]:
+        if not names:
+            message = "redflag: no package names given; nothing was run"
+        else:
+            bad = [name for name in names if not PACKAGE_NAME.match(name)]
+            if not bad:
+                return None
+            message = f"redflag: refusing invalid package name(s) {bad!r}; nothing was run"
+        # No process ran, so there is no exit code; -1 says exactly that.
+        return OperationResult(
+            succeeded=False,
+            exit_code=-1,
+            output_tail=message,
+            duration_seconds=time.monotonic() - started,
+        )
+
+    # -- helpers ------------------------------------------------------------
+
+    def _apt_get(self, args: List[str], *, lock: bool) -> CommandOutput:
+        argv = ["apt-get", "-q", *self.apt_options]
+        if lock:
+            argv += ["-o", f"DPkg::Lock::Timeout={int(self.lock_timeout_seconds)}"]
+        return run_command(argv + args, timeout=self.command_timeout_seconds)
+
+
+def _combined(result: CommandOutput) -> str:
+    if result.stderr and result.stdout:
+        return result.stdout.rstrip("\n") + "\n" + result.stderr
+    return result.stdout or result.stderr
+
+
+def _not_installed_problems(stdout: str) -> List[str]:
+    skipped = [match.group("name") for match in map(SKIPPING_LINE.match, stdout.splitlines()) if match]
+    if not skipped:
+        return []
+    return [f"not installed, so not upgraded: {', '.join(skipped)}"]
+
+
+def _operation_result(
+    result: CommandOutput,
+    output: str,
+    problems: List[str],
+    started: float,
+    packages: List[Dict[str, str]],
+    dependencies: List[str],
+) -> OperationResult:
+    succeeded = result.exit_code == 0 and not problems
+    if problems:
+        output = output.rstrip("\n") + "\n" + "\n".join(f"redflag: {problem}" for problem in problems) + "\n"
+    if result.exit_code != 0:
+        output = output.rstrip("\n") + f"\nredflag: {result.argv[0]} exited with code {result.exit_code}\n"
+    return OperationResult(
+        succeeded=succeeded,
+        exit_code=result.exit_code,
+        output_tail=tail(output),
+        duration_seconds=time.monotonic() - started,
+        dependencies=dependencies,
+        packages=packages,
+    )

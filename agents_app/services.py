@@ -1,0 +1,226 @@
+"""Write paths for agents: registration, check-in, agent-side events, binding."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from agents_app.models import Agent
+from events_app.choices import Component, EventSubtype, EventType, Severity
+from events_app.models import SystemEvent
+from events_app.services import agent_actor, record_event
+from redflag.errors import Conflict, MachineMismatch, RegistrationRefused
+from tokens_app.choices import RefusalReason
+from tokens_app.services import (
+    IssuedCredentials,
+    credentials_issue,
+    credentials_revoke_all,
+    security_violation,
+    token_redeem,
+)
+
+HOST_FACT_FIELDS = ("hostname", "os_family", "os_name", "os_version", "kernel", "arch", "agent_version")
+REBIND_WINDOW = timedelta(hours=24)
+
+
+@dataclass(frozen=True)
+class Registration:
+    agent: Agent
+    credentials: IssuedCredentials
+    reregistered: bool
+
+
+def _refused_event(reason: RefusalReason, facts: dict[str, Any], client_ip: str, token_id) -> None:
+    record_event(
+        event_type=EventType.AGENT_REGISTRATION,
+        subtype=EventSubtype.FAILED,
+        component=Component.SECURITY,
+        severity=Severity.WARNING,
+        message=f"Registration of {facts.get('hostname', '?')} refused: {reason.label.lower()} token",
+        hostname=facts.get("hostname", ""),
+        metadata={"reason": reason.value, "token_id": token_id, "client_ip": client_ip},
+        actor=f"agent:{facts.get('hostname', '?')}",
+    )
+
+
+def agent_register(
+    *, token_secret: str, machine_id_hash: str, facts: dict[str, Any], client_ip: str
+) -> Registration:
+    """Enroll a machine, or take over its existing record when the machine id is known.
+
+    1. Consume a token seat with one conditional UPDATE (no over-issue).
+    2. Find the agent bound to this machine id; reuse it (same id, history kept)
+       after revoking its old credentials, or create a new one.
+    3. Issue credentials and record the event, all in one transaction.
+    A refusal commits only its audit event, then raises the same 401 for every reason.
+    """
+    now = timezone.now()
+    try:
+        with transaction.atomic():
+            redeemed = token_redeem(secret=token_secret, now=now)
+            if isinstance(redeemed, RefusalReason):
+                from tokens_app.models import RegistrationToken
+
+                known = RegistrationToken.objects.by_secret(token_secret).values_list("pk", flat=True).first()
+                _refused_event(redeemed, facts, client_ip, known)
+                refusal = redeemed
+            else:
+                refusal = None
+                registration = _register_with_seat(redeemed, machine_id_hash, facts, client_ip, now)
+    except IntegrityError:
+        # Another registration for the same machine id committed first.
+        raise Conflict("A registration for this machine is already in progress; retry.") from None
+    if refusal is not None:
+        raise RegistrationRefused()
+    return registration
+
+
+def _register_with_seat(token, machine_id_hash, facts, client_ip, now) -> Registration:
+    host_facts = {field: facts.get(field, "") for field in HOST_FACT_FIELDS}
+    agent = Agent.objects.select_for_update().filter(machine_id_hash=machine_id_hash).first()
+    metadata = {"token_id": token.pk, "token_label": token.label, "client_ip": client_ip,
+                "agent_version": host_facts["agent_version"]}
+    if agent is None:
+        agent = Agent.objects.create(machine_id_hash=machine_id_hash, registered_at=now, last_seen_at=now, **host_facts)
+        record_event(
+            event_type=EventType.AGENT_REGISTRATION,
+            subtype=EventSubtype.SUCCESS,
+            component=Component.SECURITY,
+            message=f"Agent {agent.hostname} registered",
+            agent=agent,
+            metadata=metadata,
+            actor=agent_actor(agent),
+        )
+        reregistered = False
+    else:
+        previous_hostname = agent.hostname
+        credentials_revoke_all(agent=agent, now=now)
+        for field, value in host_facts.items():
+            setattr(agent, field, value)
+        agent.registered_at = now
+        agent.last_seen_at = now
+        agent.revoked_at = None
+        agent.save()
+        record_event(
+            event_type=EventType.AGENT_REGISTRATION,
+            subtype=EventSubtype.WARNING,
+            severity=Severity.WARNING,
+            component=Component.SECURITY,
+            message=f"Machine of {agent.hostname} registered again; existing agent taken over, old credentials revoked",
+            agent=agent,
+            metadata={**metadata, "previous_hostname": previous_hostname},
+            actor=agent_actor(agent),
+        )
+        reregistered = True
+    return Registration(agent, credentials_issue(agent=agent, now=now), reregistered)
+
+
+def agent_check_machine(*, agent: Agent, machine_id_hash: str) -> None:
+    """Refuse a request from another machine, unless an admin opened a rebind window."""
+    if machine_id_hash == agent.machine_id_hash:
+        return
+    now = timezone.now()
+    if agent.rebind_allowed_until and agent.rebind_allowed_until > now:
+        try:
+            with transaction.atomic():
+                bound = Agent.objects.filter(pk=agent.pk, rebind_allowed_until__gt=now).update(
+                    machine_id_hash=machine_id_hash, rebind_allowed_until=None
+                )
+                if bound:
+                    record_event(
+                        event_type=EventType.CONFIG_CHANGED,
+                        subtype=EventSubtype.SUCCESS,
+                        severity=Severity.WARNING,
+                        component=Component.SECURITY,
+                        message=f"Agent {agent.hostname} bound to a new machine id",
+                        agent=agent,
+                        metadata={"old_machine_id": agent.machine_id_hash[:12], "new_machine_id": machine_id_hash[:12]},
+                        actor=agent_actor(agent),
+                    )
+        except IntegrityError:
+            bound = 0  # the new id belongs to another agent: refuse below
+        if bound:
+            agent.machine_id_hash = machine_id_hash
+            agent.rebind_allowed_until = None
+            return
+    security_violation(
+        f"Request for {agent.hostname} came from another machine",
+        agent=agent,
+        metadata={"reason": "machine_mismatch", "presented_machine_id": machine_id_hash[:12],
+                  "bound_machine_id": agent.machine_id_hash[:12]},
+    )
+    raise MachineMismatch()
+
+
+def agent_allow_rebind(*, agent: Agent, actor: str) -> None:
+    """Admin action: let the agent's next authenticated request bind a new machine id."""
+    with transaction.atomic():
+        Agent.objects.filter(pk=agent.pk).update(rebind_allowed_until=timezone.now() + REBIND_WINDOW)
+        record_event(
+            event_type=EventType.CONFIG_CHANGED,
+            subtype=EventSubtype.INITIATED,
+            severity=Severity.WARNING,
+            component=Component.SECURITY,
+            message=f"Machine rebind allowed for {agent.hostname} for {REBIND_WINDOW.total_seconds() / 3600:g} h",
+            agent=agent,
+            metadata={"window_hours": REBIND_WINDOW.total_seconds() / 3600},
+            actor=actor,
+        )
+
+
+def agent_revoke(*, agent: Agent, actor: str) -> None:
+    """Admin action: revoke every credential; the agent gets 403 until it registers again."""
+    now = timezone.now()
+    with transaction.atomic():
+        credentials_revoke_all(agent=agent, now=now)
+        Agent.objects.filter(pk=agent.pk).update(revoked_at=now)
+        record_event(
+            event_type=EventType.TOKEN_REVOKED,
+            subtype=EventSubtype.SUCCESS,
+            severity=Severity.WARNING,
+            component=Component.SECURITY,
+            message=f"Agent {agent.hostname} revoked",
+            agent=agent,
+            actor=actor,
+        )
+
+
+def agent_checkin(*, agent: Agent, agent_version: str | None, metrics: dict[str, Any], now: datetime) -> None:
+    """Record that the agent is alive: one UPDATE, no event (check-ins are not audit news)."""
+    changes: dict[str, Any] = {"last_seen_at": now, "metrics": metrics}
+    if agent_version:
+        changes["agent_version"] = agent_version
+    Agent.objects.filter(pk=agent.pk).update(**changes)
+    for field, value in changes.items():
+        setattr(agent, field, value)
+
+
+def agent_events_ingest(*, agent: Agent, events: list[dict[str, Any]], now: datetime) -> int:
+    """Store agent-side events, idempotent by the agent's event id. Returns how many were new."""
+    ids = [event["id"] for event in events]
+    with transaction.atomic():
+        known = set(SystemEvent.objects.filter(pk__in=ids).values_list("pk", flat=True))
+        fresh = [
+            SystemEvent(
+                id=event["id"],
+                agent=agent,
+                hostname=agent.hostname,
+                event_type=event["event_type"],
+                event_subtype=event["event_subtype"],
+                severity=event["severity"],
+                component=event["component"],
+                message=event["message"],
+                metadata=event["metadata"],
+                actor=agent_actor(agent),
+                created_at=min(event["occurred_at"], now),
+            )
+            for event in events
+            if event["id"] not in known
+        ]
+        # ignore_conflicts: a concurrent retry of the same batch may insert first.
+        SystemEvent.objects.bulk_create(fresh, ignore_conflicts=True)
+    return len(fresh)

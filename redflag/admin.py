@@ -1,0 +1,45 @@
+from django.contrib import admin
+from django.http import HttpResponseRedirect
+from django.urls import reverse
+
+from redflag.models import ServerSettings
+
+
+@admin.register(ServerSettings)
+class ServerSettingsAdmin(admin.ModelAdmin):
+    """One page: the list view goes straight to the single row."""
+
+    fieldsets = (
+        ("Agents", {"fields": ("public_url", "default_poll_interval_seconds", "heartbeat_duration_minutes",
+                               "offline_threshold_seconds", "max_pending_commands")}),
+        ("Registration tokens", {"fields": ("registration_token_max_hours",)}),
+        ("Rate limits", {"fields": ("rate_registration", "rate_checkin", "rate_reports", "rate_admin")}),
+        ("Events", {"fields": ("event_retention_days",)}),
+    )
+
+    def changelist_view(self, request, extra_context=None):
+        ServerSettings.current()
+        return HttpResponseRedirect(reverse("admin:redflag_serversettings_change", args=[1]))
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+    def save_model(self, request, obj, form, change):
+        from django.db import transaction
+
+        from events_app.choices import Component, EventSubtype, EventType
+        from events_app.services import record_event
+
+        with transaction.atomic():
+            super().save_model(request, obj, form, change)
+            record_event(
+                event_type=EventType.CONFIG_CHANGED,
+                subtype=EventSubtype.SUCCESS,
+                component=Component.CONFIG,
+                message=f"Server settings changed: {', '.join(form.changed_data) or 'nothing'}",
+                metadata={field: form.cleaned_data[field] for field in form.changed_data},
+                actor=request.user.get_username(),
+            )

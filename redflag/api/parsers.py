@@ -1,0 +1,44 @@
+"""A JSON parser that answers hostile bodies with 400, never 500."""
+
+from __future__ import annotations
+
+import json
+
+from rest_framework.exceptions import ParseError
+from rest_framework.parsers import JSONParser
+
+MAX_NESTING = 32
+
+
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _depth(value, limit: int) -> None:
+    """Raise ParseError when ``value`` nests deeper than ``limit`` (iterative, no recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            raise ParseError(f"JSON nests deeper than {limit} levels.")
+        if isinstance(item, dict):
+            stack.extend((child, depth + 1) for child in item.values())
+        elif isinstance(item, list):
+            stack.extend((child, depth + 1) for child in item)
+
+
+class StrictJSONParser(JSONParser):
+    def parse(self, stream, media_type=None, parser_context=None):
+        raw = stream.read() if stream is not None else b""
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ParseError("The body is not valid UTF-8.") from None
+        try:
+            data = json.loads(text, parse_constant=_refuse_constant)
+        except RecursionError:
+            raise ParseError(f"JSON nests deeper than {MAX_NESTING} levels.") from None
+        except ValueError as exc:
+            raise ParseError(f"The body is not valid JSON: {exc}") from None
+        _depth(data, MAX_NESTING)
+        return data

@@ -1,0 +1,76 @@
+"""Domain errors that map to one HTTP status and error code each.
+
+Services raise these; redflag.api.errors turns them into the JSON error body
+``{"error": {"code": ..., "message": ...}}``. They carry no secrets.
+"""
+
+from rest_framework import status
+from rest_framework.exceptions import APIException
+
+
+class ApiError(APIException):
+    status_code = status.HTTP_400_BAD_REQUEST
+    default_code = "bad_request"
+    default_detail = "The request was refused."
+
+
+class InvalidCredentials(ApiError):
+    status_code = status.HTTP_401_UNAUTHORIZED
+    default_code = "invalid_credentials"
+    default_detail = "The credentials are invalid or expired."
+
+
+class RegistrationRefused(ApiError):
+    # One body for unknown, expired, revoked and exhausted tokens: the real
+    # reason goes to the audit event, never to the caller.
+    status_code = status.HTTP_401_UNAUTHORIZED
+    default_code = "registration_refused"
+    default_detail = "The registration token is not valid."
+
+
+class StaleRequest(ApiError):
+    status_code = status.HTTP_401_UNAUTHORIZED
+    default_code = "stale_request"
+    default_detail = "X-Request-Timestamp is outside the allowed clock skew."
+
+
+class MachineMismatch(ApiError):
+    status_code = status.HTTP_403_FORBIDDEN
+    default_code = "machine_mismatch"
+    default_detail = "X-Machine-ID does not match the machine this agent is bound to."
+
+
+class AgentRevoked(ApiError):
+    status_code = status.HTTP_403_FORBIDDEN
+    default_code = "agent_revoked"
+    default_detail = "This agent has been revoked."
+
+
+class WrongAgent(ApiError):
+    status_code = status.HTTP_403_FORBIDDEN
+    default_code = "wrong_agent"
+    default_detail = "These credentials belong to another agent."
+
+
+class ReplayedNonce(ApiError):
+    status_code = status.HTTP_409_CONFLICT
+    default_code = "replayed_nonce"
+    default_detail = "X-Request-Nonce was already used."
+
+
+class Conflict(ApiError):
+    status_code = status.HTTP_409_CONFLICT
+    default_code = "conflict"
+    default_detail = "The request conflicts with the current state; retry."
+
+
+class PayloadTooLarge(ApiError):
+    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+    default_code = "payload_too_large"
+    default_detail = "The request body is too large."
+
+
+class ServiceUnavailable(ApiError):
+    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    default_code = "unavailable"
+    default_detail = "The database is unreachable; retry later."

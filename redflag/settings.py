@@ -1,0 +1,226 @@
+"""RedFlag settings, read from the environment (see README, "Configuration").
+
+Every variable is parsed strictly by redflag.env: a bad value stops start-up
+with a message naming it.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+from redflag.env import env_bool, env_choice, env_int, env_list, env_str
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+REDFLAG_ENV = env_choice("REDFLAG_ENV", "development", ("development", "production"))
+PRODUCTION = REDFLAG_ENV == "production"
+
+DATA_DIR = Path(env_str("REDFLAG_DATA_DIR", str(BASE_DIR / "var")))
+DATA_DIR.mkdir(parents=True, exist_ok=True)
+
+
+def _development_secret_key() -> str:
+    """A per-install key kept in the data folder, so restarts keep sessions valid."""
+    path = DATA_DIR / "secret_key"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        key = secrets.token_urlsafe(50)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(key)
+        return key
+
+
+if PRODUCTION:
+    SECRET_KEY = env_str("REDFLAG_SECRET_KEY", required=True)
+    if len(SECRET_KEY) < 50 or len(set(SECRET_KEY)) < 5:
+        raise ImproperlyConfigured("REDFLAG_SECRET_KEY must be at least 50 varied characters")
+    ALLOWED_HOSTS = env_list("REDFLAG_ALLOWED_HOSTS", [])
+    if not ALLOWED_HOSTS:
+        raise ImproperlyConfigured("REDFLAG_ALLOWED_HOSTS must be set in production")
+else:
+    SECRET_KEY = env_str("REDFLAG_SECRET_KEY") or _development_secret_key()
+    ALLOWED_HOSTS = env_list("REDFLAG_ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"])
+
+DEBUG = env_bool("REDFLAG_DEBUG", not PRODUCTION)
+CSRF_TRUSTED_ORIGINS = env_list("REDFLAG_CSRF_TRUSTED_ORIGINS", [])
+
+INSTALLED_APPS = [
+    "redflag.apps.RedFlagAdminConfig",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "drf_spectacular",
+    "django_q",
+    "redflag",
+    "events_app",
+    "tokens_app",
+    "agents_app",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "redflag.middleware.ApiGuardMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "redflag.urls"
+WSGI_APPLICATION = "redflag.wsgi.application"
+ASGI_APPLICATION = "redflag.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# SQLite (WAL) is the embedded default; DATABASE_URL switches to PostgreSQL.
+DATABASE_URL = env_str("DATABASE_URL")
+if DATABASE_URL:
+    try:
+        DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60, conn_health_checks=True)}
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"DATABASE_URL is not a valid database URL: {exc}") from None
+else:
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": DATA_DIR / "redflag.sqlite3",
+            "OPTIONS": {
+                # WAL lets readers proceed while one writer commits; IMMEDIATE
+                # takes the write lock up front instead of failing mid-transaction.
+                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+                "transaction_mode": "IMMEDIATE",
+                "timeout": 20,
+            },
+            # A file (not :memory:) so threaded and live-server tests share it.
+            "TEST": {"NAME": str(DATA_DIR / "test-redflag.sqlite3")},
+        }
+    }
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# Shared by every web process and worker (rate-limit counters live here).
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.db.DatabaseCache",
+        "LOCATION": "redflag_cache",
+    }
+}
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = DATA_DIR / "static"
+STATIC_ROOT.mkdir(exist_ok=True)
+# Development serves admin assets straight from the apps; production runs collectstatic.
+WHITENOISE_USE_FINDERS = not PRODUCTION
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": (
+            "whitenoise.storage.CompressedManifestStaticFilesStorage"
+            if PRODUCTION
+            else "django.contrib.staticfiles.storage.StaticFilesStorage"
+        )
+    },
+}
+
+# --- security ---------------------------------------------------------------
+SESSION_COOKIE_HTTPONLY = True
+CSRF_COOKIE_HTTPONLY = True
+X_FRAME_OPTIONS = "DENY"
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+if PRODUCTION:
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_SSL_REDIRECT = env_bool("REDFLAG_SSL_REDIRECT", True)
+    SECURE_HSTS_SECONDS = env_int("REDFLAG_HSTS_SECONDS", 31536000, minimum=0)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    SECURE_HSTS_PRELOAD = env_bool("REDFLAG_HSTS_PRELOAD", False)
+    if env_bool("REDFLAG_BEHIND_TLS_PROXY", False):
+        SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+
+# --- RedFlag ----------------------------------------------------------------
+REDFLAG_SIGNING_KEY_FILE = Path(env_str("REDFLAG_SIGNING_KEY_FILE", str(DATA_DIR / "signing_key.pem")))
+REDFLAG_RATE_LIMIT_ENABLED = env_bool("REDFLAG_RATE_LIMIT_ENABLED", True)
+# Largest agent request body (bytes); scan reports are the biggest.
+REDFLAG_MAX_BODY_BYTES = env_int("REDFLAG_MAX_BODY_BYTES", 8 * 1024 * 1024, minimum=1024)
+REDFLAG_ACCESS_TOKEN_SECONDS = env_int("REDFLAG_ACCESS_TOKEN_SECONDS", 3600, minimum=60)
+REDFLAG_REFRESH_TOKEN_DAYS = 90
+REDFLAG_NONCE_SKEW_SECONDS = 300
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["redflag.api.parsers.StrictJSONParser"],
+    "NUM_PROXIES": env_int("REDFLAG_NUM_PROXIES", 0, minimum=0),
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "redflag.api.errors.exception_handler",
+    "UNAUTHENTICATED_USER": None,
+}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "RedFlag agent API",
+    "DESCRIPTION": "The server-agent protocol (v1). Agents only ever connect out.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SCHEMA_PATH_PREFIX": r"/api/v1",
+    "COMPONENT_SPLIT_REQUEST": True,
+}
+
+Q_CLUSTER = {
+    "name": "redflag",
+    "orm": "default",
+    "workers": env_int("REDFLAG_Q_WORKERS", 2, minimum=1),
+    "timeout": 600,
+    "retry": 720,
+    "max_attempts": 3,
+    "catch_up": False,
+    "ack_failures": True,
+    "save_limit": 1000,
+    "poll": 1,
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env_choice("REDFLAG_LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR"))},
+}

@@ -1,0 +1,524 @@
+"""AptScanner against the real apt and dpkg of this machine.
+
+The system tests build small .deb packages in tmp_path, serve them from a
+local ``file:`` repository with two suites (``bookworm`` and
+``bookworm-security``) and point apt at ONLY that repository through the
+scanner's ``-o`` options (private sources list, lists and cache directories),
+so the machine's own sources and lists are never read or written. They do
+install and purge real packages (all named ``redflag-test-*``) and use
+``apt-mark hold``; a fixture finalizer purges and unholds them even when a
+test fails.
+
+Debian packages needed: apt and dpkg (always present) and dpkg-dev
+(dpkg-scanpackages). The Release files are written here, so apt-utils
+(apt-ftparchive) is not needed. Root is needed.
+
+The parser tests at the bottom read outputs captured from this repository on
+Debian 12 (apt 2.6.1); see tests/agent/apt_fixtures/README.md.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import hashlib
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Dict, Iterator, List
+
+import pytest
+
+from agent_client.scanners.apt import (
+    AptScanner,
+    normalize_apt_options,
+    parse_cache_sizes,
+    parse_origins,
+    parse_policy,
+    parse_simulation,
+    parse_unpacked,
+)
+from agent_client.scanners.base import ScanError
+from tests.agent.conftest import require_root, require_tools
+
+FIXTURES = Path(__file__).parent / "apt_fixtures"
+LOCK_TIMEOUT = 600
+
+PKG = "redflag-test-pkg"
+DEP = "redflag-test-dep"
+SEC = "redflag-test-sec"
+HELD = "redflag-test-held"
+ALL_TEST_PACKAGES = [PKG, DEP, SEC, HELD]
+
+# (name, version, depends, suite the new version is served from)
+OLD_VERSIONS = [(PKG, "1.0", ""), (SEC, "1.0", ""), (HELD, "1.0", "")]
+NEW_VERSIONS = [
+    (PKG, "1.1", DEP, "bookworm"),
+    (DEP, "1.0", "", "bookworm"),
+    (SEC, "1.1", "", "bookworm-security"),
+    (HELD, "1.1", "", "bookworm-security"),
+]
+# Label is the same for both suites, so only the suite name can mark the
+# security one: that is the case the scanner must get right from a real
+# repository (the "Debian-Security" label case is covered by parser tests).
+SUITES = {"bookworm": "RedFlagTest", "bookworm-security": "RedFlagTest"}
+
+
+# --- building the repository ------------------------------------------------
+
+
+def run(argv: List[str], **kwargs) -> subprocess.CompletedProcess:
+    env = dict(os.environ, LC_ALL="C", DEBIAN_FRONTEND="noninteractive")
+    return subprocess.run(argv, capture_output=True, text=True, env=env, **kwargs)
+
+
+def check(argv: List[str], **kwargs) -> subprocess.CompletedProcess:
+    result = run(argv, **kwargs)
+    if result.returncode != 0:
+        raise AssertionError(f"{argv} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def build_deb(out_dir: Path, work: Path, name: str, version: str, depends: str = "") -> Path:
+    root = work / f"{name}_{version}"
+    (root / "DEBIAN").mkdir(parents=True)
+    doc = root / "usr" / "share" / "doc" / name
+    doc.mkdir(parents=True)
+    (doc / "VERSION").write_text(f"{name} {version}\n")
+    control = [
+        f"Package: {name}",
+        f"Version: {version}",
+        "Architecture: all",
+        "Maintainer: RedFlag Tests <tests@example.invalid>",
+        "Section: misc",
+        "Priority: optional",
+    ]
+    if depends:
+        control.append(f"Depends: {depends}")
+    control += [f"Description: RedFlag APT scanner test package {version}", " Built by tests/agent/test_apt.py."]
+    (root / "DEBIAN" / "control").write_text("\n".join(control) + "\n")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    deb = out_dir / f"{name}_{version}_all.deb"
+    check(["dpkg-deb", "--root-owner-group", "-Zgzip", "--build", str(root), str(deb)])
+    return deb
+
+
+def write_release(dist_dir: Path, suite: str, label: str, arch: str) -> None:
+    """A Release file like the archive's, with the checksums apt verifies."""
+    index_files = sorted(p for p in dist_dir.rglob("Packages*") if p.is_file())
+    lines = [
+        f"Origin: {label}",
+        f"Label: {label}",
+        f"Suite: {suite}",
+        f"Codename: {suite}",
+        f"Date: {email.utils.formatdate(usegmt=True)}",
+        f"Architectures: {arch} all",
+        "Components: main",
+        "SHA256:",
+    ]
+    for path in index_files:
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        lines.append(f" {digest} {path.stat().st_size} {path.relative_to(dist_dir)}")
+    (dist_dir / "Release").write_text("\n".join(lines) + "\n")
+
+
+class AptRepo:
+    """A local two-suite repository plus the apt options that isolate apt."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.root = base / "repo"
+        self.old_debs: Dict[str, Path] = {}
+        self.new_debs: Dict[str, Path] = {}
+        self.arch = check(["dpkg", "--print-architecture"]).stdout.strip()
+        etc = base / "etc"
+        (etc / "sources.list.d").mkdir(parents=True)
+        (etc / "preferences.d").mkdir(parents=True)
+        # apt creates files in these directories but not the directories.
+        (base / "lists" / "partial").mkdir(parents=True)
+        (base / "cache" / "archives" / "partial").mkdir(parents=True)
+        self.sources_list = etc / "sources.list"
+        self.options = [
+            f"-o Dir::Etc::sourcelist={self.sources_list}",
+            f"-o Dir::Etc::sourceparts={etc / 'sources.list.d'}",
+            f"-o Dir::Etc::preferences={etc / 'preferences'}",
+            f"-o Dir::Etc::preferencesparts={etc / 'preferences.d'}",
+            f"-o Dir::State::Lists={base / 'lists'}",
+            f"-o Dir::Cache={base / 'cache'}",
+        ]
+
+    def build(self) -> None:
+        work = self.base / "build"
+        for name, version, depends in OLD_VERSIONS:
+            self.old_debs[name] = build_deb(self.base / "old", work, name, version, depends)
+        for name, version, depends, suite in NEW_VERSIONS:
+            self.new_debs[name] = build_deb(self.root / "pool" / suite, work, name, version, depends)
+        for suite, label in SUITES.items():
+            binary = self.root / "dists" / suite / "main" / f"binary-{self.arch}"
+            binary.mkdir(parents=True)
+            scanned = check(
+                ["dpkg-scanpackages", "--multiversion", f"pool/{suite}", "/dev/null"], cwd=str(self.root)
+            )
+            (binary / "Packages").write_text(scanned.stdout)
+            write_release(self.root / "dists" / suite, suite, label, self.arch)
+        self.sources_list.write_text(
+            "".join(f"deb [trusted=yes] file:{self.root} {suite} main\n" for suite in SUITES)
+        )
+
+    def scanner(self, **kwargs) -> AptScanner:
+        kwargs.setdefault("state_dir", str(self.base / "state"))
+        kwargs.setdefault("lock_timeout_seconds", LOCK_TIMEOUT)
+        return AptScanner(apt_options=self.options, **kwargs)
+
+    def apt_argv(self) -> List[str]:
+        return normalize_apt_options(self.options) + ["-o", f"DPkg::Lock::Timeout={LOCK_TIMEOUT}"]
+
+
+# --- machine state helpers ----------------------------------------------------
+
+
+def installed_version(name: str) -> str:
+    """The installed version, or "" when the package is not installed."""
+    result = run(["dpkg-query", "-W", "-f=${db:Status-Status} ${Version}", name])
+    if result.returncode != 0:
+        return ""
+    status, _, version = result.stdout.partition(" ")
+    return version.strip() if status == "installed" else ""
+
+
+def apt_mark(action: str, names: List[str]) -> None:
+    """apt-mark needs the dpkg lock another engineer's apt may hold: retry."""
+    deadline = time.monotonic() + LOCK_TIMEOUT
+    while True:
+        result = run(["apt-mark", action, *names])
+        if result.returncode == 0 or time.monotonic() > deadline or "lock" not in result.stderr.lower():
+            break
+        time.sleep(2)
+    if result.returncode != 0:
+        raise AssertionError(f"apt-mark {action} {names} failed:\n{result.stdout}\n{result.stderr}")
+
+
+def remove_test_packages(repo_argv: List[str]) -> None:
+    present = [name for name in ALL_TEST_PACKAGES if run(["dpkg-query", "-W", name]).returncode == 0]
+    held = set(run(["apt-mark", "showhold"]).stdout.split())
+    to_unhold = [name for name in ALL_TEST_PACKAGES if name in held]
+    if to_unhold:
+        apt_mark("unhold", to_unhold)
+    if present:
+        check(["apt-get", "-q", *repo_argv, "purge", "-y", "--allow-change-held-packages", *present])
+    left = [name for name in ALL_TEST_PACKAGES if run(["dpkg-query", "-W", name]).returncode == 0]
+    assert not left, f"test packages still known to dpkg after purge: {left}"
+
+
+# --- fixtures -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> AptRepo:
+    require_tools("apt-get", "apt-cache", "apt-mark", "dpkg", "dpkg-deb", "dpkg-query", "dpkg-scanpackages")
+    require_root()
+    built = AptRepo(tmp_path_factory.mktemp("apt"))
+    built.build()
+    return built
+
+
+@pytest.fixture
+def machine(repo: AptRepo, request: pytest.FixtureRequest) -> Iterator[AptRepo]:
+    """Old versions installed, HELD on hold; everything removed afterwards."""
+    require_tools("apt-get", "apt-cache", "apt-mark", "dpkg", "dpkg-deb", "dpkg-query", "dpkg-scanpackages")
+    require_root()
+    argv = repo.apt_argv()
+    # Registered before anything is installed, so a failure half-way through
+    # setup still purges what got installed.
+    request.addfinalizer(lambda: remove_test_packages(argv))
+    remove_test_packages(argv)  # leftovers of an interrupted earlier run
+    check(["apt-get", "-q", *argv, "install", "-y", *[str(repo.old_debs[name]) for name, _, _ in OLD_VERSIONS]])
+    apt_mark("hold", [HELD])
+    # Each test starts with lists apt considers stale, so its first scan or
+    # operation refreshes them itself.
+    Path(repo.scanner().refresh_stamp_path).unlink(missing_ok=True)
+    yield repo
+
+
+# --- system tests ---------------------------------------------------------------
+
+
+def test_is_available() -> None:
+    require_tools("apt-get", "dpkg-query")
+    assert AptScanner().is_available()
+
+
+def test_scan_finds_exactly_the_test_updates(machine: AptRepo) -> None:
+    require_tools("apt-get", "dpkg-scanpackages")
+    require_root()
+    records = {record.name: record for record in machine.scanner().scan()}
+
+    # Only the private repository is configured, so nothing else on the
+    # machine can have a candidate newer than what is installed.
+    assert set(records) == {PKG, SEC, HELD}
+
+    pkg, sec, held = records[PKG], records[SEC], records[HELD]
+    assert (pkg.current_version, pkg.available_version) == ("1.0", "1.1")
+    assert (sec.current_version, sec.available_version) == ("1.0", "1.1")
+    assert (held.current_version, held.available_version) == ("1.0", "1.1")
+    for record in records.values():
+        assert record.package_type == "apt"
+
+    assert sec.is_security and sec.severity == "important"
+    assert sec.repository == "RedFlagTest/bookworm-security"
+    assert not pkg.is_security and pkg.severity == "unknown"
+    assert pkg.repository == "RedFlagTest/bookworm"
+
+    assert held.metadata["held_back"] is True
+    assert held.metadata["held"] is True
+    assert held.is_security and held.severity == "important"
+    assert held.repository == "bookworm-security/main"
+    assert "held_back" not in pkg.metadata and "held" not in pkg.metadata
+
+    assert pkg.size_bytes == machine.new_debs[PKG].stat().st_size
+    assert sec.size_bytes == machine.new_debs[SEC].stat().st_size
+    assert held.size_bytes == machine.new_debs[HELD].stat().st_size
+
+
+def test_scan_refreshes_lists_only_when_stale(machine: AptRepo, tmp_path: Path) -> None:
+    require_tools("apt-get")
+    require_root()
+    scanner = machine.scanner(refresh_interval_seconds=3600, state_dir=str(tmp_path / "state"))
+    assert scanner.refresh_lists() is True  # no stamp yet
+    stamp = Path(scanner.refresh_stamp_path)
+    assert stamp.exists()
+    assert scanner.refresh_lists() is False
+    scanner.scan()  # does not refresh, and still sees the updates from the lists
+    assert scanner.refresh_lists() is False
+
+    old = time.time() - 7200
+    os.utime(stamp, (old, old))
+    assert scanner.refresh_lists() is True
+
+
+def test_scan_reports_apt_update_failure(machine: AptRepo, tmp_path: Path) -> None:
+    require_tools("apt-get")
+    require_root()
+    broken_sources = tmp_path / "broken.list"
+    broken_sources.write_text(f"deb [trusted=yes] file:{tmp_path / 'missing'} bookworm main\n")
+    options = [opt for opt in machine.options if "sourcelist=" not in opt]
+    options.append(f"-o Dir::Etc::sourcelist={broken_sources}")
+    scanner = AptScanner(apt_options=options, state_dir=str(tmp_path / "state"), lock_timeout_seconds=LOCK_TIMEOUT)
+    with pytest.raises(ScanError, match="apt-get update failed"):
+        scanner.scan()
+    assert not Path(scanner.refresh_stamp_path).exists()
+
+    # An install that cannot refresh stale lists fails before touching dpkg.
+    result = scanner.install([PKG])
+    assert not result.succeeded
+    assert result.exit_code == 100
+    assert "apt-get update failed; no package was changed" in result.output_tail
+    assert installed_version(PKG) == "1.0"
+
+
+def test_dry_run_reports_changes_and_dependency(machine: AptRepo) -> None:
+    require_tools("apt-get")
+    require_root()
+    scanner = machine.scanner()
+    result = scanner.dry_run([PKG, SEC])
+
+    assert result.succeeded, result.output_tail
+    assert result.exit_code == 0
+    assert result.dependencies == [DEP]
+    changes = {entry["name"]: entry for entry in result.packages}
+    assert set(changes) == {PKG, SEC, DEP}
+    assert (changes[PKG]["current_version"], changes[PKG]["new_version"]) == ("1.0", "1.1")
+    assert (changes[SEC]["current_version"], changes[SEC]["new_version"]) == ("1.0", "1.1")
+    assert changes[DEP] == {
+        "name": DEP,
+        "current_version": "",
+        "new_version": "1.0",
+        "action": "install",
+        "repository": "RedFlagTest/bookworm",
+    }
+    assert "Inst redflag-test-pkg [1.0] (1.1" in result.output_tail
+    assert result.duration_seconds > 0
+    # A simulation changes nothing.
+    assert installed_version(PKG) == "1.0" and installed_version(DEP) == ""
+
+
+def test_dry_run_of_held_package_fails_like_the_install_would(machine: AptRepo) -> None:
+    require_tools("apt-get")
+    require_root()
+    scanner = machine.scanner()
+    result = scanner.dry_run([HELD])
+    assert not result.succeeded
+    assert "held packages would be changed" in result.output_tail
+    assert HELD in result.output_tail
+
+    install = scanner.install([HELD])
+    assert not install.succeeded
+    assert install.exit_code != 0
+    assert "Held packages were changed" in install.output_tail
+    assert installed_version(HELD) == "1.0"
+
+
+def test_dry_run_of_unknown_package_fails(machine: AptRepo) -> None:
+    require_tools("apt-get")
+    require_root()
+    scanner = machine.scanner()
+    result = scanner.dry_run(["redflag-test-does-not-exist"])
+    assert not result.succeeded
+    assert result.exit_code == 100
+    assert "Unable to locate package redflag-test-does-not-exist" in result.output_tail
+
+
+def test_dry_run_of_package_not_installed_fails(machine: AptRepo) -> None:
+    require_tools("apt-get")
+    require_root()
+    scanner = machine.scanner()
+    # DEP exists in the repository but is not installed: --only-upgrade skips
+    # it with exit code 0, which must not be reported as a success.
+    result = scanner.dry_run([DEP])
+    assert not result.succeeded
+    assert result.exit_code == 0
+    assert "not installed, so not upgraded: redflag-test-dep" in result.output_tail
+
+
+def test_install_upgrades_for_real(machine: AptRepo) -> None:
+    require_tools("apt-get", "dpkg-query")
+    require_root()
+    scanner = machine.scanner()
+    result = scanner.install([PKG, SEC])
+
+    assert result.succeeded, result.output_tail
+    assert result.exit_code == 0
+    assert installed_version(PKG) == "1.1"
+    assert installed_version(SEC) == "1.1"
+    assert installed_version(DEP) == "1.0"
+    assert installed_version(HELD) == "1.0"  # not named, and held anyway
+    assert result.dependencies == [DEP]
+    changes = {entry["name"]: entry for entry in result.packages}
+    assert changes[PKG] == {"name": PKG, "current_version": "1.0", "new_version": "1.1", "action": "upgrade"}
+    assert changes[DEP]["action"] == "install"
+
+    # The machine's state now matches: the next scan only has the held one.
+    remaining = {record.name for record in scanner.scan()}
+    assert remaining == {HELD}
+
+
+def test_install_of_nonexistent_package_fails(machine: AptRepo) -> None:
+    require_tools("apt-get")
+    require_root()
+    scanner = machine.scanner()
+    result = scanner.install(["redflag-test-does-not-exist"])
+    assert not result.succeeded
+    assert result.exit_code == 100
+    assert "Unable to locate package redflag-test-does-not-exist" in result.output_tail
+    assert result.packages == []
+    assert installed_version(PKG) == "1.0"
+
+
+def test_invalid_names_are_refused_without_running_apt() -> None:
+    scanner = AptScanner(state_dir="/nonexistent")
+    for names in ([], ["-o"], ["--allow-unauthenticated"], ["foo bar"], ["Foo"]):
+        result = scanner.install(names)
+        assert not result.succeeded
+        assert result.exit_code == -1
+        assert "nothing was run" in result.output_tail
+
+
+# --- parser tests on captured real output -------------------------------------
+
+
+def fixture_text(name: str) -> str:
+    return (FIXTURES / name).read_text()
+
+
+def test_parse_captured_dist_upgrade_simulation() -> None:
+    parsed = parse_simulation(fixture_text("dist_upgrade_simulation.txt"))
+    inst = {entry["name"]: entry for entry in parsed["inst"]}
+    assert set(inst) == {PKG, DEP, SEC}
+    assert inst[PKG]["current"] == "1.0" and inst[PKG]["candidate"] == "1.1"
+    assert inst[PKG]["origins"] == [("RedFlagTest", "bookworm")]
+    assert inst[DEP]["current"] == ""  # a new package, not an update
+    assert inst[SEC]["origins"] == [("RedFlagTest", "bookworm-security")]
+    assert inst[SEC]["arch"] == "all"
+    assert parsed["kept_back"] == {HELD: ("1.0", "1.1")}
+    assert parsed["phased"] == {}
+    assert parsed["held_changes"] == []
+
+
+def test_parse_captured_held_dry_run() -> None:
+    parsed = parse_simulation(fixture_text("dry_run_held.txt"))
+    assert parsed["held_changes"] == [HELD]
+    assert [entry["name"] for entry in parsed["inst"]] == [HELD]
+
+
+def test_parse_captured_policy() -> None:
+    policy = parse_policy(fixture_text("policy_held.txt"))
+    assert policy[HELD]["installed"] == "1.0"
+    assert policy[HELD]["candidate"] == "1.1"
+    assert len(policy[HELD]["sources"]) == 1
+    uri, dist = policy[HELD]["sources"][0]
+    assert uri.startswith("file:") and dist == "bookworm-security/main"
+
+
+def test_parse_captured_cache_show() -> None:
+    sizes = parse_cache_sizes(fixture_text("cache_show.txt"))
+    assert set(sizes) == {(PKG, "1.1", "all"), (SEC, "1.1", "all"), (HELD, "1.1", "all")}
+    assert all(size > 0 for size in sizes.values())
+
+
+def test_parse_captured_install_output() -> None:
+    changes = parse_unpacked(fixture_text("install_output.txt"))
+    assert changes == [
+        {"name": DEP, "current_version": "", "new_version": "1.0", "action": "install"},
+        {"name": PKG, "current_version": "1.0", "new_version": "1.1", "action": "upgrade"},
+        {"name": SEC, "current_version": "1.0", "new_version": "1.1", "action": "upgrade"},
+    ]
+
+
+def test_parse_debian_and_ubuntu_origin_strings() -> None:
+    # Lines in the format apt 2.6 prints for Debian and Ubuntu archives
+    # (pkgCache::VerIterator::RelStr: "Label:Version/Suite", comma-separated).
+    output = (
+        "Inst libc6 [2.36-9+deb12u3] (2.36-9+deb12u4 Debian:12.5/stable, Debian-Security:12/stable-security [amd64])\n"
+        "Inst openssl [3.0.2-0ubuntu1.10] (3.0.2-0ubuntu1.12 Ubuntu:22.04/jammy-updates [amd64]) []\n"
+        "Inst libfoo:i386 [1] (2 localhost [i386])\n"
+        "Remv old-kernel [6.1.0-10]\n"
+    )
+    parsed = parse_simulation(output)
+    libc, openssl, libfoo = parsed["inst"]
+    assert libc["origins"] == [("Debian", "stable"), ("Debian-Security", "stable-security")]
+    assert openssl["origins"] == [("Ubuntu", "jammy-updates")]
+    assert libfoo["name"] == "libfoo:i386" and libfoo["origins"] == [("", "localhost")]
+    assert parsed["remv"] == [{"name": "old-kernel", "current": "6.1.0-10"}]
+    assert parse_origins("Debian-Security:12/stable-security") == [("Debian-Security", "stable-security")]
+
+
+def test_scan_record_security_mapping_from_label() -> None:
+    scanner = AptScanner(state_dir="/nonexistent")
+    parsed = parse_simulation(
+        "Inst libc6 [1] (2 Debian:12.5/stable, Debian-Security:12/stable-security [amd64])\n"
+        "Inst vim [1] (2 Debian:12.5/stable [amd64])\n"
+    )
+    libc = scanner._record_from_inst(parsed["inst"][0], held={"libc6"})
+    vim = scanner._record_from_inst(parsed["inst"][1], held=set())
+    assert libc.is_security and libc.severity == "important"
+    assert libc.repository == "Debian-Security/stable-security"
+    assert libc.metadata["held"] is True
+    assert not vim.is_security and vim.severity == "unknown"
+
+
+def test_unrecognised_inst_line_is_a_scan_error() -> None:
+    with pytest.raises(ScanError, match="unrecognised"):
+        parse_simulation("Inst something weird\n")
+
+
+def test_apt_options_are_normalised() -> None:
+    assert normalize_apt_options(["-o Dir::Cache=/x", "-oA::B=1", "C::D=2"]) == [
+        "-o",
+        "Dir::Cache=/x",
+        "-o",
+        "A::B=1",
+        "-o",
+        "C::D=2",
+    ]
+    with pytest.raises(ValueError):
+        normalize_apt_options(["--allow-unauthenticated"])
