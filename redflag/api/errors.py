@@ -26,6 +26,9 @@ def _flatten(detail, prefix: str = "") -> dict[str, list[str]]:
     if isinstance(detail, dict):
         flat: dict[str, list[str]] = {}
         for key, value in detail.items():
+            if isinstance(key, int):  # DRF keys list-item errors by index
+                flat.update(_flatten(value, f"{prefix}[{key}]"))
+                continue
             name = key if key != "non_field_errors" else "body"
             flat.update(_flatten(value, f"{prefix}.{name}" if prefix else name))
         return flat
@@ -68,7 +71,7 @@ def exception_handler(exc, context):
         headers["Retry-After"] = str(max(1, int(exc.wait + 0.999)))
     elif isinstance(exc, ServiceUnavailable):
         headers["Retry-After"] = str(DATABASE_RETRY_AFTER_SECONDS)
-    if isinstance(exc, (exceptions.NotAuthenticated, exceptions.AuthenticationFailed)):
+    if exc.status_code == status.HTTP_401_UNAUTHORIZED:
         headers["WWW-Authenticate"] = 'Bearer realm="redflag"'
     code = exc.get_codes() if isinstance(exc.get_codes(), str) else exc.default_code
     if isinstance(exc, exceptions.Throttled):
