@@ -9,6 +9,6 @@ from redflag.settings import *  # noqa: E402,F401,F403
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
-# Rate-limit counters in process memory, cleared between tests (tests/conftest.py).
+# Rate-limit counters in process memory, cleared between tests (tests/server/conftest.py).
 # Production uses the shared database table from redflag.settings.
 CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}

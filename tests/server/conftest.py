@@ -10,7 +10,6 @@ from datetime import timedelta
 
 import pytest
 
-from tests.agent.conftest import require_tools  # noqa: F401  (re-exported for server tests)
 
 
 def machine_hash(seed: str = "") -> str:

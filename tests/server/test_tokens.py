@@ -13,7 +13,7 @@ from hypothesis import given, settings as hypothesis_settings, strategies as st
 from hypothesis.extra.django import TestCase as HypothesisTestCase
 
 from events_app.models import SystemEvent
-from tests.conftest import host_facts, machine_hash
+from tests.server.conftest import host_facts, machine_hash
 from tokens_app.choices import TokenStatus
 from tokens_app.hashing import hash_secret
 from tokens_app.models import RegistrationToken

@@ -9,7 +9,7 @@ import pytest
 from django.utils import timezone
 
 from events_app.models import SystemEvent
-from tests.conftest import machine_hash, security_headers
+from tests.server.conftest import machine_hash, security_headers
 from tokens_app.models import RefreshToken
 from tokens_app.services import REFRESH_RETRY_GRACE
 

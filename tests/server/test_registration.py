@@ -9,7 +9,7 @@ from django.utils import timezone
 
 from agents_app.models import Agent
 from events_app.models import SystemEvent
-from tests.conftest import host_facts, machine_hash
+from tests.server.conftest import host_facts, machine_hash
 from tokens_app.models import RefreshToken, RegistrationToken, SigningKey
 from tokens_app.services import token_create, token_revoke
 
@@ -102,7 +102,7 @@ def test_same_machine_registering_again_takes_over_its_agent(client, registratio
     # The old credentials are dead: access token refused, refresh token revoked.
     old_refresh = RefreshToken.objects.exclude(revoked_at__isnull=True)
     assert old_refresh.count() == 1
-    from tests.conftest import security_headers
+    from tests.server.conftest import security_headers
 
     response = client.post(
         f"/api/v1/agents/{first['agent_id']}/checkin", {}, content_type="application/json",

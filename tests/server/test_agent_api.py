@@ -14,7 +14,7 @@ from agents_app.models import Agent
 from agents_app.services import agent_allow_rebind, agent_revoke
 from events_app.models import SystemEvent
 from redflag.models import RequestNonce
-from tests.conftest import machine_hash, security_headers
+from tests.server.conftest import machine_hash, security_headers
 
 AGENT_ENDPOINTS = ["checkin", "events"]
 NOW = datetime(2026, 1, 15, 12, 0, tzinfo=dt_timezone.utc)
