@@ -1,4 +1,5 @@
 from django.contrib import admin
+from django.db import models
 from django.http import HttpResponseRedirect
 from django.urls import reverse
 
@@ -8,6 +9,8 @@ from redflag.models import ServerSettings
 @admin.register(ServerSettings)
 class ServerSettingsAdmin(admin.ModelAdmin):
     """One page: the list view goes straight to the single row."""
+
+    formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
 
     fieldsets = (
         ("Agents", {"fields": ("public_url", "default_poll_interval_seconds", "heartbeat_duration_minutes",

@@ -14,14 +14,21 @@ def _refuse_constant(name: str):
     raise ValueError(f"{name} is not valid JSON")
 
 
-def _depth(value, limit: int) -> None:
-    """Raise ParseError when ``value`` nests deeper than ``limit`` (iterative, no recursion)."""
+def _inspect(value, limit: int) -> None:
+    """Refuse nesting deeper than ``limit`` and NUL characters (PostgreSQL text cannot hold them).
+
+    Iterative, so a hostile body cannot exhaust the stack.
+    """
     stack = [(value, 1)]
     while stack:
         item, depth = stack.pop()
         if depth > limit:
             raise ParseError(f"JSON nests deeper than {limit} levels.")
-        if isinstance(item, dict):
+        if isinstance(item, str):
+            if "\x00" in item:
+                raise ParseError("Strings may not contain NUL (\\u0000) characters.")
+        elif isinstance(item, dict):
+            stack.extend((key, depth + 1) for key in item)
             stack.extend((child, depth + 1) for child in item.values())
         elif isinstance(item, list):
             stack.extend((child, depth + 1) for child in item)
@@ -40,5 +47,5 @@ class StrictJSONParser(JSONParser):
             raise ParseError(f"JSON nests deeper than {MAX_NESTING} levels.") from None
         except ValueError as exc:
             raise ParseError(f"The body is not valid JSON: {exc}") from None
-        _depth(data, MAX_NESTING)
+        _inspect(data, MAX_NESTING)
         return data

@@ -221,3 +221,10 @@ def test_nonce_pruning_keeps_recent_nonces(agent):
     RequestNonce.objects.create(nonce="o" * 20, created_at=timezone.now() - timedelta(minutes=11))
     assert prune_request_nonces() == 1
     assert RequestNonce.objects.count() >= 1
+
+
+def test_nul_characters_are_400_not_a_database_error(agent):
+    response = agent.client.post(f"/api/v1/agents/{agent.id}/checkin", '{"agent_version": "0.1\\u0000"}',
+                                 content_type="application/json", **agent.headers())
+    assert response.status_code == 400
+    assert "NUL" in response.json()["error"]["message"]

@@ -1,0 +1,108 @@
+"""The admin: token creation shown once, computed status, revoke, rebind, server settings."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django.utils import timezone
+
+from events_app.models import SystemEvent
+from redflag.models import ServerSettings
+from tokens_app.hashing import hash_secret
+from tokens_app.models import RegistrationToken
+from tokens_app.services import token_create
+
+CHANGELIST = "/admin/tokens_app/registrationtoken/"
+
+
+def test_creating_a_token_shows_the_secret_and_one_liners_once(admin_client):
+    row = ServerSettings.current()
+    row.public_url = "https://redflag.example.net"
+    row.save()
+    response = admin_client.post(CHANGELIST + "add/", {"label": "rack 3", "max_seats": 5, "expires_in_hours": 48})
+    assert response.status_code == 200
+    assert "no-store" in response["Cache-Control"]
+    secret = response.context["secret"]
+    token = RegistrationToken.objects.get(token_hash=hash_secret(secret))
+    assert (token.label, token.max_seats) == ("rack 3", 5)
+    assert timedelta(hours=47, minutes=59) < token.expires_at - timezone.now() <= timedelta(hours=48)
+    page = response.content.decode()
+    assert secret in page
+    assert f"curl -sfL https://redflag.example.net/install/linux.sh | sudo bash -s -- {secret}" in page
+    # Never again: not on the list, not on the change page, not in the event.
+    assert secret not in admin_client.get(CHANGELIST).content.decode()
+    assert secret not in admin_client.get(f"{CHANGELIST}{token.pk}/change/").content.decode()
+    assert secret not in str(SystemEvent.objects.get(event_type="token_created").metadata)
+
+
+def test_token_lifetime_over_the_cap_is_a_form_error(admin_client):
+    response = admin_client.post(CHANGELIST + "add/", {"label": "x", "max_seats": 1, "expires_in_hours": 100000})
+    assert response.status_code == 200 and "At most" in response.content.decode()
+    assert not RegistrationToken.objects.exists()
+
+
+def test_list_shows_computed_status_and_filters_by_it(admin_client):
+    active, _ = token_create(label="fresh", max_seats=3, expires_in=timedelta(hours=1))
+    expired, _ = token_create(label="stale", max_seats=3, expires_in=timedelta(hours=1))
+    RegistrationToken.objects.filter(pk=expired.pk).update(expires_at=timezone.now() - timedelta(minutes=1))
+    page = admin_client.get(CHANGELIST).content.decode()
+    assert "Expired" in page and "Active" in page and "0 / 3" in page
+    filtered = admin_client.get(CHANGELIST, {"status": "expired"})
+    assert [token.label for token in filtered.context["cl"].result_list] == ["stale"]
+    filtered = admin_client.get(CHANGELIST, {"status": "active"})
+    assert [token.label for token in filtered.context["cl"].result_list] == ["fresh"]
+
+
+def test_revoke_action(admin_client, registration_secret):
+    token = RegistrationToken.objects.get()
+    response = admin_client.post(CHANGELIST, {"action": "revoke_selected", "_selected_action": [token.pk]})
+    assert response.status_code == 302
+    token.refresh_from_db()
+    assert token.status == "revoked"
+    event = SystemEvent.objects.get(event_type="token_revoked")
+    assert event.actor == "admin"
+
+
+def test_expired_token_shows_expired_and_is_refused(admin_client, client):
+    from tests.server.conftest import host_facts, machine_hash
+
+    token, secret = token_create(label="old", max_seats=1, expires_in=timedelta(hours=1))
+    RegistrationToken.objects.filter(pk=token.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
+    assert "Expired" in admin_client.get(f"{CHANGELIST}{token.pk}/change/").content.decode()
+    response = client.post("/api/v1/agents/register",
+                           {"registration_token": secret, "machine_id": machine_hash(), **host_facts()},
+                           content_type="application/json")
+    assert response.status_code == 401
+
+
+def test_agent_rebind_and_revoke_actions(admin_client, agent):
+    url = "/admin/agents_app/agent/"
+    admin_client.post(url, {"action": "allow_rebind", "_selected_action": [agent.id]})
+    assert agent.model.rebind_allowed_until > timezone.now()
+    admin_client.post(url, {"action": "revoke_credentials", "_selected_action": [agent.id]})
+    assert agent.model.revoked_at is not None
+    assert agent.post("checkin", {}).status_code == 401
+    page = admin_client.get(url).content.decode()
+    assert "Revoked" in page
+
+
+def test_server_settings_is_one_page_and_audited(admin_client):
+    response = admin_client.get("/admin/redflag/serversettings/")
+    assert response.status_code == 302 and response["Location"].endswith("/serversettings/1/change/")
+    form = admin_client.get("/admin/redflag/serversettings/1/change/").context["adminform"].form
+    data = {name: value for name, value in form.initial.items() if value is not None and name != "id"}
+    data.update(rate_checkin="120/min", public_url="https://rf.example.org")
+    response = admin_client.post("/admin/redflag/serversettings/1/change/", data)
+    assert response.status_code == 302, response.content
+    ServerSettings.forget()
+    assert ServerSettings.current().rate_checkin == "120/min"
+    event = SystemEvent.objects.get(event_type="config_changed", component="config")
+    assert set(event.metadata) == {"rate_checkin", "public_url"}
+
+
+def test_bad_rate_is_a_form_error(admin_client):
+    form = admin_client.get("/admin/redflag/serversettings/1/change/").context["adminform"].form
+    data = {name: value for name, value in form.initial.items() if value is not None and name != "id"}
+    data["rate_checkin"] = "lots"
+    response = admin_client.post("/admin/redflag/serversettings/1/change/", data)
+    assert response.status_code == 200 and "is not a rate" in response.content.decode()

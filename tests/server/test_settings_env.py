@@ -1,0 +1,86 @@
+"""Settings come from the environment, parsed strictly; production passes check --deploy."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from redflag.env import parse_duration
+
+ROOT = Path(__file__).resolve().parents[2]
+PRODUCTION_ENV = {
+    "REDFLAG_ENV": "production",
+    "REDFLAG_SECRET_KEY": "k3y-" + "x9Qa7Lm2Zp" * 6,
+    "REDFLAG_ALLOWED_HOSTS": "redflag.example.net",
+}
+
+
+def manage(*args: str, env: dict[str, str], tmp_path: Path) -> subprocess.CompletedProcess:
+    base = {key: value for key, value in os.environ.items() if not key.startswith(("REDFLAG_", "DJANGO_"))}
+    base.pop("DATABASE_URL", None)
+    full_env = {**base, "REDFLAG_DATA_DIR": str(tmp_path), "DJANGO_SETTINGS_MODULE": "redflag.settings", **env}
+    return subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=full_env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_production_settings_pass_check_deploy(tmp_path):
+    result = manage("check", "--deploy", "--fail-level", "WARNING", env=PRODUCTION_ENV, tmp_path=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "no issues" in result.stdout
+
+
+def test_development_settings_do_not_pass_check_deploy(tmp_path):
+    """The check is real: the development defaults (DEBUG on, insecure cookies) fail it."""
+    result = manage("check", "--deploy", "--fail-level", "WARNING", env={}, tmp_path=tmp_path)
+    assert result.returncode != 0
+
+
+@pytest.mark.parametrize("variable, value, message", [
+    ("REDFLAG_DEBUG", "maybe", "REDFLAG_DEBUG must be true or false"),
+    ("REDFLAG_RATE_LIMIT_ENABLED", "ture", "REDFLAG_RATE_LIMIT_ENABLED must be true or false"),
+    ("REDFLAG_ACCESS_TOKEN_SECONDS", "1h", "REDFLAG_ACCESS_TOKEN_SECONDS must be a whole number"),
+    ("REDFLAG_ACCESS_TOKEN_SECONDS", "5", "REDFLAG_ACCESS_TOKEN_SECONDS must be at least 60"),
+    ("REDFLAG_ENV", "prod", "REDFLAG_ENV must be one of development, production"),
+    ("DATABASE_URL", "mongodb://nope", "DATABASE_URL is not a valid database URL"),
+])
+def test_bad_value_stops_start_up_naming_the_variable(tmp_path, variable, value, message):
+    result = manage("check", env={variable: value}, tmp_path=tmp_path)
+    assert result.returncode != 0
+    assert message in result.stderr
+
+
+@pytest.mark.parametrize("missing", ["REDFLAG_SECRET_KEY", "REDFLAG_ALLOWED_HOSTS"])
+def test_production_requires_secret_key_and_hosts(tmp_path, missing):
+    env = {key: value for key, value in PRODUCTION_ENV.items() if key != missing}
+    result = manage("check", env=env, tmp_path=tmp_path)
+    assert result.returncode != 0 and missing in result.stderr
+
+
+def test_weak_production_secret_key_is_refused(tmp_path):
+    result = manage("check", env={**PRODUCTION_ENV, "REDFLAG_SECRET_KEY": "short"}, tmp_path=tmp_path)
+    assert result.returncode != 0 and "REDFLAG_SECRET_KEY must be at least 50" in result.stderr
+
+
+def test_sqlite_lives_in_the_data_dir_in_wal_mode(tmp_path):
+    result = manage("migrate", env={}, tmp_path=tmp_path)
+    assert result.returncode == 0, result.stderr
+    import sqlite3
+
+    database = tmp_path / "redflag.sqlite3"
+    assert database.exists()
+    assert sqlite3.connect(database).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+@pytest.mark.parametrize("text, seconds", [("90s", 90), ("30m", 1800), ("24h", 86400), ("7d", 604800)])
+def test_parse_duration(text, seconds):
+    assert parse_duration(text).total_seconds() == seconds
+
+
+@pytest.mark.parametrize("text", ["", "24", "h", "1.5h", "-1h", "1w"])
+def test_parse_duration_refuses(text):
+    with pytest.raises(ValueError):
+        parse_duration(text)
