@@ -23,3 +23,17 @@ run: $(VENV)/.runtime-installed
 
 test: $(VENV)/.test-installed
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The agent's own tests under the oldest Python it supports (3.9), with only its
+# three dependencies installed: proof that agent_client/ needs no Django.
+PYTHON39 ?= python3.9
+VENV39 := .venv39
+
+$(VENV39)/.installed: agent_client/requirements.txt
+	$(PYTHON39) -m venv $(VENV39)
+	$(VENV39)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV39)/bin/python -m pip install --quiet -r agent_client/requirements.txt pytest
+	touch $@
+
+test-agent-py39: $(VENV39)/.installed
+	$(VENV39)/bin/python -m pytest -p no:django -W ignore::pytest.PytestConfigWarning tests/agent $(PYTEST_ARGS)
