@@ -1,9 +1,21 @@
 import uuid
 
+from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
-from agents_app.querysets import AgentQuerySet
+from agents_app.choices import (
+    OPEN_COMMAND_STATUSES,
+    CommandSource,
+    CommandStatus,
+    CommandType,
+    PackageType,
+    SubsystemName,
+    SubsystemStatus,
+    UpdateSeverity,
+    UpdateStatus,
+)
+from agents_app.querysets import AgentQuerySet, AgentSubsystemQuerySet, CommandQuerySet, PackageUpdateQuerySet
 
 
 class Agent(models.Model):
@@ -42,6 +54,12 @@ class Agent(models.Model):
     # bind this agent to a new machine id (after a legitimate reinstall).
     rebind_allowed_until = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
+    # The latest system report (OS, CPU, memory, disks, uptime, IPs), shown on the agent page.
+    system_info = models.JSONField(default=dict, blank=True)
+    system_reported_at = models.DateTimeField(null=True, blank=True)
+    # The last online/offline transition the presence sweep recorded as an event, so
+    # it records each transition once. Not the status itself: that is derived.
+    presence_recorded = models.CharField(max_length=8, blank=True)
 
     objects = AgentQuerySet.as_manager()
 
@@ -66,3 +84,209 @@ class Agent(models.Model):
         from redflag.models import ServerSettings
 
         return self.poll_interval_seconds or ServerSettings.current().default_poll_interval_seconds
+
+
+class AgentSubsystem(models.Model):
+    """One thing an agent can scan, with its schedule. Config changes bump the agent's config_version."""
+
+    CONFIG_FIELDS = ("enabled", "auto_run", "interval_minutes")
+
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="subsystems")
+    name = models.CharField(max_length=32, choices=SubsystemName.choices)
+    enabled = models.BooleanField(default=True)
+    auto_run = models.BooleanField(default=True, help_text="Scan on the schedule below.")
+    interval_minutes = models.PositiveIntegerField(default=360)
+    next_run_at = models.DateTimeField(null=True, blank=True, help_text="Empty: due now.")
+    last_run_at = models.DateTimeField(null=True, blank=True)
+    last_status = models.CharField(max_length=16, choices=SubsystemStatus.choices, default=SubsystemStatus.NEVER_RUN)
+    last_error = models.TextField(blank=True)
+
+    objects = AgentSubsystemQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["agent", "name"]
+        constraints = [models.UniqueConstraint(fields=["agent", "name"], name="one_subsystem_per_name")]
+        # The scheduling sweep: enabled, auto-run rows by due time.
+        indexes = [models.Index(fields=["next_run_at"], condition=models.Q(enabled=True, auto_run=True),
+                                name="subsystem_due")]
+
+    def __str__(self) -> str:
+        return f"{self.agent} / {self.name}"
+
+    def save(self, *args, **kwargs):
+        """Any change of a config field bumps the agent's config_version, in the same transaction."""
+        from django.db import transaction
+
+        with transaction.atomic():
+            changed = self._state.adding
+            if not changed:
+                stored = type(self).objects.filter(pk=self.pk).values(*self.CONFIG_FIELDS).first()
+                changed = stored is None or any(stored[field] != getattr(self, field) for field in self.CONFIG_FIELDS)
+            super().save(*args, **kwargs)
+            if changed:
+                Agent.objects.filter(pk=self.agent_id).update(config_version=models.F("config_version") + 1)
+
+
+class BulkOperation(models.Model):
+    """Progress of one fleet-wide action run as a django-q2 task."""
+
+    class Kind(models.TextChoices):
+        SCAN = "scan", "Scan now"
+        APPROVE = "approve", "Approve updates"
+        INSTALL = "install", "Install updates"
+        HEARTBEAT = "heartbeat", "Heartbeat"
+        REBOOT = "reboot", "Reboot"
+
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        RUNNING = "running"
+        FINISHED = "finished"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    params = models.JSONField(default=dict, blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    requested = models.PositiveIntegerField(default=0)
+    done = models.PositiveIntegerField(default=0)
+    failed = models.PositiveIntegerField(default=0)
+    errors = models.JSONField(default=list, blank=True, help_text="The first failures, with the reason.")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    created_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} ({self.done + self.failed}/{self.requested})"
+
+
+class Command(models.Model):
+    """Work for one agent, Ed25519-signed at creation (see agents_app.signing)."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="commands")
+    command_type = models.CharField(max_length=32, choices=CommandType.choices)
+    params = models.JSONField(default=dict, blank=True)
+    # Type plus what distinguishes it (scan_updates:apt): at most one open command per key and agent.
+    dedupe_key = models.CharField(max_length=64)
+    status = models.CharField(max_length=16, choices=CommandStatus.choices, default=CommandStatus.PENDING)
+    source = models.CharField(max_length=16, choices=CommandSource.choices)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    created_at = models.DateTimeField(default=timezone.now)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField()
+    # The signed envelope.
+    issued_at = models.DateTimeField()
+    nonce = models.CharField(max_length=64)
+    key_id = models.CharField(max_length=32)
+    signature = models.CharField(max_length=128)
+    result = models.JSONField(default=dict, blank=True)
+    output = models.TextField(blank=True)
+    retry_of = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="retries")
+    bulk_operation = models.ForeignKey(
+        BulkOperation, null=True, blank=True, on_delete=models.SET_NULL, related_name="commands"
+    )
+
+    objects = CommandQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["agent", "dedupe_key"], condition=models.Q(status__in=OPEN_COMMAND_STATUSES),
+                name="one_open_command_per_key",
+            ),
+        ]
+        indexes = [
+            # Check-in delivery: an agent's oldest pending commands.
+            models.Index(fields=["agent", "status", "created_at"], name="command_delivery"),
+            # The timeout sweep: sent or running commands by age.
+            models.Index(fields=["status", "sent_at"], name="command_timeout"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.command_type} for {self.agent_id} ({self.status})"
+
+
+class PackageUpdate(models.Model):
+    """One pending update on one agent; scan reports are the full truth per package type."""
+
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="updates")
+    package_type = models.CharField(max_length=16, choices=PackageType.choices)
+    name = models.CharField(max_length=255)
+    current_version = models.CharField(max_length=255, blank=True)
+    available_version = models.CharField(max_length=255, blank=True)
+    severity = models.CharField(max_length=16, choices=UpdateSeverity.choices, default=UpdateSeverity.UNKNOWN)
+    is_security = models.BooleanField(default=False)
+    repository = models.CharField(max_length=255, blank=True)
+    size_bytes = models.BigIntegerField(null=True, blank=True)
+    cve_ids = models.JSONField(default=list, blank=True)
+    kb_ids = models.JSONField(default=list, blank=True)
+    metadata = models.JSONField(default=dict, blank=True)
+    status = models.CharField(max_length=24, choices=UpdateStatus.choices, default=UpdateStatus.PENDING)
+    # Extra packages the last dry-run would pull in (waiting for an admin when not empty).
+    dependencies = models.JSONField(default=list, blank=True)
+    operation_command = models.ForeignKey(
+        Command, null=True, blank=True, on_delete=models.SET_NULL, related_name="package_updates",
+        help_text="The dry-run or install working on this update.",
+    )
+    last_report_id = models.CharField(max_length=64, blank=True)
+    first_seen_at = models.DateTimeField(default=timezone.now)
+    last_seen_at = models.DateTimeField(default=timezone.now)
+    status_changed_at = models.DateTimeField(default=timezone.now)
+
+    objects = PackageUpdateQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["agent", "package_type", "name"]
+        constraints = [
+            models.UniqueConstraint(fields=["agent", "package_type", "name"], name="one_update_per_package"),
+        ]
+        indexes = [
+            # Fleet lists and the dashboard: open updates by status and severity.
+            models.Index(fields=["status", "severity"], name="update_status_severity"),
+            models.Index(fields=["agent", "status"], name="update_agent_status"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} {self.current_version} → {self.available_version}"
+
+
+class UpdateLog(models.Model):
+    """History of package operations (dry-runs and installs)."""
+
+    class Action(models.TextChoices):
+        DRY_RUN = "dry_run", "Dry-run"
+        INSTALL = "install", "Install"
+
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="update_logs")
+    command = models.ForeignKey(Command, null=True, blank=True, on_delete=models.SET_NULL)
+    package_type = models.CharField(max_length=16, choices=PackageType.choices)
+    packages = models.JSONField(default=list)
+    action = models.CharField(max_length=16, choices=Action.choices)
+    succeeded = models.BooleanField()
+    exit_code = models.IntegerField(null=True, blank=True)
+    output_tail = models.TextField(blank=True)
+    duration_seconds = models.FloatField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.get_action_display()} of {len(self.packages)} package(s) on {self.agent}"
+
+
+class IngestedReport(models.Model):
+    """Report ids already applied, so a retried report changes nothing."""
+
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="+")
+    report_id = models.CharField(max_length=64)
+    kind = models.CharField(max_length=16)
+    received_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["agent", "report_id"], name="report_once_per_agent")]

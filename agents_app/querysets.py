@@ -15,3 +15,32 @@ class AgentQuerySet(models.QuerySet):
 
     def offline(self, now: datetime.datetime | None = None):
         return self.exclude(pk__in=self.online(now).values("pk"))
+
+
+class AgentSubsystemQuerySet(models.QuerySet):
+    def due(self, now: datetime.datetime | None = None):
+        """Enabled, auto-run subsystems whose next run time has come (or was never set)."""
+        now = now or timezone.now()
+        return self.filter(enabled=True, auto_run=True).filter(
+            models.Q(next_run_at__isnull=True) | models.Q(next_run_at__lte=now)
+        )
+
+
+class CommandQuerySet(models.QuerySet):
+    def open(self):
+        from agents_app.choices import OPEN_COMMAND_STATUSES
+
+        return self.filter(status__in=OPEN_COMMAND_STATUSES)
+
+    def pending(self):
+        from agents_app.choices import CommandStatus
+
+        return self.filter(status=CommandStatus.PENDING)
+
+
+class PackageUpdateQuerySet(models.QuerySet):
+    def outstanding(self):
+        """Updates still to act on: not installed, closed or ignored."""
+        from agents_app.choices import UpdateStatus
+
+        return self.exclude(status__in=(UpdateStatus.INSTALLED, UpdateStatus.CLOSED, UpdateStatus.IGNORED))

@@ -80,6 +80,8 @@ def agent_register(
 
 
 def _register_with_seat(token, machine_id_hash, facts, client_ip, now) -> Registration:
+    from agents_app.scheduling import subsystems_ensure
+
     host_facts = {field: facts.get(field, "") for field in HOST_FACT_FIELDS}
     agent = Agent.objects.select_for_update().filter(machine_id_hash=machine_id_hash).first()
     metadata = {"token_id": token.pk, "token_label": token.label, "client_ip": client_ip,
@@ -116,6 +118,7 @@ def _register_with_seat(token, machine_id_hash, facts, client_ip, now) -> Regist
             actor=agent_actor(agent),
         )
         reregistered = True
+    subsystems_ensure(agent=agent, capabilities=facts.get("capabilities", ()))
     return Registration(agent, credentials_issue(agent=agent, now=now), reregistered)
 
 

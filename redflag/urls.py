@@ -2,7 +2,15 @@ from django.contrib import admin
 from django.urls import path
 from drf_spectacular.views import SpectacularAPIView
 
-from agents_app.api.views import CheckinView, EventsView, RegisterView
+from agents_app.api.views import (
+    CheckinView,
+    CommandResultView,
+    ConfigView,
+    EventsView,
+    RegisterView,
+    SystemReportView,
+    UpdatesReportView,
+)
 from redflag.api.errors import api_not_found, api_server_error
 from redflag.api.views import HealthView
 from tokens_app.api.views import RenewView, SigningKeysView
@@ -12,6 +20,11 @@ api_v1 = [
     path("api/v1/agents/renew", RenewView.as_view(), name="agent-renew"),
     path("api/v1/agents/<uuid:agent_id>/checkin", CheckinView.as_view(), name="agent-checkin"),
     path("api/v1/agents/<uuid:agent_id>/events", EventsView.as_view(), name="agent-events"),
+    path("api/v1/agents/<uuid:agent_id>/commands/<uuid:command_id>/result", CommandResultView.as_view(),
+         name="agent-command-result"),
+    path("api/v1/agents/<uuid:agent_id>/reports/updates", UpdatesReportView.as_view(), name="agent-report-updates"),
+    path("api/v1/agents/<uuid:agent_id>/reports/system", SystemReportView.as_view(), name="agent-report-system"),
+    path("api/v1/agents/<uuid:agent_id>/config", ConfigView.as_view(), name="agent-config"),
     path("api/v1/signing-keys", SigningKeysView.as_view(), name="signing-keys"),
     path("api/v1/health", HealthView.as_view(), name="health"),
 ]

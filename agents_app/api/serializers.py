@@ -1,5 +1,6 @@
 from rest_framework import serializers
 
+from agents_app.choices import CommandStatus, PackageType, SubsystemName, UpdateSeverity
 from events_app.choices import AGENT_REPORTABLE_TYPES, Component, EventSubtype, Severity
 
 HEX_SHA256 = r"^[0-9a-f]{64}$"
@@ -21,6 +22,10 @@ class RegisterSerializer(serializers.Serializer):
     kernel = serializers.CharField(max_length=128, required=False, allow_blank=True, default="")
     arch = serializers.CharField(max_length=32, required=False, allow_blank=True, default="")
     agent_version = serializers.CharField(max_length=32)
+    capabilities = serializers.ListField(
+        child=serializers.ChoiceField(choices=SubsystemName.choices), required=False, default=list, max_length=16,
+        help_text="What this agent can scan; each becomes a subsystem.",
+    )
 
 
 class SigningKeySerializer(serializers.Serializer):
@@ -80,8 +85,22 @@ class HeartbeatStateSerializer(serializers.Serializer):
     until = serializers.DateTimeField(allow_null=True)
 
 
+class WireCommandSerializer(serializers.Serializer):
+    """A signed command; the agent verifies the Ed25519 signature over agent_client.protocol's canonical bytes."""
+
+    id = serializers.UUIDField()
+    agent_id = serializers.UUIDField()
+    type = serializers.CharField()
+    params = serializers.DictField()
+    issued_at = serializers.IntegerField()
+    expires_at = serializers.IntegerField()
+    nonce = serializers.CharField()
+    key_id = serializers.CharField()
+    signature = serializers.CharField()
+
+
 class CheckinResponseSerializer(serializers.Serializer):
-    commands = serializers.ListField(child=serializers.DictField())
+    commands = WireCommandSerializer(many=True)
     config_version = serializers.IntegerField()
     poll_interval_seconds = serializers.IntegerField()
     heartbeat = HeartbeatStateSerializer()
@@ -111,6 +130,111 @@ class EventsSerializer(serializers.Serializer):
 class EventsResponseSerializer(serializers.Serializer):
     received = serializers.IntegerField()
     stored = serializers.IntegerField(help_text="Events not seen before.")
+
+
+MAX_OUTPUT_CHARS = 256 * 1024
+MAX_REPORT_UPDATES = 20000
+
+
+class CommandResultSerializer(serializers.Serializer):
+    status = serializers.ChoiceField(
+        choices=[(status, status) for status in (CommandStatus.RUNNING, CommandStatus.SUCCEEDED, CommandStatus.FAILED)]
+    )
+    output = serializers.CharField(required=False, allow_blank=True, default="", max_length=MAX_OUTPUT_CHARS,
+                                   trim_whitespace=False)
+    exit_code = serializers.IntegerField(required=False, allow_null=True, default=None)
+    duration_seconds = serializers.FloatField(required=False, allow_null=True, default=None, min_value=0)
+    dependencies = serializers.ListField(child=serializers.CharField(max_length=255), required=False, default=list,
+                                         max_length=5000)
+    packages = serializers.ListField(child=serializers.DictField(), required=False, default=list, max_length=5000)
+    details = serializers.DictField(required=False, default=dict)
+
+    def validated_result(self) -> dict:
+        data = self.validated_data
+        return {key: data[key] for key in ("exit_code", "duration_seconds", "dependencies", "packages", "details")}
+
+
+class CommandResultResponseSerializer(serializers.Serializer):
+    status = serializers.CharField()
+    changed = serializers.BooleanField()
+
+
+class ReportedUpdateSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=255)
+    current_version = serializers.CharField(max_length=255, allow_blank=True)
+    available_version = serializers.CharField(max_length=255, allow_blank=True)
+    severity = serializers.ChoiceField(choices=UpdateSeverity.choices, default=UpdateSeverity.UNKNOWN)
+    is_security = serializers.BooleanField(default=False)
+    repository = serializers.CharField(max_length=255, allow_blank=True, default="")
+    size_bytes = serializers.IntegerField(min_value=0, required=False, allow_null=True, default=None)
+    cve_ids = serializers.ListField(child=serializers.CharField(max_length=32), default=list, max_length=500)
+    kb_ids = serializers.ListField(child=serializers.CharField(max_length=32), default=list, max_length=100)
+    metadata = serializers.DictField(default=dict)
+
+
+class UpdatesReportSerializer(serializers.Serializer):
+    report_id = serializers.RegexField(r"^[A-Za-z0-9_.:-]{8,64}$", help_text="Idempotency key chosen by the agent.")
+    package_type = serializers.ChoiceField(choices=PackageType.choices)
+    updates = ReportedUpdateSerializer(many=True, max_length=MAX_REPORT_UPDATES)
+    not_checked = serializers.ListField(child=serializers.CharField(max_length=255), default=list, max_length=1000)
+
+    def validate_updates(self, updates):
+        seen, duplicates = set(), set()
+        for update in updates:
+            (duplicates if update["name"] in seen else seen).add(update["name"])
+        if duplicates:
+            raise serializers.ValidationError(f"Package names appear twice: {', '.join(sorted(duplicates)[:10])}.")
+        return updates
+
+
+class UpdatesReportResponseSerializer(serializers.Serializer):
+    duplicate = serializers.BooleanField(help_text="True when this report id was applied before.")
+    updates = serializers.IntegerField()
+    closed = serializers.IntegerField()
+    installed = serializers.IntegerField()
+    reopened = serializers.IntegerField()
+
+
+class DiskSerializer(serializers.Serializer):
+    mountpoint = serializers.CharField(max_length=1024)
+    device = serializers.CharField(max_length=1024, allow_blank=True, default="")
+    fstype = serializers.CharField(max_length=64, allow_blank=True, default="")
+    total_bytes = serializers.IntegerField(min_value=0)
+    used_bytes = serializers.IntegerField(min_value=0)
+    percent = serializers.FloatField(min_value=0, max_value=100)
+
+
+class SystemReportSerializer(serializers.Serializer):
+    hostname = serializers.CharField(max_length=255, required=False)
+    os_name = serializers.CharField(max_length=128, required=False, allow_blank=True)
+    os_version = serializers.CharField(max_length=128, required=False, allow_blank=True)
+    kernel = serializers.CharField(max_length=128, required=False, allow_blank=True)
+    arch = serializers.CharField(max_length=32, required=False, allow_blank=True)
+    cpu_model = serializers.CharField(max_length=255, required=False, allow_blank=True)
+    cpu_count = serializers.IntegerField(min_value=0, required=False)
+    cpu_percent = serializers.FloatField(min_value=0, max_value=100, required=False)
+    memory_total_bytes = serializers.IntegerField(min_value=0, required=False)
+    memory_used_bytes = serializers.IntegerField(min_value=0, required=False)
+    disks = DiskSerializer(many=True, required=False, default=list, max_length=256)
+    uptime_seconds = serializers.IntegerField(min_value=0, required=False)
+    boot_time = serializers.DateTimeField(required=False)
+    ip_addresses = serializers.ListField(child=serializers.IPAddressField(), required=False, default=list,
+                                         max_length=256)
+    reboot_required = serializers.BooleanField()
+    reboot_reason = serializers.CharField(max_length=1000, required=False, allow_blank=True, default="")
+
+
+class SubsystemConfigSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    enabled = serializers.BooleanField()
+    auto_run = serializers.BooleanField()
+    interval_minutes = serializers.IntegerField()
+
+
+class AgentConfigResponseSerializer(serializers.Serializer):
+    config_version = serializers.IntegerField()
+    poll_interval_seconds = serializers.IntegerField()
+    subsystems = SubsystemConfigSerializer(many=True)
 
 
 class ErrorDetailSerializer(serializers.Serializer):

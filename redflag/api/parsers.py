@@ -15,7 +15,7 @@ def _refuse_constant(name: str):
 
 
 def _inspect(value, limit: int) -> None:
-    """Refuse nesting deeper than ``limit`` and NUL characters (PostgreSQL text cannot hold them).
+    """Refuse nesting deeper than ``limit``, NUL characters and lone surrogates (PostgreSQL text holds neither).
 
     Iterative, so a hostile body cannot exhaust the stack.
     """
@@ -27,6 +27,11 @@ def _inspect(value, limit: int) -> None:
         if isinstance(item, str):
             if "\x00" in item:
                 raise ParseError("Strings may not contain NUL (\\u0000) characters.")
+            if not item.isascii():
+                try:
+                    item.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise ParseError("Strings may not contain unpaired surrogate escapes (\\ud800-\\udfff).") from None
         elif isinstance(item, dict):
             stack.extend((key, depth + 1) for key in item)
             stack.extend((child, depth + 1) for child in item.values())

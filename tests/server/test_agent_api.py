@@ -101,13 +101,30 @@ def test_checkin_updates_last_seen_and_metrics(agent):
     assert model.is_online and Agent.objects.online().filter(pk=agent.id).exists()
 
 
-def test_checkin_query_count_is_constant(agent, enroll, django_assert_num_queries):
-    """Authentication (1), nonce (savepoint + insert), rate limit (cache, no SQL), settings (cached), update (1)."""
+def test_checkin_query_count_does_not_grow_with_the_fleet(agent, enroll, django_assert_num_queries):
+    """Auth (1), nonce (savepoint, insert, release), update (1), due scans (1), pending commands (1)."""
     agent.post("checkin", {})  # warm the per-process settings cache
-    for _ in range(5):
-        enroll()
-    with django_assert_num_queries(5):
-        assert agent.post("checkin", {"metrics": {"cpu_percent": 1}}).status_code == 200
+    with django_assert_num_queries(7):
+        assert agent.post("checkin", {}).status_code == 200
+    for index in range(12):
+        enroll(hostname=f"other-{index}").post("checkin", {})
+    with django_assert_num_queries(7):
+        assert agent.post("checkin", {}).status_code == 200
+
+
+def test_checkin_query_count_does_not_grow_with_pending_commands(agent, django_assert_num_queries):
+    from agents_app.commands import command_create
+
+    agent.post("checkin", {})
+    model = agent.model
+    command_create(agent=model, command_type="reboot", source="api")
+    with django_assert_num_queries(11):  # + savepoint, claim, read back, release
+        assert len(agent.post("checkin", {}).json()["commands"]) == 1
+    for package_type in ("apt", "dnf", "docker", "winget", "windows_update"):
+        command_create(agent=model, command_type="scan_updates", params={"package_type": package_type}, source="api")
+    command_create(agent=model, command_type="scan_storage", source="api")
+    with django_assert_num_queries(11):
+        assert len(agent.post("checkin", {}).json()["commands"]) == 6
 
 
 @pytest.mark.parametrize("metrics, field", [
@@ -228,3 +245,10 @@ def test_nul_characters_are_400_not_a_database_error(agent):
                                  content_type="application/json", **agent.headers())
     assert response.status_code == 400
     assert "NUL" in response.json()["error"]["message"]
+
+
+def test_lone_surrogate_escapes_are_400(agent):
+    response = agent.client.post(f"/api/v1/agents/{agent.id}/checkin", '{"agent_version": "\\udad1x"}',
+                                 content_type="application/json", **agent.headers())
+    assert response.status_code == 400
+    assert "surrogate" in response.json()["error"]["message"]

@@ -1,0 +1,68 @@
+"""The signed-command envelope, shared by the server and the agent.
+
+The server imports this module to sign; the agent imports it to verify. One
+definition of the canonical bytes means the two can never disagree. Standard
+library only (the agent runs on Python 3.9 without Django).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from typing import Any, Dict, Mapping
+
+ENVELOPE_VERSION = 1
+
+
+def canonical_json(value: Any) -> bytes:
+    """Deterministic JSON: sorted keys, no whitespace, UTF-8."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def params_digest(params: Mapping[str, Any]) -> str:
+    return hashlib.sha256(canonical_json(params)).hexdigest()
+
+
+def command_signing_bytes(
+    *,
+    agent_id: str,
+    command_id: str,
+    command_type: str,
+    params: Mapping[str, Any],
+    issued_at: int,
+    expires_at: int,
+    nonce: str,
+) -> bytes:
+    """The exact bytes an Ed25519 command signature covers.
+
+    Times are whole Unix seconds; ids are canonical lowercase UUID strings.
+    """
+    envelope: Dict[str, Any] = {
+        "v": ENVELOPE_VERSION,
+        "agent_id": agent_id,
+        "command_id": command_id,
+        "type": command_type,
+        "params_sha256": params_digest(params),
+        "issued_at": int(issued_at),
+        "expires_at": int(expires_at),
+        "nonce": nonce,
+    }
+    return canonical_json(envelope)
+
+
+def command_signing_bytes_from_wire(command: Mapping[str, Any]) -> bytes:
+    """Signing bytes from a command as the check-in reply carries it."""
+    return command_signing_bytes(
+        agent_id=command["agent_id"],
+        command_id=command["id"],
+        command_type=command["type"],
+        params=command["params"],
+        issued_at=command["issued_at"],
+        expires_at=command["expires_at"],
+        nonce=command["nonce"],
+    )
+
+
+def b64decode(text: str) -> bytes:
+    return base64.b64decode(text.encode("ascii"), validate=True)
