@@ -1,0 +1,143 @@
+"""Scan and system reports: full snapshots, constant statements, idempotent, validated."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from agents_app.choices import UpdateStatus
+from agents_app.models import Agent, PackageUpdate
+from events_app.models import SystemEvent
+
+
+def package(name: str, available: str = "2.0", **extra) -> dict:
+    return {"name": name, "current_version": "1.0", "available_version": available, "severity": "unknown",
+            "is_security": False, "repository": "bookworm/main", "size_bytes": 1024, "cve_ids": [], "kb_ids": [],
+            "metadata": {"arch": "amd64"}, **extra}
+
+
+def report(agent, packages, package_type="apt", report_id=None):
+    return agent.post("reports/updates", {"report_id": report_id or uuid.uuid4().hex, "package_type": package_type,
+                                          "updates": packages})
+
+
+def statuses(agent) -> dict[str, str]:
+    return dict(PackageUpdate.objects.filter(agent_id=agent.id).values_list("name", "status"))
+
+
+def test_report_is_stored_with_every_field(agent):
+    response = report(agent, [package("openssl", severity="important", is_security=True, cve_ids=["CVE-2026-1"])])
+    assert response.status_code == 200
+    assert response.json() == {"duplicate": False, "updates": 1, "closed": 0, "installed": 0, "reopened": 0}
+    row = PackageUpdate.objects.get()
+    assert (row.name, row.current_version, row.available_version, row.severity, row.is_security) == (
+        "openssl", "1.0", "2.0", "important", True)
+    assert row.cve_ids == ["CVE-2026-1"] and row.metadata == {"arch": "amd64"} and row.size_bytes == 1024
+    assert row.status == UpdateStatus.PENDING and row.repository == "bookworm/main"
+    assert SystemEvent.objects.filter(event_type="agent_scan", metadata__security=1).exists()
+
+
+def test_snapshot_closes_absent_packages_and_keeps_approved_and_ignored(agent):
+    report(agent, [package("a"), package("b"), package("c"), package("d")])
+    PackageUpdate.objects.filter(name="b").update(status=UpdateStatus.APPROVED)
+    PackageUpdate.objects.filter(name="c").update(status=UpdateStatus.IGNORED)
+    report(agent, [package("b", "2.1"), package("c"), package("e")])
+    assert statuses(agent) == {"a": "closed", "b": "approved", "c": "ignored", "d": "closed", "e": "pending"}
+    assert PackageUpdate.objects.get(name="b").available_version == "2.1"
+    # b gone while approved: the version moved on, it is installed. a comes back: pending again.
+    report(agent, [package("a", "3.0"), package("c")])
+    assert statuses(agent) == {"a": "pending", "b": "installed", "c": "ignored", "d": "closed", "e": "closed"}
+
+
+def test_reports_of_other_package_types_do_not_close_each_other(agent):
+    report(agent, [package("curl")], "apt")
+    report(agent, [package("nginx:latest")], "docker")
+    assert statuses(agent) == {"curl": "pending", "nginx:latest": "pending"}
+
+
+def test_same_report_id_twice_changes_nothing(agent):
+    report_id = uuid.uuid4().hex
+    report(agent, [package("a")], report_id=report_id)
+    PackageUpdate.objects.update(status=UpdateStatus.APPROVED)
+    response = report(agent, [package("b")], report_id=report_id)
+    assert response.status_code == 200 and response.json()["duplicate"] is True
+    assert statuses(agent) == {"a": "approved"}
+
+
+def _ingest_queries(agent, count: int) -> int:
+    with CaptureQueriesContext(connection) as context:
+        assert report(agent, [package(f"pkg-{index}") for index in range(count)]).status_code == 200
+    return len(context.captured_queries)
+
+
+def test_statement_count_does_not_grow_with_the_package_count(enroll):
+    small, large = enroll(hostname="small"), enroll(hostname="large")
+    _ingest_queries(small, 1)  # warm the settings cache
+    assert _ingest_queries(small, 10) == _ingest_queries(large, 2000)
+    assert PackageUpdate.objects.filter(agent_id=large.id).count() == 2000
+    # The second, same-size report (all rows conflict) costs the same too.
+    assert _ingest_queries(large, 2000) == _ingest_queries(small, 10)
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"severity": "urgent"}, "updates[1].severity"),
+    ({"name": ""}, "updates[1].name"),
+    ({"size_bytes": -1}, "updates[1].size_bytes"),
+    ({"is_security": "maybe"}, "updates[1].is_security"),
+])
+def test_bad_package_is_a_400_naming_it(agent, change, field):
+    response = report(agent, [package("ok"), {**package("bad"), **change}])
+    assert response.status_code == 400
+    assert field in response.json()["error"]["fields"], response.json()
+    assert not PackageUpdate.objects.exists()
+
+
+def test_unknown_severity_is_named_in_the_message(agent):
+    response = report(agent, [package("x", severity="urgent")])
+    assert '"urgent" is not a valid choice' in response.json()["error"]["message"]
+
+
+def test_duplicate_names_are_400(agent):
+    response = report(agent, [package("x"), package("x")])
+    assert response.status_code == 400 and "appear twice: x" in response.json()["error"]["message"]
+
+
+def test_unknown_package_type_and_bad_report_id_are_400(agent):
+    response = agent.post("reports/updates", {"report_id": "short", "package_type": "pip", "updates": []})
+    assert response.status_code == 400
+    assert {"report_id", "package_type"} <= set(response.json()["error"]["fields"])
+
+
+def test_oversized_report_is_413(agent, settings):
+    settings.REDFLAG_MAX_BODY_BYTES = 64 * 1024
+    response = report(agent, [package(f"p{index}", metadata={"pad": "x" * 100}) for index in range(1000)])
+    assert response.status_code == 413
+
+
+def test_system_report_and_the_reboot_flag(agent):
+    facts = {"os_name": "Debian GNU/Linux", "os_version": "12", "kernel": "6.1.0-18-amd64", "cpu_count": 4,
+             "memory_total_bytes": 8 * 2**30, "memory_used_bytes": 2**30, "uptime_seconds": 3600,
+             "disks": [{"mountpoint": "/", "device": "/dev/sda1", "fstype": "ext4", "total_bytes": 100,
+                        "used_bytes": 40, "percent": 40.0}],
+             "ip_addresses": ["192.0.2.10", "2001:db8::1"], "reboot_required": True,
+             "reboot_reason": "linux-image-6.1.0-18-amd64", "boot_time": "2026-01-15T08:00:00Z"}
+    assert agent.post("reports/system", facts).status_code == 204
+    model = agent.model
+    assert model.reboot_required and model.reboot_reason == "linux-image-6.1.0-18-amd64"
+    assert model.kernel == "6.1.0-18-amd64" and model.system_info["disks"][0]["mountpoint"] == "/"
+    assert model.last_boot_at.isoformat().startswith("2026-01-15T08:00")
+    # A reboot command does not clear the flag; the agent's report does.
+    assert agent.post("reports/system", {**facts, "reboot_required": False}).status_code == 204
+    assert Agent.objects.get(pk=agent.id).reboot_required is False
+    assert SystemEvent.objects.filter(event_type="agent_reboot", event_subtype="success").count() == 1
+
+
+def test_system_report_bad_input(agent):
+    response = agent.post("reports/system", {"reboot_required": True, "ip_addresses": ["not-an-ip"],
+                                             "disks": [{"mountpoint": "/"}]})
+    assert response.status_code == 400
+    fields = response.json()["error"]["fields"]
+    assert "ip_addresses[0]" in fields and "disks[0].total_bytes" in fields
