@@ -1,0 +1,481 @@
+"""Command line: ``python -m agent_client [--config PATH] [--verbose] COMMAND``.
+
+Commands:
+  register --server URL --token TOKEN   enroll this machine and write the config (0600, atomic)
+  run [--once]                          the service loop; --once: one cycle, exit 0 only if all succeeded
+  scan [--type T] [--json]              scan for updates locally (no server needed)
+  status [--json]                       registration, server, heartbeat, last check-in, outbox
+
+Exit codes: 0 success; 1 failure (server unreachable, refused registration,
+a failed scan, an outbox left unsent); 2 bad usage; 3 not registered or an
+unusable config file; 4 the server refuses this agent (revoked, another
+machine, refresh refused) — an admin must act.
+
+Every failure is one line on stderr; ``--verbose`` adds detail and tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import dataclasses
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+from agent_client import __version__
+from agent_client import config as config_module
+from agent_client.config import AgentConfig, ConfigError, ConfigNotFound, format_time, utc_now
+from agent_client.events import AGENT_REGISTRATION, AGENT_SCAN, AGENT_STARTUP, make_event
+from agent_client.machine import MachineIdError, host_facts, machine_id_hash
+from agent_client.outbox import KIND_EVENT, Channel, Outbox, OutboxError, describe
+from agent_client.runner import EVENTS_PER_REQUEST, Runner, describe_heartbeat
+from agent_client.transport import (
+    ApiError,
+    Client,
+    RetryPolicy,
+    TerminalError,
+    TransportError,
+    normalize_server_url,
+    register,
+)
+
+logger = logging.getLogger("redflag.agent")
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_NOT_REGISTERED = 3
+EXIT_REFUSED = 4
+
+SCANNER_TYPES = ("apt", "dnf", "docker", "windows_update", "winget")
+TOKEN_ENVIRONMENT_VARIABLE = "REDFLAG_REGISTRATION_TOKEN"
+
+
+class CliFailure(Exception):
+    """A failure already explained in one line; carries the exit code."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_FAILURE) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+# --- plumbing --------------------------------------------------------------------
+
+
+class _Formatter(logging.Formatter):
+    def __init__(self, verbose: bool) -> None:
+        super().__init__()
+        self.verbose = verbose
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        level = record.levelname.lower()
+        if self.verbose:
+            stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
+            line = f"{stamp} {level} {record.name}: {message}"
+            if record.exc_info:
+                line += "\n" + self.formatException(record.exc_info)
+            return line
+        prefix = "" if record.levelno == logging.INFO else f"{level}: "
+        return f"redflag-agent: {prefix}{message}"
+
+
+def _configure_logging(verbose: bool, default_level: int) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Formatter(verbose))
+    root = logging.getLogger("redflag")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose else default_level)
+    root.propagate = False
+    if verbose:
+        logging.getLogger("urllib3").addHandler(handler)
+        logging.getLogger("urllib3").setLevel(logging.INFO)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="redflag-agent", description="RedFlag update-management agent.")
+    parser.add_argument("--config", type=Path, default=None,
+                        help=f"config file (default {config_module.default_config_path()})")
+    parser.add_argument("--verbose", "-v", action="store_true", help="log details and tracebacks")
+    parser.add_argument("--version", action="version", version=f"redflag-agent {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+
+    register_parser = commands.add_parser("register", help="enroll this machine with a RedFlag server")
+    register_parser.add_argument("--server", required=True, help="server URL, e.g. https://redflag.example")
+    register_parser.add_argument("--token", default=None,
+                                 help=f"registration token (or set {TOKEN_ENVIRONMENT_VARIABLE})")
+    register_parser.add_argument("--ca-bundle", default=None, help="CA bundle to verify the server's certificate")
+
+    run_parser = commands.add_parser("run", help="poll the server (the service loop)")
+    run_parser.add_argument("--once", action="store_true", help="one cycle: check in, flush the outbox, exit")
+
+    scan_parser = commands.add_parser("scan", help="scan for updates locally (no server needed)")
+    scan_parser.add_argument("--type", choices=SCANNER_TYPES, default=None, help="only this package manager")
+    scan_parser.add_argument("--json", action="store_true", help="machine-readable output")
+
+    status_parser = commands.add_parser("status", help="show registration and queue state")
+    status_parser.add_argument("--json", action="store_true", help="machine-readable output")
+    return parser
+
+
+def _outbox(config_path: Path) -> Outbox:
+    return Outbox.beside(config_path)
+
+
+def _record_offline(config_path: Path, event: Dict[str, Any]) -> None:
+    """Keep an event for later when the agent cannot talk to the server now; best effort."""
+    try:
+        _outbox(config_path).add_event(event)
+    except (OutboxError, OSError) as exc:
+        logger.debug("could not queue the event in the outbox: %s", exc)
+
+
+def _load_registered(config_path: Path) -> AgentConfig:
+    try:
+        config = config_module.load(config_path)
+    except ConfigNotFound:
+        raise CliFailure(f"not registered: no config at {config_path}; run 'register' first", EXIT_NOT_REGISTERED) from None
+    except ConfigError as exc:
+        raise CliFailure(str(exc), EXIT_NOT_REGISTERED) from None
+    if not config.is_registered:
+        raise CliFailure(f"not registered: {config_path} holds no agent id or credentials", EXIT_NOT_REGISTERED)
+    return config
+
+
+def _client(config: AgentConfig, config_path: Path, machine_hash: str, outbox: Outbox, **kwargs: Any) -> Client:
+    def queue(event: Dict[str, Any]) -> None:
+        try:
+            outbox.add_event(event)
+        except (OutboxError, OSError) as exc:
+            logger.error("could not queue an event: %s", exc)
+
+    return Client(config, machine_id_hash=machine_hash, config_path=config_path, on_event=queue, **kwargs)
+
+
+# --- register ---------------------------------------------------------------------
+
+
+def _pinned_keys(keys: Any) -> List[Dict[str, Any]]:
+    """Keep the signing keys that are well-formed Ed25519 public keys."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    pinned = []
+    for key in keys if isinstance(keys, list) else []:
+        try:
+            raw = base64.b64decode(key["public_key"], validate=True)
+            Ed25519PublicKey.from_public_bytes(raw)
+        except (KeyError, TypeError, ValueError, binascii.Error):
+            logger.warning("ignoring a malformed signing key from the server (%r)", (key or {}).get("key_id"))
+            continue
+        pinned.append({name: key.get(name) for name in ("key_id", "algorithm", "public_key", "primary", "created_at")})
+    return pinned
+
+
+def _set_aside_unusable_config(config_path: Path) -> None:
+    try:
+        config_module.load(config_path)
+    except ConfigNotFound:
+        return
+    except ConfigError as exc:
+        backup = config_path.with_name(f"{config_path.name}.unusable-{time.strftime('%Y%m%d%H%M%S')}")
+        os.replace(config_path, backup)
+        logger.warning("%s; moved it to %s", exc, backup)
+        return
+    logger.info("replacing the existing registration in %s", config_path)
+
+
+def command_register(args: argparse.Namespace, config_path: Path) -> int:
+    try:
+        server = normalize_server_url(args.server)
+    except ValueError as exc:
+        raise CliFailure(str(exc), EXIT_USAGE) from None
+    token = args.token or os.environ.get(TOKEN_ENVIRONMENT_VARIABLE, "")
+    if not token:
+        raise CliFailure(f"a registration token is required (--token or {TOKEN_ENVIRONMENT_VARIABLE})", EXIT_USAGE)
+    facts = host_facts()
+
+    def failed(reason: str, message: str) -> CliFailure:
+        _record_offline(
+            config_path,
+            make_event(AGENT_REGISTRATION, "failed", f"Registration with {server} failed: {message}",
+                       severity="error", metadata={"reason": reason, "server_url": server,
+                                                   "hostname": facts["hostname"], "agent_version": __version__}),
+        )
+        return CliFailure(f"registration failed: {message}")
+
+    try:
+        machine_hash = machine_id_hash()
+    except MachineIdError as exc:
+        raise failed("machine_id_unavailable", str(exc)) from None
+    try:
+        answer = register(server, registration_token=token, machine_id_hash=machine_hash, facts=facts,
+                          ca_bundle=args.ca_bundle)
+    except ApiError as exc:
+        raise failed(exc.code, f"{exc.message} ({exc.status} {exc.code})") from None
+    except TransportError as exc:
+        raise failed("unreachable", str(exc)) from None
+
+    initial = answer.get("config") or {}
+    config = AgentConfig(
+        server_url=server,
+        agent_id=str(answer["agent_id"]),
+        machine_id_hash=machine_hash,
+        access_token=answer["access_token"],
+        access_token_expires_at=answer.get("access_token_expires_at"),
+        refresh_token=answer["refresh_token"],
+        refresh_token_expires_at=answer.get("refresh_token_expires_at"),
+        signing_keys=_pinned_keys(answer.get("signing_keys")),
+        config_version=int(initial.get("config_version") or 0),
+        poll_interval_seconds=int(initial.get("poll_interval_seconds") or config_module.DEFAULT_POLL_INTERVAL_SECONDS),
+        registered_at=format_time(utc_now()),
+        ca_bundle=args.ca_bundle,
+    )
+    try:
+        _set_aside_unusable_config(config_path)
+        config_module.save(config, config_path)
+    except OSError as exc:
+        raise CliFailure(
+            f"registered as agent {config.agent_id}, but the config could not be written to {config_path}: "
+            f"{exc.strerror or exc}; fix that and register again"
+        ) from None
+    if not config.signing_keys:
+        logger.warning("the server sent no usable signing keys: signed commands cannot be verified")
+    note = " (this machine's existing agent was taken over)" if answer.get("reregistered") else ""
+    print(f"registered as agent {config.agent_id} with {server}{note}")
+    _flush_events(config, config_path, machine_hash)
+    return EXIT_OK
+
+
+def _flush_events(config: AgentConfig, config_path: Path, machine_hash: str) -> None:
+    """Send what waited for registration (an earlier failure, …); the run loop retries otherwise."""
+    outbox = _outbox(config_path)
+    try:
+        if not outbox.count():
+            return
+        client = _client(config, config_path, machine_hash, outbox, retry=RetryPolicy(max_attempts=2))
+        result = outbox.flush({KIND_EVENT: Channel(send=client.send_events, batch_size=EVENTS_PER_REQUEST)})
+    except (OutboxError, OSError) as exc:
+        logger.warning("queued events not sent now (%s); 'run' will send them", exc)
+        return
+    if result.error is not None:
+        logger.warning("queued events not sent now (%s); 'run' will send them", result.error)
+
+
+# --- run -----------------------------------------------------------------------------
+
+
+def command_run(args: argparse.Namespace, config_path: Path) -> int:
+    try:
+        config = _load_registered(config_path)
+    except CliFailure as failure:
+        if failure.exit_code == EXIT_NOT_REGISTERED and config_path.exists():
+            _record_offline(config_path, make_event(AGENT_STARTUP, "failed", f"Agent could not start: {failure}",
+                                                    severity="error", metadata={"reason": "config_unusable"}))
+        raise
+    outbox = _outbox(config_path)
+    try:
+        machine_hash = machine_id_hash()
+    except MachineIdError as exc:
+        _record_offline(config_path, make_event(AGENT_STARTUP, "failed", f"Agent could not start: {exc}",
+                                                severity="error", metadata={"reason": "machine_id_unavailable"}))
+        raise CliFailure(f"cannot start: {exc}") from None
+
+    def client_for(current: AgentConfig) -> Client:
+        retry = RetryPolicy(max_attempts=3) if args.once else RetryPolicy()
+        return _client(current, config_path, machine_hash, outbox, retry=retry)
+
+    stop = threading.Event()
+    runner = Runner(config=config, config_path=config_path, client=client_for(config), outbox=outbox,
+                    stop=stop, reload_client=client_for)
+    if args.once:
+        try:
+            outcome = runner.run_once()
+        except TerminalError as exc:
+            raise CliFailure(f"stopped: {exc}", EXIT_REFUSED) from None
+        if outcome.error is not None:
+            raise CliFailure(f"check-in failed: {outcome.error}" if not outcome.checked_in
+                             else f"outbox not flushed: {outcome.error}")
+        if outcome.flush is not None and outcome.flush.remaining:
+            raise CliFailure(f"outbox not flushed: {outcome.flush.remaining} item(s) have no way to the server yet")
+        logger.info("checked in with %s; sent %d queued item(s)", config.server_url,
+                    outcome.flush.sent if outcome.flush else 0)
+        return EXIT_OK
+
+    def request_stop(signum: int, frame: Any) -> None:
+        logger.info("received signal %d; stopping", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    runner.run_forever()
+    return EXIT_OK
+
+
+# --- scan ------------------------------------------------------------------------------
+
+
+def _scanner(kind: str) -> Any:
+    if kind == "apt":
+        from agent_client.scanners.apt import AptScanner
+
+        return AptScanner()
+    if kind == "dnf":
+        from agent_client.scanners.dnf import DnfScanner
+
+        return DnfScanner()
+    if kind == "docker":
+        from agent_client.scanners.docker import DockerScanner
+
+        return DockerScanner()
+    if kind == "windows_update":
+        from agent_client.scanners.windows_update import WindowsUpdateScanner
+
+        return WindowsUpdateScanner()
+    from agent_client.scanners.winget import WingetScanner
+
+    return WingetScanner()
+
+
+def command_scan(args: argparse.Namespace, config_path: Path) -> int:
+    kinds = [args.type] if args.type else list(SCANNER_TYPES)
+    results: Dict[str, List[Dict[str, Any]]] = {}
+    failures: Dict[str, str] = {}
+    unavailable: List[str] = []
+    for kind in kinds:
+        scanner = _scanner(kind)
+        if not scanner.is_available():
+            unavailable.append(kind)
+            continue
+        started = time.monotonic()
+        try:
+            records = scanner.scan()
+        except Exception as exc:  # a scanner bug is reported like a scan failure, never a traceback
+            logger.debug("%s scan failed", kind, exc_info=True)
+            failures[kind] = str(exc) or type(exc).__name__
+            if config_path.parent.is_dir():
+                _record_offline(
+                    config_path,
+                    make_event(AGENT_SCAN, "failed", f"{kind} scan failed: {failures[kind]}", severity="error",
+                               metadata={"package_type": kind, "duration_seconds": round(time.monotonic() - started, 2)}),
+                )
+            continue
+        results[kind] = [record.to_dict() for record in records]
+
+    if args.json:
+        print(json.dumps({"updates": results, "failed": failures, "unavailable": unavailable}, indent=2, sort_keys=True))
+    else:
+        _print_scan(results, failures, unavailable)
+    if args.type and args.type in unavailable:
+        raise CliFailure(f"{args.type} is not available on this host")
+    if failures:
+        raise CliFailure("scan failed for " + ", ".join(f"{kind} ({message})" for kind, message in failures.items()))
+    return EXIT_OK
+
+
+def _print_scan(results: Dict[str, List[Dict[str, Any]]], failures: Dict[str, str], unavailable: List[str]) -> None:
+    for kind, records in results.items():
+        print(f"{kind}: {len(records)} update{'s' if len(records) != 1 else ''}")
+        for record in records:
+            flags = []
+            if record.get("is_security"):
+                flags.append("security")
+            if record.get("severity") not in (None, "unknown"):
+                flags.append(record["severity"])
+            if (record.get("metadata") or {}).get("held_back"):
+                flags.append("held back")
+            suffix = f"  [{', '.join(flags)}]" if flags else ""
+            print(f"  {record['name']}  {record['current_version'] or '?'} -> {record['available_version']}{suffix}")
+    for kind, message in failures.items():
+        print(f"{kind}: FAILED ({message})")
+    if unavailable and not results and not failures:
+        print("no supported package manager found on this host")
+    elif unavailable:
+        print("not available here: " + ", ".join(unavailable))
+
+
+# --- status ------------------------------------------------------------------------------
+
+
+def command_status(args: argparse.Namespace, config_path: Path) -> int:
+    state: Dict[str, Any] = {"config_path": str(config_path), "agent_version": __version__, "registered": False}
+    try:
+        config: Optional[AgentConfig] = config_module.load(config_path)
+    except ConfigNotFound:
+        config = None
+    except ConfigError as exc:
+        raise CliFailure(str(exc), EXIT_NOT_REGISTERED) from None
+    try:
+        outbox = _outbox(config_path)
+        state["outbox_items"] = outbox.count() if outbox.path.exists() else 0
+        state["outbox"] = describe(outbox) if outbox.path.exists() else "empty"
+    except (OutboxError, OSError) as exc:
+        state["outbox_items"] = None
+        state["outbox"] = f"unreadable ({exc})"
+    if config is not None and config.is_registered:
+        state.update(
+            registered=True,
+            server_url=config.server_url,
+            agent_id=config.agent_id,
+            poll_interval_seconds=config.poll_interval_seconds,
+            heartbeat=describe_heartbeat(config),
+            heartbeat_until=config.heartbeat_until if config.heartbeat_active() else None,
+            last_checkin_at=config.last_checkin_at,
+            registered_at=config.registered_at,
+            config_version=config.config_version,
+            signing_keys=[key.get("key_id") for key in config.signing_keys],
+        )
+    if args.json:
+        print(json.dumps(state, indent=2, sort_keys=True))
+    else:
+        rows = [("registered", "yes" if state["registered"] else "no"), ("config", state["config_path"]),
+                ("agent version", __version__)]
+        if state["registered"]:
+            rows += [
+                ("server", state["server_url"]),
+                ("agent id", state["agent_id"]),
+                ("poll interval", f"{state['poll_interval_seconds']} s"),
+                ("heartbeat", state["heartbeat"]),
+                ("last check-in", state["last_checkin_at"] or "never"),
+                ("signing keys", ", ".join(str(key) for key in state["signing_keys"]) or "none"),
+            ]
+        rows.append(("outbox", state["outbox"]))
+        width = max(len(label) for label, _ in rows)
+        for label, value in rows:
+            print(f"{label + ':':<{width + 1}} {value}")
+    return EXIT_OK if state["registered"] else EXIT_NOT_REGISTERED
+
+
+# --- main ----------------------------------------------------------------------------------
+
+COMMANDS = {"register": command_register, "run": command_run, "scan": command_scan, "status": command_status}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _configure_logging(args.verbose, logging.INFO if args.command in ("run", "register") else logging.WARNING)
+    config_path = Path(args.config) if args.config else config_module.default_config_path()
+    try:
+        return COMMANDS[args.command](args, config_path)
+    except CliFailure as failure:
+        logger.error("%s", failure)
+        return failure.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # the last line of defence: one line, detail only with --verbose
+        logger.error("unexpected %s: %s%s", type(exc).__name__, exc,
+                     "" if args.verbose else " (run with --verbose for details)", exc_info=args.verbose)
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
