@@ -159,7 +159,8 @@ def _validate(data: Any, path: Path) -> Dict[str, Any]:
         raise ConfigError(f"config file {path} has the old schema version {version}; it needs migrating")
     for key, expected in _TYPES.items():
         if key in data and (not isinstance(data[key], expected) or isinstance(data[key], bool)):
-            raise ConfigError(f"config file {path} is corrupt: {key} must be a {expected.__name__}")
+            kind = {str: "string", int: "integer", list: "list"}[expected]
+            raise ConfigError(f"config file {path} is corrupt: {key} must be a {kind}")
     return data
 
 
