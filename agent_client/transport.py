@@ -223,6 +223,8 @@ class Client:
                 clock_adjusted = self._adjust_clock(response)
                 if clock_adjusted:
                     continue
+            if status == 401 and code == "stale_request":
+                raise ApiError(status, code, f"{message} (check this host's clock)")
             if renewing and status in (400, 401, 403, 404):
                 raise self._renewal_refused(code, message)
             if status == 403 and code in TERMINAL_CODES:
@@ -269,7 +271,8 @@ class Client:
         if server_time is None:
             return False
         self.clock_offset = server_time.timestamp() - time.time()
-        logger.warning("local clock is %.0f s off the server's; compensating", -self.clock_offset)
+        logger.warning("local clock is %.0f s %s the server's; compensating", abs(self.clock_offset),
+                       "behind" if self.clock_offset > 0 else "ahead of")
         return True
 
     @staticmethod
