@@ -9,8 +9,9 @@ acknowledgement is harmless because every item carries an idempotency key
 
 The cap: at most ``max_items`` items (default 2000) and ``max_bytes`` of
 payload (default 8 MiB). When a new item would exceed either, the oldest
-items are dropped and an ``agent_checkin``/``warning`` event saying how many
-and of which kinds takes their place, so the loss itself reaches the server.
+items are dropped and one ``agent_checkin``/``warning`` event counts them by
+kind (later overflows add to it while it is unsent), so the loss itself
+reaches the server. A single item may use at most half the byte cap.
 
 Flushing walks the items oldest first. Consecutive items of one kind go out
 in one batch when their channel allows it (events: up to 500 per request).
@@ -165,18 +166,28 @@ class Outbox:
         return self.add(KIND_EVENT, event, item_id=event["id"])
 
     def _enforce_cap(self, connection: sqlite3.Connection) -> None:
-        """Drop the oldest items until the newest fits with a warning event about the loss."""
+        """Drop the oldest items until the outbox fits, and say so in one overflow warning.
+
+        There is at most one unsent overflow warning: a later overflow adds its
+        counts to it rather than queueing another, so a long outage cannot fill
+        the outbox with warnings. The warning itself is never dropped.
+        """
         count, total = connection.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM outbox").fetchone()
         if count <= self.max_items and total <= self.max_bytes:
             return
+        warning_row = connection.execute(
+            "SELECT seq, payload FROM outbox WHERE item_id LIKE 'overflow:%' ORDER BY seq DESC LIMIT 1"
+        ).fetchone()
+        room_for_warning = 0 if warning_row else 1
+        reserve = 0 if warning_row else 1024
+        newest_seq = connection.execute("SELECT MAX(seq) FROM outbox").fetchone()[0]
+        rows = connection.execute(
+            "SELECT seq, kind, size FROM outbox WHERE item_id NOT LIKE 'overflow:%' AND seq < ? ORDER BY seq",
+            (newest_seq,),
+        ).fetchall()
         dropped: Dict[str, int] = {}
-        reserve = 1024  # room for the warning event itself
-        rows = connection.execute("SELECT seq, kind, size FROM outbox ORDER BY seq").fetchall()
-        newest_seq = rows[-1][0]
         for seq, kind, size in rows:
-            if count + 1 <= self.max_items and total + reserve <= self.max_bytes:
-                break
-            if seq == newest_seq:
+            if count + room_for_warning <= self.max_items and total + reserve <= self.max_bytes:
                 break
             connection.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
             dropped[kind] = dropped.get(kind, 0) + 1
@@ -184,9 +195,30 @@ class Outbox:
             total -= size
         if not dropped:
             return
+        logger.warning("outbox full: dropped the %d oldest unsent items (%s)", sum(dropped.values()),
+                       ", ".join(f"{number} {kind}" for kind, number in sorted(dropped.items())))
+        if warning_row:
+            # Merged in place. A flush that read the old text a moment ago may
+            # acknowledge it and lose this increment; the counts are advisory.
+            seq, payload = warning_row
+            previous = json.loads(payload).get("metadata", {}).get("dropped", {})
+            for kind, number in previous.items():
+                dropped[kind] = dropped.get(kind, 0) + int(number)
+            warning = self._overflow_warning(dropped, event_id=json.loads(payload)["id"])
+            text = json.dumps(warning, sort_keys=True, separators=(",", ":"))
+            connection.execute("UPDATE outbox SET payload = ?, size = ? WHERE seq = ?",
+                               (text, len(text.encode("utf-8")), seq))
+            return
+        warning = self._overflow_warning(dropped)
+        text = json.dumps(warning, sort_keys=True, separators=(",", ":"))
+        connection.execute(
+            "INSERT INTO outbox (kind, item_id, payload, size, created_at) VALUES (?, ?, ?, ?, ?)",
+            (KIND_EVENT, "overflow:" + warning["id"], text, len(text.encode("utf-8")), time.time()),
+        )
+
+    def _overflow_warning(self, dropped: Dict[str, int], event_id: Optional[str] = None) -> Dict[str, Any]:
         number = sum(dropped.values())
         summary = ", ".join(f"{value} {key}" for key, value in sorted(dropped.items()))
-        logger.warning("outbox full: dropped the %d oldest items (%s)", number, summary)
         warning = make_event(
             AGENT_CHECKIN,
             "warning",
@@ -196,11 +228,9 @@ class Outbox:
             metadata={"reason": "outbox_overflow", "dropped": dropped,
                       "max_items": self.max_items, "max_bytes": self.max_bytes},
         )
-        text = json.dumps(warning, sort_keys=True, separators=(",", ":"))
-        connection.execute(
-            "INSERT INTO outbox (kind, item_id, payload, size, created_at) VALUES (?, ?, ?, ?, ?)",
-            (KIND_EVENT, warning["id"], text, len(text.encode("utf-8")), time.time()),
-        )
+        if event_id:
+            warning["id"] = event_id
+        return warning
 
     # -- reading ---------------------------------------------------------------
 
