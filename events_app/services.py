@@ -37,12 +37,12 @@ def record_event(
     """
     return SystemEvent.objects.create(
         agent=agent,
-        hostname=hostname or (agent.hostname if agent else ""),
+        hostname=(hostname or (agent.hostname if agent else ""))[:255],
         event_type=event_type,
         event_subtype=subtype,
         severity=severity,
         component=component,
         message=message,
         metadata=metadata or {},
-        actor=actor,
+        actor=actor[:255],  # "agent:" + a 255-character hostname would not fit
     )

@@ -1,7 +1,16 @@
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from agents_app.choices import CommandStatus, PackageType, SubsystemName, UpdateSeverity
 from events_app.choices import AGENT_REPORTABLE_TYPES, Component, EventSubtype, Severity
+
+class Text(serializers.CharField):
+    """Agent text is taken as sent: DRF's default trimming would turn a schema-valid " " into a blank error."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("trim_whitespace", False)
+        super().__init__(**kwargs)
+
 
 HEX_SHA256 = r"^[0-9a-f]{64}$"
 OS_FAMILIES = ("linux", "windows", "darwin", "freebsd", "other")
@@ -10,18 +19,18 @@ MAX_EVENT_METADATA_KEYS = 100
 
 
 class RegisterSerializer(serializers.Serializer):
-    registration_token = serializers.CharField(max_length=128)
+    registration_token = Text(max_length=128)
     machine_id = serializers.RegexField(
         HEX_SHA256, help_text="Lowercase hex SHA-256 of the host's machine id.",
         error_messages={"invalid": "Must be the lowercase hex SHA-256 of the machine id."},
     )
-    hostname = serializers.CharField(max_length=255)
+    hostname = Text(max_length=255)
     os_family = serializers.ChoiceField(choices=OS_FAMILIES)
-    os_name = serializers.CharField(max_length=128, required=False, allow_blank=True, default="")
-    os_version = serializers.CharField(max_length=128, required=False, allow_blank=True, default="")
-    kernel = serializers.CharField(max_length=128, required=False, allow_blank=True, default="")
-    arch = serializers.CharField(max_length=32, required=False, allow_blank=True, default="")
-    agent_version = serializers.CharField(max_length=32)
+    os_name = Text(max_length=128, required=False, allow_blank=True, default="")
+    os_version = Text(max_length=128, required=False, allow_blank=True, default="")
+    kernel = Text(max_length=128, required=False, allow_blank=True, default="")
+    arch = Text(max_length=32, required=False, allow_blank=True, default="")
+    agent_version = Text(max_length=32)
     capabilities = serializers.ListField(
         child=serializers.ChoiceField(choices=SubsystemName.choices), required=False, default=list, max_length=16,
         help_text="What this agent can scan; each becomes a subsystem.",
@@ -29,9 +38,9 @@ class RegisterSerializer(serializers.Serializer):
 
 
 class SigningKeySerializer(serializers.Serializer):
-    key_id = serializers.CharField()
-    algorithm = serializers.CharField(default="ed25519")
-    public_key = serializers.CharField(help_text="Raw 32-byte Ed25519 public key, base64.")
+    key_id = Text()
+    algorithm = Text(default="ed25519")
+    public_key = Text(help_text="Raw 32-byte Ed25519 public key, base64.")
     primary = serializers.BooleanField(source="is_primary")
     created_at = serializers.DateTimeField()
 
@@ -41,9 +50,9 @@ class SigningKeysSerializer(serializers.Serializer):
 
 
 class CredentialsSerializer(serializers.Serializer):
-    access_token = serializers.CharField()
+    access_token = Text()
     access_token_expires_at = serializers.DateTimeField()
-    refresh_token = serializers.CharField()
+    refresh_token = Text()
     refresh_token_expires_at = serializers.DateTimeField()
 
 
@@ -60,7 +69,7 @@ class RegisterResponseSerializer(CredentialsSerializer):
 
 
 class RenewSerializer(serializers.Serializer):
-    refresh_token = serializers.CharField(max_length=128)
+    refresh_token = Text(max_length=128)
 
 
 class MetricsSerializer(serializers.Serializer):
@@ -74,7 +83,7 @@ class MetricsSerializer(serializers.Serializer):
 
 
 class CheckinSerializer(serializers.Serializer):
-    agent_version = serializers.CharField(max_length=32, required=False)
+    agent_version = Text(max_length=32, required=False)
     config_version = serializers.IntegerField(min_value=0, required=False)
     heartbeat_active = serializers.BooleanField(required=False)
     metrics = MetricsSerializer(required=False, default=dict)
@@ -90,13 +99,13 @@ class WireCommandSerializer(serializers.Serializer):
 
     id = serializers.UUIDField()
     agent_id = serializers.UUIDField()
-    type = serializers.CharField()
+    type = Text()
     params = serializers.DictField()
     issued_at = serializers.IntegerField()
     expires_at = serializers.IntegerField()
-    nonce = serializers.CharField()
-    key_id = serializers.CharField()
-    signature = serializers.CharField()
+    nonce = Text()
+    key_id = Text()
+    signature = Text()
 
 
 class CheckinResponseSerializer(serializers.Serializer):
@@ -107,13 +116,27 @@ class CheckinResponseSerializer(serializers.Serializer):
     server_time = serializers.DateTimeField()
 
 
+class StrictUUIDField(serializers.UUIDField):
+    """A UUID written as a string: DRF's UUIDField would also read 0 or false as the all-zero UUID."""
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("invalid", value=data)
+        return super().to_internal_value(data)
+
+
+@extend_schema_field({"type": "string", "anyOf": [{"format": "ipv4"}, {"format": "ipv6"}]})
+class IPAddressField(serializers.IPAddressField):
+    pass
+
+
 class AgentEventSerializer(serializers.Serializer):
-    id = serializers.UUIDField(help_text="Chosen by the agent; a repeat of a known id is ignored.")
+    id = StrictUUIDField(help_text="Chosen by the agent; a repeat of a known id is ignored.")
     event_type = serializers.ChoiceField(choices=[(value, value) for value in AGENT_REPORTABLE_TYPES])
     event_subtype = serializers.ChoiceField(choices=EventSubtype.choices)
     severity = serializers.ChoiceField(choices=Severity.choices, default=Severity.INFO)
     component = serializers.ChoiceField(choices=Component.choices, default=Component.AGENT)
-    message = serializers.CharField(max_length=2000)
+    message = Text(max_length=2000)
     metadata = serializers.DictField(required=False, default=dict)
     occurred_at = serializers.DateTimeField()
 
@@ -124,7 +147,7 @@ class AgentEventSerializer(serializers.Serializer):
 
 
 class EventsSerializer(serializers.Serializer):
-    events = AgentEventSerializer(many=True, max_length=MAX_EVENTS_PER_REQUEST, min_length=1)
+    events = serializers.ListField(child=AgentEventSerializer(), min_length=1, max_length=MAX_EVENTS_PER_REQUEST)
 
 
 class EventsResponseSerializer(serializers.Serializer):
@@ -140,11 +163,10 @@ class CommandResultSerializer(serializers.Serializer):
     status = serializers.ChoiceField(
         choices=[(status, status) for status in (CommandStatus.RUNNING, CommandStatus.SUCCEEDED, CommandStatus.FAILED)]
     )
-    output = serializers.CharField(required=False, allow_blank=True, default="", max_length=MAX_OUTPUT_CHARS,
-                                   trim_whitespace=False)
+    output = Text(required=False, allow_blank=True, default="", max_length=MAX_OUTPUT_CHARS)
     exit_code = serializers.IntegerField(required=False, allow_null=True, default=None)
     duration_seconds = serializers.FloatField(required=False, allow_null=True, default=None, min_value=0)
-    dependencies = serializers.ListField(child=serializers.CharField(max_length=255), required=False, default=list,
+    dependencies = serializers.ListField(child=Text(max_length=255), required=False, default=list,
                                          max_length=5000)
     packages = serializers.ListField(child=serializers.DictField(), required=False, default=list, max_length=5000)
     details = serializers.DictField(required=False, default=dict)
@@ -155,20 +177,20 @@ class CommandResultSerializer(serializers.Serializer):
 
 
 class CommandResultResponseSerializer(serializers.Serializer):
-    status = serializers.CharField()
+    status = Text()
     changed = serializers.BooleanField()
 
 
 class ReportedUpdateSerializer(serializers.Serializer):
-    name = serializers.CharField(max_length=255)
-    current_version = serializers.CharField(max_length=255, allow_blank=True)
-    available_version = serializers.CharField(max_length=255, allow_blank=True)
+    name = Text(max_length=255)
+    current_version = Text(max_length=255, allow_blank=True)
+    available_version = Text(max_length=255, allow_blank=True)
     severity = serializers.ChoiceField(choices=UpdateSeverity.choices, default=UpdateSeverity.UNKNOWN)
     is_security = serializers.BooleanField(default=False)
-    repository = serializers.CharField(max_length=255, allow_blank=True, default="")
+    repository = Text(max_length=255, allow_blank=True, default="")
     size_bytes = serializers.IntegerField(min_value=0, required=False, allow_null=True, default=None)
-    cve_ids = serializers.ListField(child=serializers.CharField(max_length=32), default=list, max_length=500)
-    kb_ids = serializers.ListField(child=serializers.CharField(max_length=32), default=list, max_length=100)
+    cve_ids = serializers.ListField(child=Text(max_length=32), default=list, max_length=500)
+    kb_ids = serializers.ListField(child=Text(max_length=32), default=list, max_length=100)
     metadata = serializers.DictField(default=dict)
 
 
@@ -176,7 +198,7 @@ class UpdatesReportSerializer(serializers.Serializer):
     report_id = serializers.RegexField(r"^[A-Za-z0-9_.:-]{8,64}$", help_text="Idempotency key chosen by the agent.")
     package_type = serializers.ChoiceField(choices=PackageType.choices)
     updates = ReportedUpdateSerializer(many=True, max_length=MAX_REPORT_UPDATES)
-    not_checked = serializers.ListField(child=serializers.CharField(max_length=255), default=list, max_length=1000)
+    not_checked = serializers.ListField(child=Text(max_length=255), default=list, max_length=1000)
 
     def validate_updates(self, updates):
         seen, duplicates = set(), set()
@@ -196,21 +218,21 @@ class UpdatesReportResponseSerializer(serializers.Serializer):
 
 
 class DiskSerializer(serializers.Serializer):
-    mountpoint = serializers.CharField(max_length=1024)
-    device = serializers.CharField(max_length=1024, allow_blank=True, default="")
-    fstype = serializers.CharField(max_length=64, allow_blank=True, default="")
+    mountpoint = Text(max_length=1024)
+    device = Text(max_length=1024, allow_blank=True, default="")
+    fstype = Text(max_length=64, allow_blank=True, default="")
     total_bytes = serializers.IntegerField(min_value=0)
     used_bytes = serializers.IntegerField(min_value=0)
     percent = serializers.FloatField(min_value=0, max_value=100)
 
 
 class SystemReportSerializer(serializers.Serializer):
-    hostname = serializers.CharField(max_length=255, required=False)
-    os_name = serializers.CharField(max_length=128, required=False, allow_blank=True)
-    os_version = serializers.CharField(max_length=128, required=False, allow_blank=True)
-    kernel = serializers.CharField(max_length=128, required=False, allow_blank=True)
-    arch = serializers.CharField(max_length=32, required=False, allow_blank=True)
-    cpu_model = serializers.CharField(max_length=255, required=False, allow_blank=True)
+    hostname = Text(max_length=255, required=False)
+    os_name = Text(max_length=128, required=False, allow_blank=True)
+    os_version = Text(max_length=128, required=False, allow_blank=True)
+    kernel = Text(max_length=128, required=False, allow_blank=True)
+    arch = Text(max_length=32, required=False, allow_blank=True)
+    cpu_model = Text(max_length=255, required=False, allow_blank=True)
     cpu_count = serializers.IntegerField(min_value=0, required=False)
     cpu_percent = serializers.FloatField(min_value=0, max_value=100, required=False)
     memory_total_bytes = serializers.IntegerField(min_value=0, required=False)
@@ -218,14 +240,14 @@ class SystemReportSerializer(serializers.Serializer):
     disks = DiskSerializer(many=True, required=False, default=list, max_length=256)
     uptime_seconds = serializers.IntegerField(min_value=0, required=False)
     boot_time = serializers.DateTimeField(required=False)
-    ip_addresses = serializers.ListField(child=serializers.IPAddressField(), required=False, default=list,
+    ip_addresses = serializers.ListField(child=IPAddressField(), required=False, default=list,
                                          max_length=256)
     reboot_required = serializers.BooleanField()
-    reboot_reason = serializers.CharField(max_length=1000, required=False, allow_blank=True, default="")
+    reboot_reason = Text(max_length=1000, required=False, allow_blank=True, default="")
 
 
 class SubsystemConfigSerializer(serializers.Serializer):
-    name = serializers.CharField()
+    name = Text()
     enabled = serializers.BooleanField()
     auto_run = serializers.BooleanField()
     interval_minutes = serializers.IntegerField()
@@ -238,9 +260,9 @@ class AgentConfigResponseSerializer(serializers.Serializer):
 
 
 class ErrorDetailSerializer(serializers.Serializer):
-    code = serializers.CharField()
-    message = serializers.CharField()
-    fields = serializers.DictField(child=serializers.ListField(child=serializers.CharField()), required=False)
+    code = Text()
+    message = Text()
+    fields = serializers.DictField(child=serializers.ListField(child=Text()), required=False)
 
 
 class ErrorSerializer(serializers.Serializer):

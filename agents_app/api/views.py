@@ -1,6 +1,7 @@
 from django.shortcuts import get_object_or_404
 from django.utils import timezone
 from django.utils.http import quote_etag
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status
 from rest_framework.permissions import AllowAny
@@ -17,6 +18,7 @@ from agents_app.api.serializers import (
     UpdatesReportSerializer,
     CheckinSerializer,
     CredentialsSerializer,
+    ErrorSerializer,
     EventsResponseSerializer,
     EventsSerializer,
     RegisterResponseSerializer,
@@ -35,12 +37,14 @@ from redflag.api.throttling import CheckinThrottle, RegistrationThrottle, Report
 from tokens_app.api.views import ERRORS, SECURITY_HEADERS
 from tokens_app.signing import active_public_keys
 
-AGENT_ID = OpenApiParameter("agent_id", str, OpenApiParameter.PATH, description="The agent's UUID.")
-BEARER = [{"AgentBearer": []}]
+AGENT_ID = OpenApiParameter("agent_id", OpenApiTypes.UUID, OpenApiParameter.PATH, description="The agent's UUID.")
+COMMAND_ID = OpenApiParameter("command_id", OpenApiTypes.UUID, OpenApiParameter.PATH)
+# Agent endpoints also answer 404 (an unknown command, a path that is not a UUID).
+AGENT_ERRORS = {**ERRORS, 404: OpenApiResponse(ErrorSerializer)}
 
 
 def client_ip(request) -> str:
-    return RegistrationThrottle().get_ident(request)
+    return RegistrationThrottle().get_ident(request) or ""
 
 
 class RegisterView(APIView):
@@ -98,8 +102,7 @@ class CheckinView(AgentEndpoint):
         operation_id="agents_checkin",
         parameters=[AGENT_ID, *SECURITY_HEADERS],
         request=CheckinSerializer,
-        responses={200: CheckinResponseSerializer, **ERRORS},
-        auth=BEARER,
+        responses={200: CheckinResponseSerializer, **AGENT_ERRORS},
     )
     def post(self, request, agent_id):
         """Alive: store metrics, create this agent's due scans, hand over up to 10 signed commands."""
@@ -129,8 +132,7 @@ class EventsView(AgentEndpoint):
         operation_id="agents_events",
         parameters=[AGENT_ID, *SECURITY_HEADERS],
         request=EventsSerializer,
-        responses={200: EventsResponseSerializer, **ERRORS},
-        auth=BEARER,
+        responses={200: EventsResponseSerializer, **AGENT_ERRORS},
     )
     def post(self, request, agent_id):
         serializer = EventsSerializer(data=request.data)
@@ -143,10 +145,9 @@ class EventsView(AgentEndpoint):
 class CommandResultView(AgentEndpoint):
     @extend_schema(
         operation_id="agents_command_result",
-        parameters=[AGENT_ID, OpenApiParameter("command_id", str, OpenApiParameter.PATH), *SECURITY_HEADERS],
+        parameters=[AGENT_ID, COMMAND_ID, *SECURITY_HEADERS],
         request=CommandResultSerializer,
-        responses={200: CommandResultResponseSerializer, 404: ERRORS[400], **ERRORS},
-        auth=BEARER,
+        responses={200: CommandResultResponseSerializer, **AGENT_ERRORS},
     )
     def post(self, request, agent_id, command_id):
         """running / succeeded / failed. Idempotent: a repeat, or a result for a finished command, changes nothing."""
@@ -166,8 +167,7 @@ class UpdatesReportView(AgentEndpoint):
         operation_id="agents_report_updates",
         parameters=[AGENT_ID, *SECURITY_HEADERS],
         request=UpdatesReportSerializer,
-        responses={200: UpdatesReportResponseSerializer, **ERRORS},
-        auth=BEARER,
+        responses={200: UpdatesReportResponseSerializer, **AGENT_ERRORS},
     )
     def post(self, request, agent_id):
         """A full snapshot for one package type; a report id seen before changes nothing."""
@@ -189,8 +189,7 @@ class SystemReportView(AgentEndpoint):
         operation_id="agents_report_system",
         parameters=[AGENT_ID, *SECURITY_HEADERS],
         request=SystemReportSerializer,
-        responses={204: None, **ERRORS},
-        auth=BEARER,
+        responses={204: None, **AGENT_ERRORS},
     )
     def post(self, request, agent_id):
         serializer = SystemReportSerializer(data=request.data)
@@ -206,8 +205,7 @@ class ConfigView(AgentEndpoint):
         operation_id="agents_config",
         parameters=[AGENT_ID, *SECURITY_HEADERS,
                     OpenApiParameter("If-None-Match", str, OpenApiParameter.HEADER, required=False)],
-        responses={200: AgentConfigResponseSerializer, 304: OpenApiResponse(description="Unchanged"), **ERRORS},
-        auth=BEARER,
+        responses={200: AgentConfigResponseSerializer, 304: OpenApiResponse(description="Unchanged"), **AGENT_ERRORS},
     )
     def get(self, request, agent_id):
         """The agent's subsystem config; 304 when If-None-Match carries the current version's ETag."""

@@ -28,7 +28,8 @@ class BucketThrottle(SimpleRateThrottle):
         return self.cache_format % {"scope": self.bucket, "ident": self.identity(request)}
 
     def identity(self, request) -> str:
-        return self.get_ident(request)
+        # No REMOTE_ADDR (a server on a Unix socket): all such clients share one bucket.
+        return self.get_ident(request) or "unknown-client"
 
 
 class RegistrationThrottle(BucketThrottle):

@@ -30,8 +30,7 @@ Deliberate tolerances, each narrow and explained where it is defined:
   package twice, a rule JSON Schema cannot express.
 * Every request carries REMOTE_ADDR, and positive register cases keep hostnames under 250
   characters: two server bugs the fuzzer found, each pinned by its own test below.
-Known bugs and schema gaps are pinned by strict xfails at the bottom, so that fixing one fails its
-xfail ("XPASS(strict)") and points back here to remove the matching tolerance.
+The defects it found (two 500s, four schema gaps) are fixed and kept as regression tests at the bottom.
 """
 
 from __future__ import annotations
@@ -75,8 +74,6 @@ CONFIG = {
         "stateful": {"enabled": False},
     },
 }
-
-LONGEST_SAFE_HOSTNAME = 255 - len("agent:")
 
 
 def _load_schema():
@@ -130,14 +127,32 @@ def _negative_at(case, location: ParameterLocation) -> bool:
     return case._meta is not None and case._meta.is_negative_at(location)
 
 
+def _dropped_header(case) -> str | None:
+    """The header a coverage-phase case deliberately leaves out (to check it is required)."""
+    from schemathesis.generation.meta import CoveragePhaseData, CoverageScenario
+
+    data = case._meta.phase.data if case._meta is not None else None
+    if (isinstance(data, CoveragePhaseData) and data.scenario == CoverageScenario.MISSING_PARAMETER
+            and data.parameter_location == ParameterLocation.HEADER):
+        return data.parameter
+    return None
+
+
 def give_credentials(case, state: FuzzState) -> None:
     """Valid credentials and routing for everything the case did not deliberately break."""
     negated = {name for name, _ in negated_parameters(case._meta)}
+    dropped = _dropped_header(case)
+    if dropped:
+        negated.add(dropped)
     path = case.operation.path
     headers = dict(case.headers or {})
 
     if "{agent_id}" in path:
-        headers["Authorization"] = f"Bearer {state.agent.access_token}"
+        if "Authorization" not in negated:
+            headers["Authorization"] = f"Bearer {state.agent.access_token}"
+            # Ours, not generated: schemathesis then probes the same request without it, and with a
+            # wrong one, and expects 401 (its ignored_auth check).
+            object.__setattr__(case, "_has_explicit_auth", True)
         if "agent_id" not in negated:
             case.path_parameters = {**(case.path_parameters or {}), "agent_id": state.agent.id}
     machine_id = state.renewer.machine_id if path.endswith("/renew") else state.agent.machine_id
@@ -152,12 +167,6 @@ def give_credentials(case, state: FuzzState) -> None:
     if isinstance(case.body, dict) and not _negative_at(case, ParameterLocation.BODY):
         if path.endswith("/register"):
             case.body["registration_token"] = state.registration_secret
-            hostname = case.body.get("hostname")
-            if isinstance(hostname, str) and len(hostname) > LONGEST_SAFE_HOSTNAME:
-                # Until the bug pinned by test_register_with_longest_hostname_fits_the_event_log is
-                # fixed: "agent:" + a 250..255-character hostname overflows SystemEvent.actor (500 on
-                # PostgreSQL). That test covers it; here it would only stop the fuzzing of register.
-                case.body["hostname"] = hostname[:LONGEST_SAFE_HOSTNAME]
         elif path.endswith("/renew"):
             case.body["refresh_token"] = state.renewer.refresh_token
 
@@ -285,16 +294,6 @@ def refused_by_nul_policy(case, response) -> bool:
         return False
 
 
-def empty_event_batch(case, response) -> bool:
-    """KNOWN SCHEMA GAP (see test_schema_declares_event_batch_bounds): the served schema lets
-    ``events`` be empty; the serializer requires 1..500. Excused only for that exact rejection."""
-    if response.status_code != 400 or not case.operation.path.endswith("/events"):
-        return False
-    if not (isinstance(case.body, dict) and case.body.get("events") == []):
-        return False
-    return _error_fields(response) == ["events.body"]
-
-
 def _error_fields(response) -> list[str]:
     try:
         return list(response.json()["error"].get("fields", {}))
@@ -313,15 +312,6 @@ def duplicate_package_names(case, response) -> bool:
     return len(names) != len(set(map(repr, names))) and _error_fields(response) == ["updates"]
 
 
-def invalid_ip_address(case, response) -> bool:
-    """KNOWN SCHEMA GAP (see test_schema_declares_ip_addresses_as_ip): ``ip_addresses`` items are
-    declared as any string; the serializer wants IPv4/IPv6 addresses. Excused for that field only."""
-    if response.status_code != 400 or not case.operation.path.endswith("/reports/system"):
-        return False
-    fields = _error_fields(response)
-    return bool(fields) and all(name.startswith("ip_addresses[") for name in fields)
-
-
 def bad_input_rejected(ctx, response, case):
     """negative_data_rejection, excusing only DRF's scalar coercions (see drf_coercion_makes_it_valid)."""
     try:
@@ -333,12 +323,12 @@ def bad_input_rejected(ctx, response, case):
 
 
 def good_input_accepted(ctx, response, case):
-    """positive_data_acceptance, excusing the NUL policy, one business rule and known schema gaps."""
+    """positive_data_acceptance, excusing the NUL policy and one business rule JSON Schema cannot express."""
     try:
         return positive_data_acceptance(ctx, response, case)
     except RejectedPositiveData:
         if any(excuse(case, response) for excuse in
-               (refused_by_nul_policy, empty_event_batch, duplicate_package_names, invalid_ip_address)):
+               (refused_by_nul_policy, duplicate_package_names)):
             return None
         raise
 
@@ -356,25 +346,15 @@ def good_input_accepted(ctx, response, case):
 def test_api_schema(case, fuzz_state):
     give_credentials(case, fuzz_state)
     response = case.call_and_validate(
-        # A real server always sets it; without it renew is a 500 (pinned below).
-        environ_base={"REMOTE_ADDR": "203.0.113.7"},
         excluded_checks=[negative_data_rejection, positive_data_acceptance],
         additional_checks=[bad_input_rejected, good_input_accepted],
     )
     remember_rotation(case, response, fuzz_state)
 
 
-# --- known defects, pinned -------------------------------------------------------------------
-# Strict xfails: each fails ("XPASS(strict)") as soon as the defect is fixed, so that its
-# tolerance above (if any) and the xfail are removed together.
+# --- defects the fuzzer found, kept as regression tests ----------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG found by the fuzzer: POST /api/v1/agents/renew answers 500 when the WSGI/ASGI environ has "
-    "no REMOTE_ADDR (e.g. a server on a unix socket): RenewThrottle.identity does "
-    "'renew-' + get_ident(request) and get_ident returns None (TypeError, tokens_app/api/views.py). "
-    "The fuzz test sends REMOTE_ADDR to get past it."
-))
 def test_renew_without_remote_addr_is_not_a_server_error(fuzz_state):
     from django.core.wsgi import get_wsgi_application
     from werkzeug.test import Client
@@ -392,29 +372,16 @@ def _component(name: str) -> dict:
     return schema.raw_schema["components"]["schemas"][name]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "SCHEMA GAP: EventsSerializer.events has min_length=1, max_length=500 but the served schema has no "
-    "minItems/maxItems, so {'events': []} is schema-valid yet answered 400 (tolerated in good_input_accepted)."
-))
 def test_schema_declares_event_batch_bounds():
     events = _component("EventsRequest")["properties"]["events"]
     assert (events.get("minItems"), events.get("maxItems")) == (1, 500)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "SCHEMA GAP: checkin/events declare security [{'AgentBearer': []}] but components.securitySchemes "
-    "does not define AgentBearer (no drf-spectacular OpenApiAuthenticationExtension for "
-    "AgentTokenAuthentication), so the schema does not say how agents authenticate."
-))
 def test_schema_defines_the_agent_bearer_scheme():
     scheme = schema.raw_schema.get("components", {}).get("securitySchemes", {}).get("AgentBearer", {})
     assert scheme.get("type") == "http" and scheme.get("scheme", "").lower() == "bearer"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "SCHEMA GAP: the agent_id path parameter is declared as any string, but the route is <uuid:agent_id> "
-    "and a non-UUID answers 404, which the operations do not document."
-))
 def test_schema_declares_agent_id_as_uuid():
     for path in ("/api/v1/agents/{agent_id}/checkin", "/api/v1/agents/{agent_id}/events"):
         operation = schema.raw_schema["paths"][path]["post"]
@@ -423,12 +390,6 @@ def test_schema_declares_agent_id_as_uuid():
         assert "404" in operation["responses"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG found by the fuzzer on PostgreSQL: register with a hostname of 250-255 characters (the serializer "
-    "allows 255) answers 500 DataError 'value too long for type character varying(255)': record_event "
-    "stores actor='agent:<hostname>' (up to 261 chars) in SystemEvent.actor (max_length=255). "
-    "SQLite stores the overlong value silently."
-))
 def test_register_with_longest_hostname_fits_the_event_log(fuzz_state, client):
     from events_app.models import SystemEvent
     from tests.server.conftest import host_facts, machine_hash
@@ -444,11 +405,6 @@ def test_register_with_longest_hostname_fits_the_event_log(fuzz_state, client):
     assert all(len(actor) <= limit for actor in SystemEvent.objects.values_list("actor", flat=True))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "SCHEMA GAP: SystemReport ip_addresses items are declared as any string, but the serializer only accepts "
-    "IPv4/IPv6 addresses, so e.g. {'ip_addresses': ['00'], 'reboot_required': false} is schema-valid yet "
-    "answered 400 (tolerated in good_input_accepted)."
-))
 def test_schema_declares_ip_addresses_as_ip():
     items = _component("SystemReportRequest")["properties"]["ip_addresses"]["items"]
     assert items.get("format") in ("ipv4", "ipv6") or "anyOf" in items or "oneOf" in items

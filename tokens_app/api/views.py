@@ -11,7 +11,7 @@ from agents_app.api.serializers import (
     SigningKeysSerializer,
 )
 from redflag.api.security import request_machine_id, request_nonce_check
-from redflag.api.throttling import CheckinThrottle
+from redflag.api.throttling import BucketThrottle
 from tokens_app.services import credentials_renew
 from tokens_app.signing import active_public_keys
 
@@ -37,11 +37,13 @@ class SigningKeysView(APIView):
         return Response({"keys": SigningKeySerializer(active_public_keys(), many=True).data})
 
 
-class RenewThrottle(CheckinThrottle):
-    """Per client IP: a renew comes before the agent is known."""
+class RenewThrottle(BucketThrottle):
+    """Per client IP, at the check-in rate: a renew comes before the agent is known."""
+
+    bucket = "checkin"
 
     def identity(self, request) -> str:
-        return "renew-" + self.get_ident(request)
+        return "renew-" + super().identity(request)
 
 
 class RenewView(APIView):
