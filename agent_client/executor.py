@@ -1,0 +1,320 @@
+"""Verify and run the server's commands, at most once each, and queue what they produce.
+
+For every command from a check-in:
+
+1. Verify it: the Ed25519 signature (over agent_client.protocol's canonical
+   bytes) with a key pinned at registration, this agent's id, not expired,
+   and an id never executed before (the ledger survives restarts).
+   A refused command never runs; it becomes a ``security_violation`` event.
+2. Claim it in the ledger *before* running it: after a crash mid-way the
+   command is not run again (the server times it out instead).
+3. Run it through the scanner or installer for its package type.
+4. Queue its reports, then its result, in the outbox; the runner's flush
+   sends them in that order and keeps them until the server acknowledges.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import logging
+import sqlite3
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from agent_client.events import SECURITY_VIOLATION, make_event
+from agent_client.outbox import KIND_COMMAND_RESULT, KIND_SYSTEM_REPORT, KIND_UPDATES_REPORT, Outbox
+from agent_client.protocol import command_signing_bytes_from_wire
+from agent_client.scanners.base import OperationResult, ScanError, Scanner, tail
+
+logger = logging.getLogger("redflag.agent.executor")
+
+LEDGER_FILE_NAME = "executed-commands.sqlite3"
+# Ledger rows outlive their command's expiry by this much; an expired command is refused anyway.
+LEDGER_GRACE_SECONDS = 7 * 24 * 3600
+REQUIRED_FIELDS = {"id": str, "agent_id": str, "type": str, "params": dict, "issued_at": int,
+                   "expires_at": int, "nonce": str, "key_id": str, "signature": str}
+PACKAGE_COMMANDS = ("dry_run_update", "install_updates", "confirm_dependencies")
+
+
+class CommandRefused(Exception):
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class ExecutedLedger:
+    """Command ids this agent has started, in a small SQLite file (0600) beside the config."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._connect() as connection:
+            connection.execute(
+                "CREATE TABLE IF NOT EXISTS executed (command_id TEXT PRIMARY KEY, expires_at REAL NOT NULL,"
+                " started_at REAL NOT NULL)"
+            )
+        try:
+            self.path.chmod(0o600)
+        except OSError:
+            pass
+
+    def _connect(self) -> sqlite3.Connection:
+        connection = sqlite3.connect(str(self.path), timeout=30, isolation_level=None)
+        connection.execute("PRAGMA synchronous=FULL")
+        return connection
+
+    def claim(self, command_id: str, expires_at: float, now: float) -> bool:
+        """Record the id durably; False when it was claimed before (a replay or a repeat)."""
+        connection = self._connect()
+        try:
+            connection.execute("DELETE FROM executed WHERE expires_at < ?", (now - LEDGER_GRACE_SECONDS,))
+            connection.execute("INSERT INTO executed VALUES (?, ?, ?)", (command_id, expires_at, now))
+            return True
+        except sqlite3.IntegrityError:
+            return False
+        finally:
+            connection.close()
+
+    def __contains__(self, command_id: str) -> bool:
+        connection = self._connect()
+        try:
+            return connection.execute("SELECT 1 FROM executed WHERE command_id = ?", (command_id,)).fetchone() is not None
+        finally:
+            connection.close()
+
+
+def pinned_keys(signing_keys: List[Mapping[str, Any]]) -> Dict[str, Ed25519PublicKey]:
+    keys = {}
+    for key in signing_keys:
+        try:
+            keys[str(key["key_id"])] = Ed25519PublicKey.from_public_bytes(base64.b64decode(key["public_key"]))
+        except (KeyError, ValueError, TypeError):
+            logger.warning("ignoring a malformed pinned signing key")
+    return keys
+
+
+def verify_command(command: Mapping[str, Any], *, agent_id: str, keys: Mapping[str, Ed25519PublicKey],
+                   now: float) -> None:
+    """Raise CommandRefused unless the command is well-formed, signed by a pinned key, ours and current."""
+    for field, kind in REQUIRED_FIELDS.items():
+        if not isinstance(command.get(field), kind) or isinstance(command.get(field), bool):
+            raise CommandRefused("malformed", f"command field {field!r} is missing or not a {kind.__name__}")
+    key = keys.get(command["key_id"])
+    if key is None:
+        raise CommandRefused("unknown_key", f"command {command['id']} is signed by unknown key {command['key_id']}")
+    try:
+        key.verify(base64.b64decode(command["signature"]), command_signing_bytes_from_wire(command))
+    except (InvalidSignature, ValueError):
+        raise CommandRefused("bad_signature", f"command {command['id']} has an invalid signature") from None
+    if command["agent_id"] != agent_id:
+        raise CommandRefused("wrong_agent", f"command {command['id']} is for agent {command['agent_id']}")
+    if command["expires_at"] <= now:
+        raise CommandRefused("expired", f"command {command['id']} expired")
+
+
+def _iso(timestamp: float) -> str:
+    return dt.datetime.fromtimestamp(timestamp, dt.timezone.utc).isoformat()
+
+
+def system_report_body(facts: Mapping[str, Any]) -> Dict[str, Any]:
+    """machine.system_facts() in the shape of POST /reports/system."""
+    os_facts, cpu, memory = facts.get("os", {}), facts.get("cpu", {}), facts.get("memory", {})
+    reboot = facts.get("reboot", {})
+    total = int(memory.get("total_bytes") or 0)
+    body = {
+        "hostname": facts.get("hostname", ""),
+        "os_name": os_facts.get("name", ""),
+        "os_version": os_facts.get("version", ""),
+        "kernel": os_facts.get("kernel", ""),
+        "arch": os_facts.get("arch", ""),
+        "cpu_model": cpu.get("model", "")[:255],
+        "cpu_count": int(cpu.get("logical_cores") or 0),
+        "memory_total_bytes": total,
+        "memory_used_bytes": max(0, total - int(memory.get("available_bytes") or 0)),
+        "disks": [{key: disk[key] for key in ("mountpoint", "device", "fstype", "total_bytes", "used_bytes", "percent")}
+                  for disk in facts.get("disks", [])],
+        "uptime_seconds": int(facts.get("uptime_seconds") or 0),
+        "ip_addresses": [address["address"] for address in facts.get("ip_addresses", [])],
+        "reboot_required": bool(reboot.get("required")),
+        "reboot_reason": reboot.get("reason", ""),
+    }
+    if facts.get("boot_time"):
+        body["boot_time"] = _iso(float(facts["boot_time"]))
+    return body
+
+
+class CommandExecutor:
+    """The runner's command handler."""
+
+    def __init__(
+        self,
+        *,
+        agent_id: str,
+        signing_keys: List[Mapping[str, Any]],
+        outbox: Outbox,
+        ledger: ExecutedLedger,
+        scanners: Mapping[str, Scanner],
+        system_facts: Callable[[], Dict[str, Any]],
+        record: Callable[[Dict[str, Any]], None],
+        set_heartbeat: Callable[[Optional[dt.datetime]], None] = lambda until: None,
+        reboot: Optional[Callable[[], OperationResult]] = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.agent_id = agent_id
+        self.keys = pinned_keys(signing_keys)
+        self.outbox = outbox
+        self.ledger = ledger
+        self.scanners = dict(scanners)
+        self.system_facts = system_facts
+        self.record = record
+        self.set_heartbeat = set_heartbeat
+        self.reboot = reboot
+        self.clock = clock
+
+    def __call__(self, commands: List[Dict[str, Any]]) -> None:
+        for command in commands:
+            self.handle(command)
+
+    def handle(self, command: Dict[str, Any]) -> Optional[str]:
+        """Verify, claim, run, queue. Returns the result status, or None when refused."""
+        now = self.clock()
+        try:
+            verify_command(command, agent_id=self.agent_id, keys=self.keys, now=now)
+            if not self.ledger.claim(command["id"], float(command["expires_at"]), now):
+                raise CommandRefused("replayed", f"command {command['id']} was already executed")
+        except CommandRefused as refusal:
+            logger.error("refused command: %s", refusal)
+            self.record(make_event(
+                SECURITY_VIOLATION, "critical", f"Refused a command: {refusal}", severity="critical",
+                component="security",
+                metadata={"reason": refusal.reason, "command_id": str(command.get("id", ""))[:64],
+                          "command_type": str(command.get("type", ""))[:64]},
+            ))
+            return None
+        status, output, details, reports = self.run(command)
+        for kind, item_id, payload in reports:
+            self.outbox.add(kind, payload, item_id=item_id)
+        self.outbox.add(KIND_COMMAND_RESULT, {"command_id": command["id"], "status": status, "output": output,
+                                              **details}, item_id=f"result-{command['id']}")
+        return status
+
+    # -- running ---------------------------------------------------------------------
+
+    def run(self, command: Dict[str, Any]) -> Tuple[str, str, Dict[str, Any], List[Tuple[str, str, Dict[str, Any]]]]:
+        """(status, output, result details, reports) — never raises for a failed operation."""
+        kind, params = command["type"], command["params"]
+        try:
+            if kind in ("scan_updates", "scan_docker"):
+                return self._scan(params)
+            if kind in ("scan_system", "scan_storage"):
+                report = system_report_body(self.system_facts())
+                return "succeeded", "system facts collected", {}, [
+                    (KIND_SYSTEM_REPORT, f"system-{uuid.uuid4().hex}", report)]
+            if kind in PACKAGE_COMMANDS:
+                return self._package_operation(kind, params)
+            if kind == "enable_heartbeat":
+                minutes = int(params.get("duration_minutes") or 10)
+                self.set_heartbeat(dt.datetime.now(dt.timezone.utc) + dt.timedelta(minutes=minutes))
+                return "succeeded", f"heartbeat on for {minutes} min", {}, []
+            if kind == "disable_heartbeat":
+                self.set_heartbeat(None)
+                return "succeeded", "heartbeat off", {}, []
+            if kind == "reboot":
+                return self._reboot()
+        except ScanError as exc:
+            return "failed", str(exc), {}, []
+        except Exception as exc:  # a bug in one handler must still produce a failed result
+            logger.exception("command %s failed", command["id"])
+            return "failed", f"{type(exc).__name__}: {exc}", {}, []
+        return "failed", f"this agent does not support {kind!r} commands", {}, []
+
+    def _scanner(self, package_type: Any) -> Scanner:
+        scanner = self.scanners.get(package_type)
+        if scanner is None:
+            raise ScanError(f"no scanner for package type {package_type!r} on this agent")
+        if not scanner.is_available():
+            raise ScanError(f"{package_type} is not available on this host")
+        return scanner
+
+    def _scan(self, params: Mapping[str, Any]):
+        package_type = params.get("package_type")
+        scanner = self._scanner(package_type)
+        records = scanner.scan()
+        not_checked = [str(item) for item in getattr(scanner, "last_not_checked", []) or []]
+        updates = []
+        for record in records:
+            row = record.to_dict()
+            row.pop("package_type", None)
+            updates.append(row)
+        report_id = uuid.uuid4().hex
+        report = {"report_id": report_id, "package_type": package_type, "updates": updates,
+                  "not_checked": not_checked[:1000]}
+        output = f"{len(updates)} update(s) found"
+        if not_checked:
+            output += f", {len(not_checked)} not checked"
+        return "succeeded", output, {"details": {"report_id": report_id, "updates": len(updates)}}, [
+            (KIND_UPDATES_REPORT, f"updates-{report_id}", report)]
+
+    def _package_operation(self, kind: str, params: Mapping[str, Any]):
+        scanner = self._scanner(params.get("package_type"))
+        names = [str(name) for name in params.get("packages", [])]
+        outcome = scanner.dry_run(names) if kind == "dry_run_update" else scanner.install(names)
+        details = {"exit_code": outcome.exit_code, "duration_seconds": round(outcome.duration_seconds, 3),
+                   "dependencies": list(outcome.dependencies), "packages": list(outcome.packages)}
+        return ("succeeded" if outcome.succeeded else "failed"), tail(outcome.output_tail), details, []
+
+    def _reboot(self):
+        if self.reboot is None:
+            return "failed", "rebooting is not set up on this agent", {}, []
+        outcome = self.reboot()
+        return ("succeeded" if outcome.succeeded else "failed"), tail(outcome.output_tail), {
+            "exit_code": outcome.exit_code}, []
+
+
+# -- sending what commands produced (outbox channels) ----------------------------------
+
+# A server answer that retrying can never change: the item is dropped (and said so), so
+# one poisoned item cannot block the outbox behind it forever.
+PERMANENT_REFUSALS = (400, 404, 413)
+
+
+def _send_each(client: Any, record: Callable[[Dict[str, Any]], None], path_for: Callable[[Dict[str, Any]], str],
+               body_for: Callable[[Dict[str, Any]], Dict[str, Any]], what: str) -> Callable[[List[Dict[str, Any]]], None]:
+    from agent_client.events import AGENT_CHECKIN
+    from agent_client.transport import ApiError
+
+    def send(payloads: List[Dict[str, Any]]) -> None:
+        for payload in payloads:
+            try:
+                client.request("POST", path_for(payload), body_for(payload))
+            except ApiError as exc:
+                if exc.status not in PERMANENT_REFUSALS:
+                    raise
+                logger.error("server refused a %s for good, dropping it: %s", what, exc)
+                record(make_event(AGENT_CHECKIN, "failed", f"Server refused a {what}: {exc.message}",
+                                  severity="error", metadata={"status": exc.status, "code": exc.code}))
+    return send
+
+
+def executor_channels(client: Any, record: Callable[[Dict[str, Any]], None]) -> Dict[str, Any]:
+    """Outbox channels for command results and reports (the runner's ``extra_channels``)."""
+    from agent_client.outbox import Channel
+
+    def agent_path(suffix: str) -> str:
+        return client._agent_path(suffix)
+
+    return {
+        KIND_COMMAND_RESULT: Channel(send=_send_each(
+            client, record, lambda p: agent_path(f"commands/{p['command_id']}/result"),
+            lambda p: {key: value for key, value in p.items() if key != "command_id"}, "command result")),
+        KIND_UPDATES_REPORT: Channel(send=_send_each(
+            client, record, lambda p: agent_path("reports/updates"), lambda p: p, "scan report")),
+        KIND_SYSTEM_REPORT: Channel(send=_send_each(
+            client, record, lambda p: agent_path("reports/system"), lambda p: p, "system report")),
+    }

@@ -1,0 +1,201 @@
+"""The agent's command executor: verification before anything runs, at most once, results queued."""
+
+from __future__ import annotations
+
+import base64
+import time
+import uuid
+from typing import List
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from agent_client.executor import CommandExecutor, ExecutedLedger, system_report_body
+from agent_client.outbox import KIND_COMMAND_RESULT, KIND_SYSTEM_REPORT, KIND_UPDATES_REPORT, Outbox
+from agent_client.protocol import command_signing_bytes
+from agent_client.scanners.base import OperationResult, ScanError, Scanner, UpdateRecord
+
+AGENT_ID = str(uuid.uuid4())
+
+
+class Signer:
+    def __init__(self, key_id: str = "k1"):
+        self.key_id = key_id
+        self.private = Ed25519PrivateKey.generate()
+        raw = self.private.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        self.public = {"key_id": key_id, "public_key": base64.b64encode(raw).decode()}
+
+    def command(self, command_type: str, params=None, *, agent_id: str = AGENT_ID, lifetime: int = 3600) -> dict:
+        now = int(time.time())
+        command = {"id": str(uuid.uuid4()), "agent_id": agent_id, "type": command_type, "params": params or {},
+                   "issued_at": now, "expires_at": now + lifetime, "nonce": uuid.uuid4().hex, "key_id": self.key_id}
+        signed = command_signing_bytes(agent_id=agent_id, command_id=command["id"], command_type=command_type,
+                                       params=command["params"], issued_at=now, expires_at=now + lifetime,
+                                       nonce=command["nonce"])
+        command["signature"] = base64.b64encode(self.private.sign(signed)).decode()
+        return command
+
+
+class RecordingScanner(Scanner):
+    """A scanner with canned answers that records what it was asked to do."""
+
+    package_type = "apt"
+
+    def __init__(self, *, fail_install: bool = False, scan_error: str = ""):
+        self.calls: List[tuple] = []
+        self.fail_install = fail_install
+        self.scan_error = scan_error
+
+    def is_available(self) -> bool:
+        return True
+
+    def scan(self):
+        self.calls.append(("scan",))
+        if self.scan_error:
+            raise ScanError(self.scan_error)
+        return [UpdateRecord("apt", "openssl", "3.0.11", "3.0.13", severity="important", is_security=True,
+                             repository="Debian-Security/bookworm-security", cve_ids=["CVE-2024-0727"])]
+
+    def dry_run(self, names):
+        self.calls.append(("dry_run", tuple(names)))
+        return OperationResult(True, 0, "Inst openssl ...", 0.5, dependencies=["libssl3"],
+                               packages=[{"name": "openssl", "version": "3.0.13"}])
+
+    def install(self, names):
+        self.calls.append(("install", tuple(names)))
+        if self.fail_install:
+            return OperationResult(False, 100, "E: Unable to fetch some archives", 2.0)
+        return OperationResult(True, 0, "Setting up openssl (3.0.13) ...", 9.0)
+
+
+@pytest.fixture
+def signer():
+    return Signer()
+
+
+@pytest.fixture
+def setup(tmp_path, signer):
+    def build(scanner=None, **overrides):
+        events, heartbeat = [], []
+        scanner = scanner or RecordingScanner()
+        outbox = Outbox(tmp_path / "outbox.sqlite3")
+        options = dict(agent_id=AGENT_ID, signing_keys=[signer.public], outbox=outbox,
+                       ledger=ExecutedLedger(tmp_path / "executed.sqlite3"), scanners={"apt": scanner},
+                       system_facts=lambda: {"hostname": "h", "reboot": {"required": False, "reason": ""}},
+                       record=events.append, set_heartbeat=heartbeat.append)
+        options.update(overrides)
+        return CommandExecutor(**options), scanner, outbox, events, heartbeat
+    return build
+
+
+def queued(outbox):
+    return [(item.kind, item.payload) for item in outbox.pending()]
+
+
+def test_a_scan_queues_its_report_before_its_result(setup, signer):
+    executor, scanner, outbox, events, _ = setup()
+    command = signer.command("scan_updates", {"package_type": "apt"})
+    assert executor.handle(command) == "succeeded"
+    (report_kind, report), (result_kind, result) = queued(outbox)
+    assert (report_kind, result_kind) == (KIND_UPDATES_REPORT, KIND_COMMAND_RESULT)
+    assert report["package_type"] == "apt" and len(report["report_id"]) == 32
+    assert report["updates"] == [{"name": "openssl", "current_version": "3.0.11", "available_version": "3.0.13",
+                                  "severity": "important", "is_security": True,
+                                  "repository": "Debian-Security/bookworm-security", "size_bytes": None,
+                                  "cve_ids": ["CVE-2024-0727"], "kb_ids": [], "metadata": {}}]
+    assert result["command_id"] == command["id"] and result["status"] == "succeeded"
+    assert result["details"]["report_id"] == report["report_id"]
+    assert events == []
+
+
+@pytest.mark.parametrize("tamper, reason", [
+    (lambda c: c["params"].update(package_type="dnf"), "bad_signature"),
+    (lambda c: c.update(type="reboot"), "bad_signature"),
+    (lambda c: c.update(expires_at=c["expires_at"] + 1), "bad_signature"),
+    (lambda c: c.update(signature=base64.b64encode(b"x" * 64).decode()), "bad_signature"),
+    (lambda c: c.update(signature="not base64!"), "bad_signature"),
+    (lambda c: c.update(key_id="k9"), "unknown_key"),
+    (lambda c: c.pop("nonce"), "malformed"),
+    (lambda c: c.update(issued_at="yesterday"), "malformed"),
+])
+def test_a_tampered_command_never_runs(setup, signer, tamper, reason):
+    executor, scanner, outbox, events, _ = setup()
+    command = signer.command("scan_updates", {"package_type": "apt"})
+    tamper(command)
+    assert executor.handle(command) is None
+    assert scanner.calls == [] and queued(outbox) == []
+    assert [(e["event_type"], e["metadata"]["reason"]) for e in events] == [("security_violation", reason)]
+
+
+def test_a_command_for_another_agent_or_expired_never_runs(setup, signer):
+    executor, scanner, outbox, events, _ = setup()
+    assert executor.handle(signer.command("reboot", agent_id=str(uuid.uuid4()))) is None
+    assert executor.handle(signer.command("scan_updates", {"package_type": "apt"}, lifetime=-1)) is None
+    assert [e["metadata"]["reason"] for e in events] == ["wrong_agent", "expired"]
+    assert scanner.calls == []
+
+
+def test_a_key_from_another_signer_is_refused(setup):
+    executor, scanner, _, events, _ = setup()
+    impostor = Signer(key_id="k1")  # same key id, different key
+    assert executor.handle(impostor.command("scan_updates", {"package_type": "apt"})) is None
+    assert events[0]["metadata"]["reason"] == "bad_signature" and scanner.calls == []
+
+
+def test_a_command_runs_at_most_once_even_across_restarts(setup, signer):
+    executor, scanner, _, events, _ = setup()
+    command = signer.command("install_updates", {"package_type": "apt", "packages": ["openssl"]})
+    assert executor.handle(command) == "succeeded"
+    assert executor.handle(command) is None
+    restarted, _, _, restarted_events, _ = setup(scanner=scanner)  # new ledger object, same file
+    assert restarted.handle(command) is None
+    assert scanner.calls == [("install", ("openssl",))]
+    assert [e["metadata"]["reason"] for e in events + restarted_events] == ["replayed", "replayed"]
+
+
+def test_dry_run_reports_dependencies_and_install_failure_is_a_failure(setup, signer):
+    executor, scanner, outbox, _, _ = setup(scanner=RecordingScanner(fail_install=True))
+    executor.handle(signer.command("dry_run_update", {"package_type": "apt", "packages": ["openssl"]}))
+    executor.handle(signer.command("install_updates", {"package_type": "apt", "packages": ["openssl"]}))
+    (_, dry_run), (_, install) = queued(outbox)
+    assert dry_run["status"] == "succeeded" and dry_run["dependencies"] == ["libssl3"] and dry_run["exit_code"] == 0
+    assert install["status"] == "failed" and install["exit_code"] == 100
+    assert "Unable to fetch" in install["output"]
+
+
+def test_scan_failure_and_unknown_types_are_failed_results(setup, signer):
+    executor, _, outbox, _, _ = setup(scanner=RecordingScanner(scan_error="apt-get update failed: 404"))
+    executor.handle(signer.command("scan_updates", {"package_type": "apt"}))
+    executor.handle(signer.command("scan_updates", {"package_type": "winget"}))
+    executor.handle(signer.command("update_agent", {"version": "9.9"}))
+    results = [payload for _, payload in queued(outbox)]
+    assert [r["status"] for r in results] == ["failed", "failed", "failed"]
+    assert "apt-get update failed" in results[0]["output"]
+    assert "no scanner for package type 'winget'" in results[1]["output"]
+    assert "does not support 'update_agent'" in results[2]["output"]
+
+
+def test_heartbeat_commands_switch_the_local_state(setup, signer):
+    executor, _, outbox, _, heartbeat = setup()
+    executor.handle(signer.command("enable_heartbeat", {"duration_minutes": 30}))
+    executor.handle(signer.command("disable_heartbeat"))
+    assert heartbeat[0] is not None and 29 * 60 < heartbeat[0].timestamp() - time.time() <= 30 * 60
+    assert heartbeat[1] is None
+
+
+def test_system_scan_queues_a_system_report(setup, signer):
+    facts = {"hostname": "web-01", "os": {"name": "Debian GNU/Linux", "version": "12", "kernel": "6.1.0",
+                                          "arch": "x86_64"},
+             "cpu": {"model": "Xeon", "logical_cores": 4}, "memory": {"total_bytes": 1000, "available_bytes": 400},
+             "disks": [{"mountpoint": "/", "device": "/dev/vda1", "fstype": "ext4", "total_bytes": 10,
+                        "used_bytes": 4, "free_bytes": 6, "percent": 40.0}],
+             "boot_time": 1700000000.0, "uptime_seconds": 60,
+             "ip_addresses": [{"interface": "eth0", "family": "ipv4", "address": "192.0.2.4"}],
+             "reboot": {"required": True, "reason": "reboot-required flag set by linux-image", "packages": []}}
+    executor, _, outbox, _, _ = setup(system_facts=lambda: facts)
+    executor.handle(signer.command("scan_system"))
+    (kind, report), _ = queued(outbox)
+    assert kind == KIND_SYSTEM_REPORT and report == system_report_body(facts)
+    assert report["memory_used_bytes"] == 600 and report["ip_addresses"] == ["192.0.2.4"]
+    assert report["reboot_required"] is True and report["boot_time"].startswith("2023-11-14T22:13:20")
