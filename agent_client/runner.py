@@ -116,7 +116,7 @@ class Runner:
         self.outbox = outbox
         self.rng = rng or random.Random()
         self.stop = stop or threading.Event()
-        self.wait = wait or self.stop.wait
+        self.wait = wait if wait is not None else self.stop.wait
         self.command_handler = command_handler or DeferredCommands(self.record)
         self.config_fetcher = config_fetcher
         self.extra_channels = dict(extra_channels or {})
