@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
-import dataclasses
 import json
 import logging
 import os
@@ -370,12 +369,12 @@ def command_scan(args: argparse.Namespace, config_path: Path) -> int:
             continue
         results[kind] = [record.to_dict() for record in records]
 
+    if args.type and args.type in unavailable:
+        raise CliFailure(f"{args.type} is not available on this host")
     if args.json:
         print(json.dumps({"updates": results, "failed": failures, "unavailable": unavailable}, indent=2, sort_keys=True))
     else:
         _print_scan(results, failures, unavailable)
-    if args.type and args.type in unavailable:
-        raise CliFailure(f"{args.type} is not available on this host")
     if failures:
         raise CliFailure("scan failed for " + ", ".join(f"{kind} ({message})" for kind, message in failures.items()))
     return EXIT_OK

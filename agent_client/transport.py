@@ -378,7 +378,8 @@ def register(
     client = Client(
         AgentConfig(server_url=server_url, ca_bundle=ca_bundle),
         machine_id_hash=machine_id_hash,
-        retry=retry or RetryPolicy(max_attempts=3),
+        # A person is usually waiting: a few tries, and no long Retry-After sleeps.
+        retry=retry or RetryPolicy(max_attempts=3, max_retry_after_seconds=60),
         sleep=sleep,
     )
     payload = {"registration_token": registration_token, "machine_id": machine_id_hash,
