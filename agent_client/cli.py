@@ -35,7 +35,11 @@ from agent_client.config import AgentConfig, ConfigError, ConfigNotFound, format
 from agent_client.events import AGENT_REGISTRATION, AGENT_SCAN, AGENT_STARTUP, make_event
 from agent_client.machine import MachineIdError, host_facts, machine_id_hash
 from agent_client.outbox import KIND_EVENT, Channel, Outbox, OutboxError, describe
+from agent_client.executor import LEDGER_FILE_NAME, CommandExecutor, ExecutedLedger, executor_channels
+from agent_client.executor import schedule_reboot
+from agent_client.machine import system_facts
 from agent_client.runner import EVENTS_PER_REQUEST, Runner, describe_heartbeat
+from agent_client.scanners import build_scanners, capabilities
 from agent_client.transport import (
     ApiError,
     Client,
@@ -113,6 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
     register_parser.add_argument("--token", default=None,
                                  help=f"registration token (or set {TOKEN_ENVIRONMENT_VARIABLE})")
     register_parser.add_argument("--ca-bundle", default=None, help="CA bundle to verify the server's certificate")
+    register_parser.add_argument(
+        "--capabilities", default=None, type=_capability_list, metavar="LIST",
+        help="what the server may schedule here, comma-separated from "
+             f"{','.join(CAPABILITY_NAMES)} (default: every available package manager, storage and system)",
+    )
 
     run_parser = commands.add_parser("run", help="poll the server (the service loop)")
     run_parser.add_argument("--once", action="store_true", help="one cycle: check in, flush the outbox, exit")
@@ -163,6 +172,17 @@ def _client(config: AgentConfig, config_path: Path, machine_hash: str, outbox: O
 # --- register ---------------------------------------------------------------------
 
 
+CAPABILITY_NAMES = ("apt", "dnf", "docker", "windows_update", "winget", "storage", "system")
+
+
+def _capability_list(text: str) -> List[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = sorted(set(names) - set(CAPABILITY_NAMES))
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown capability {', '.join(unknown)}")
+    return names
+
+
 def _pinned_keys(keys: Any) -> List[Dict[str, Any]]:
     """Keep the signing keys that are well-formed Ed25519 public keys."""
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -175,7 +195,8 @@ def _pinned_keys(keys: Any) -> List[Dict[str, Any]]:
         except (KeyError, TypeError, ValueError, binascii.Error):
             logger.warning("ignoring a malformed signing key from the server (%r)", (key or {}).get("key_id"))
             continue
-        pinned.append({name: key.get(name) for name in ("key_id", "algorithm", "public_key", "primary", "created_at")})
+        pinned.append({name: key.get(name) for name in ("key_id", "algorithm", "public_key", "primary", "created_at",
+                                                        "endorsed_by", "endorsement")})
     return pinned
 
 
@@ -200,7 +221,9 @@ def command_register(args: argparse.Namespace, config_path: Path) -> int:
     token = args.token or os.environ.get(TOKEN_ENVIRONMENT_VARIABLE, "")
     if not token:
         raise CliFailure(f"a registration token is required (--token or {TOKEN_ENVIRONMENT_VARIABLE})", EXIT_USAGE)
-    facts = host_facts()
+    facts: Dict[str, Any] = dict(host_facts())
+    facts["capabilities"] = args.capabilities if args.capabilities is not None else capabilities(
+        build_scanners(config_module.state_directory(config_path)))
 
     def failed(reason: str, message: str) -> CliFailure:
         _record_offline(
@@ -295,6 +318,7 @@ def command_run(args: argparse.Namespace, config_path: Path) -> int:
     stop = threading.Event()
     runner = Runner(config=config, config_path=config_path, client=client_for(config), outbox=outbox,
                     stop=stop, reload_client=client_for)
+    _attach_executor(runner, config_path, outbox)
     if args.once:
         try:
             outcome = runner.run_once()
@@ -319,29 +343,47 @@ def command_run(args: argparse.Namespace, config_path: Path) -> int:
     return EXIT_OK
 
 
+def _attach_executor(runner: Runner, config_path: Path, outbox: Outbox) -> None:
+    """Commands are verified and run by the executor; its results and reports get their channels."""
+    state_dir = config_module.state_directory(config_path)
+
+    def set_heartbeat(until: Any) -> None:
+        runner.config.heartbeat_until = format_time(until) if until else None
+        try:
+            config_module.save(runner.config, config_path)
+        except OSError as exc:
+            logger.warning("could not save heartbeat state: %s", exc.strerror or exc)
+
+    def save_keys(keys: List[Dict[str, Any]]) -> None:
+        runner.config.signing_keys = keys
+        try:
+            config_module.save(runner.config, config_path)
+        except OSError as exc:
+            logger.warning("could not save pinned signing keys: %s", exc.strerror or exc)
+
+    runner.command_handler = CommandExecutor(
+        agent_id=runner.config.agent_id,
+        signing_keys=runner.config.signing_keys,
+        outbox=outbox,
+        ledger=ExecutedLedger(state_dir / LEDGER_FILE_NAME),
+        scanners=build_scanners(state_dir),
+        system_facts=system_facts,
+        record=runner.record,
+        set_heartbeat=set_heartbeat,
+        reboot=schedule_reboot,
+        fetch_keys=lambda: runner.client.signing_keys(),
+        save_keys=save_keys,
+    )
+    runner.extra_channels.update(executor_channels(lambda: runner.client, runner.record))
+
+
 # --- scan ------------------------------------------------------------------------------
 
 
-def _scanner(kind: str) -> Any:
-    if kind == "apt":
-        from agent_client.scanners.apt import AptScanner
+def _scanner(kind: str, config_path: Path) -> Any:
+    from agent_client.scanners import build_scanners
 
-        return AptScanner()
-    if kind == "dnf":
-        from agent_client.scanners.dnf import DnfScanner
-
-        return DnfScanner()
-    if kind == "docker":
-        from agent_client.scanners.docker import DockerScanner
-
-        return DockerScanner()
-    if kind == "windows_update":
-        from agent_client.scanners.windows_update import WindowsUpdateScanner
-
-        return WindowsUpdateScanner()
-    from agent_client.scanners.winget import WingetScanner
-
-    return WingetScanner()
+    return build_scanners(config_module.state_directory(config_path))[kind]
 
 
 def command_scan(args: argparse.Namespace, config_path: Path) -> int:
@@ -350,7 +392,7 @@ def command_scan(args: argparse.Namespace, config_path: Path) -> int:
     failures: Dict[str, str] = {}
     unavailable: List[str] = []
     for kind in kinds:
-        scanner = _scanner(kind)
+        scanner = _scanner(kind, config_path)
         if not scanner.is_available():
             unavailable.append(kind)
             continue

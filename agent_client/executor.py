@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from agent_client.events import SECURITY_VIOLATION, make_event
 from agent_client.outbox import KIND_COMMAND_RESULT, KIND_SYSTEM_REPORT, KIND_UPDATES_REPORT, Outbox
-from agent_client.protocol import command_signing_bytes_from_wire
+from agent_client.protocol import command_signing_bytes_from_wire, key_endorsement_bytes
 from agent_client.scanners.base import OperationResult, ScanError, Scanner, tail
 
 logger = logging.getLogger("redflag.agent.executor")
@@ -118,6 +118,49 @@ def verify_command(command: Mapping[str, Any], *, agent_id: str, keys: Mapping[s
         raise CommandRefused("expired", f"command {command['id']} expired")
 
 
+def schedule_reboot() -> OperationResult:
+    """Ask the OS to reboot in a minute, so the result can still reach the server first."""
+    import sys
+
+    from agent_client.scanners.base import run_command
+
+    if sys.platform == "win32":
+        argv = ["shutdown", "/r", "/t", "60", "/c", "RedFlag: reboot requested by an administrator"]
+    else:
+        argv = ["shutdown", "-r", "+1", "RedFlag: reboot requested by an administrator"]
+    try:
+        outcome = run_command(argv, timeout=60)
+    except ScanError as exc:
+        return OperationResult(False, -1, str(exc), 0.0)
+    return OperationResult(outcome.exit_code == 0, outcome.exit_code, tail(outcome.stdout + outcome.stderr),
+                           outcome.duration_seconds)
+
+
+def endorsed_keys(pinned: List[Mapping[str, Any]], offered: List[Mapping[str, Any]]) -> List[Dict[str, Any]]:
+    """The offered keys reachable by an endorsement chain from a pinned key (key rotation)."""
+    trusted = pinned_keys(list(pinned))
+    learned: List[Dict[str, Any]] = []
+    progress = True
+    while progress:
+        progress = False
+        for key in offered:
+            key_id = str(key.get("key_id", ""))
+            endorser = trusted.get(str(key.get("endorsed_by", "")))
+            if not key_id or key_id in trusted or endorser is None:
+                continue
+            try:
+                signed = key_endorsement_bytes(key_id=key_id, public_key=str(key["public_key"]))
+                endorser.verify(base64.b64decode(str(key.get("endorsement", ""))), signed)
+                public = Ed25519PublicKey.from_public_bytes(base64.b64decode(str(key["public_key"])))
+            except (InvalidSignature, ValueError, TypeError, KeyError):
+                continue
+            trusted[key_id] = public
+            learned.append({name: key.get(name) for name in ("key_id", "algorithm", "public_key", "primary",
+                                                               "created_at", "endorsed_by", "endorsement")})
+            progress = True
+    return learned
+
+
 def _iso(timestamp: float) -> str:
     return dt.datetime.fromtimestamp(timestamp, dt.timezone.utc).isoformat()
 
@@ -164,10 +207,15 @@ class CommandExecutor:
         record: Callable[[Dict[str, Any]], None],
         set_heartbeat: Callable[[Optional[dt.datetime]], None] = lambda until: None,
         reboot: Optional[Callable[[], OperationResult]] = None,
+        fetch_keys: Optional[Callable[[], List[Dict[str, Any]]]] = None,
+        save_keys: Callable[[List[Dict[str, Any]]], None] = lambda keys: None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.agent_id = agent_id
-        self.keys = pinned_keys(signing_keys)
+        self.pinned = [dict(key) for key in signing_keys]
+        self.keys = pinned_keys(self.pinned)
+        self.fetch_keys = fetch_keys
+        self.save_keys = save_keys
         self.outbox = outbox
         self.ledger = ledger
         self.scanners = dict(scanners)
@@ -185,7 +233,12 @@ class CommandExecutor:
         """Verify, claim, run, queue. Returns the result status, or None when refused."""
         now = self.clock()
         try:
-            verify_command(command, agent_id=self.agent_id, keys=self.keys, now=now)
+            try:
+                verify_command(command, agent_id=self.agent_id, keys=self.keys, now=now)
+            except CommandRefused as refusal:
+                if refusal.reason != "unknown_key" or not self.learn_keys():
+                    raise
+                verify_command(command, agent_id=self.agent_id, keys=self.keys, now=now)
             if not self.ledger.claim(command["id"], float(command["expires_at"]), now):
                 raise CommandRefused("replayed", f"command {command['id']} was already executed")
         except CommandRefused as refusal:
@@ -203,6 +256,29 @@ class CommandExecutor:
         self.outbox.add(KIND_COMMAND_RESULT, {"command_id": command["id"], "status": status, "output": output,
                                               **details}, item_id=f"result-{command['id']}")
         return status
+
+    def learn_keys(self) -> bool:
+        """Fetch the server's keys and pin those endorsed by a key already pinned."""
+        if self.fetch_keys is None:
+            return False
+        try:
+            offered = self.fetch_keys()
+        except Exception as exc:  # the server is unreachable: refuse now, learn on a later command
+            logger.warning("could not fetch signing keys: %s", exc)
+            return False
+        learned = endorsed_keys(self.pinned, offered)
+        if not learned:
+            return False
+        self.pinned.extend(learned)
+        self.keys = pinned_keys(self.pinned)
+        self.save_keys(list(self.pinned))
+        for key in learned:
+            logger.info("pinned signing key %s, endorsed by %s", key["key_id"], key["endorsed_by"])
+            self.record(make_event(
+                "config_changed", "success", f"Pinned rotated signing key {key['key_id']}", component="security",
+                metadata={"key_id": key["key_id"], "endorsed_by": key["endorsed_by"]},
+            ))
+        return True
 
     # -- running ---------------------------------------------------------------------
 
@@ -284,7 +360,7 @@ class CommandExecutor:
 PERMANENT_REFUSALS = (400, 404, 413)
 
 
-def _send_each(client: Any, record: Callable[[Dict[str, Any]], None], path_for: Callable[[Dict[str, Any]], str],
+def _send_each(get_client: Callable[[], Any], record: Callable[[Dict[str, Any]], None], path_for: Callable[[Dict[str, Any]], str],
                body_for: Callable[[Dict[str, Any]], Dict[str, Any]], what: str) -> Callable[[List[Dict[str, Any]]], None]:
     from agent_client.events import AGENT_CHECKIN
     from agent_client.transport import ApiError
@@ -292,7 +368,7 @@ def _send_each(client: Any, record: Callable[[Dict[str, Any]], None], path_for: 
     def send(payloads: List[Dict[str, Any]]) -> None:
         for payload in payloads:
             try:
-                client.request("POST", path_for(payload), body_for(payload))
+                get_client().request("POST", path_for(payload), body_for(payload))
             except ApiError as exc:
                 if exc.status not in PERMANENT_REFUSALS:
                     raise
@@ -302,19 +378,22 @@ def _send_each(client: Any, record: Callable[[Dict[str, Any]], None], path_for: 
     return send
 
 
-def executor_channels(client: Any, record: Callable[[Dict[str, Any]], None]) -> Dict[str, Any]:
-    """Outbox channels for command results and reports (the runner's ``extra_channels``)."""
+def executor_channels(get_client: Callable[[], Any], record: Callable[[Dict[str, Any]], None]) -> Dict[str, Any]:
+    """Outbox channels for command results and reports (the runner's ``extra_channels``).
+
+    ``get_client`` returns the runner's current client (it is replaced when the config reloads).
+    """
     from agent_client.outbox import Channel
 
     def agent_path(suffix: str) -> str:
-        return client._agent_path(suffix)
+        return get_client().agent_path(suffix)
 
     return {
         KIND_COMMAND_RESULT: Channel(send=_send_each(
-            client, record, lambda p: agent_path(f"commands/{p['command_id']}/result"),
+            get_client, record, lambda p: agent_path(f"commands/{p['command_id']}/result"),
             lambda p: {key: value for key, value in p.items() if key != "command_id"}, "command result")),
         KIND_UPDATES_REPORT: Channel(send=_send_each(
-            client, record, lambda p: agent_path("reports/updates"), lambda p: p, "scan report")),
+            get_client, record, lambda p: agent_path("reports/updates"), lambda p: p, "scan report")),
         KIND_SYSTEM_REPORT: Channel(send=_send_each(
-            client, record, lambda p: agent_path("reports/system"), lambda p: p, "system report")),
+            get_client, record, lambda p: agent_path("reports/system"), lambda p: p, "system report")),
     }

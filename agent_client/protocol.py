@@ -66,3 +66,13 @@ def command_signing_bytes_from_wire(command: Mapping[str, Any]) -> bytes:
 
 def b64decode(text: str) -> bytes:
     return base64.b64decode(text.encode("ascii"), validate=True)
+
+
+def key_endorsement_bytes(*, key_id: str, public_key: str) -> bytes:
+    """What a signing key's predecessor signs to vouch for it (key rotation).
+
+    An agent pins the keys it got at registration and accepts a later key only
+    with an endorsement chain back to a pinned key.
+    """
+    return canonical_json({"v": ENVELOPE_VERSION, "purpose": "redflag-signing-key", "key_id": key_id,
+                           "public_key": public_key})

@@ -172,10 +172,10 @@ class Client:
     # -- public calls ------------------------------------------------------------
 
     def checkin(self, payload: Dict[str, Any]) -> Dict[str, Any]:
-        return self.request("POST", self._agent_path("checkin"), payload).body
+        return self.request("POST", self.agent_path("checkin"), payload).body
 
     def send_events(self, events: List[Dict[str, Any]]) -> Dict[str, Any]:
-        body = self.request("POST", self._agent_path("events"), {"events": events}).body
+        body = self.request("POST", self.agent_path("events"), {"events": events}).body
         if not isinstance(body, dict) or body.get("received") != len(events):
             raise TransportError(f"server acknowledged {body!r} for {len(events)} events")
         return body
@@ -186,7 +186,7 @@ class Client:
     def health(self) -> Dict[str, Any]:
         return self.request("GET", f"{API_PREFIX}/health", auth=False).body
 
-    def _agent_path(self, suffix: str) -> str:
+    def agent_path(self, suffix: str) -> str:
         if not self.config.agent_id:
             raise TransportError("this agent is not registered")
         return f"{API_PREFIX}/agents/{urllib.parse.quote(self.config.agent_id)}/{suffix}"

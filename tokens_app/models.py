@@ -76,6 +76,10 @@ class SigningKey(models.Model):
     is_primary = models.BooleanField(default=False)
     created_at = models.DateTimeField(default=timezone.now)
     retired_at = models.DateTimeField(null=True, blank=True)
+    # Rotation: the previous primary key's signature over this key (agent_client.protocol.key_endorsement_bytes),
+    # so agents that pinned the old key can trust the new one.
+    endorsed_by = models.CharField(max_length=32, blank=True)
+    endorsement = models.CharField(max_length=128, blank=True)
 
     class Meta:
         ordering = ["-created_at"]

@@ -22,6 +22,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from agent_client.protocol import key_endorsement_bytes
 from events_app.choices import Component, EventSubtype, EventType, Severity
 from events_app.services import SYSTEM_ACTOR, record_event
 from tokens_app.models import SigningKey
@@ -88,15 +89,21 @@ def _read_key_file(path: Path) -> LoadedKey:
     return _loaded[cache_key]
 
 
-def _publish(loaded: LoadedKey) -> SigningKey:
-    """Make sure the database lists ``loaded`` as the primary key."""
+def _publish(loaded: LoadedKey, endorsed_by: LoadedKey | None = None) -> SigningKey:
+    """Make sure the database lists ``loaded`` as the primary key (endorsed by its predecessor on rotation)."""
     with transaction.atomic():
         row = SigningKey.objects.select_for_update().filter(key_id=loaded.key_id).first()
         if row is not None and row.is_primary:
             return row
         SigningKey.objects.filter(is_primary=True).exclude(key_id=loaded.key_id).update(is_primary=False)
         if row is None:
-            row = SigningKey.objects.create(key_id=loaded.key_id, public_key=loaded.public_b64, is_primary=True)
+            endorsement = {}
+            if endorsed_by is not None:
+                signed = key_endorsement_bytes(key_id=loaded.key_id, public_key=loaded.public_b64)
+                endorsement = {"endorsed_by": endorsed_by.key_id,
+                               "endorsement": base64.b64encode(endorsed_by.private_key.sign(signed)).decode()}
+            row = SigningKey.objects.create(key_id=loaded.key_id, public_key=loaded.public_b64, is_primary=True,
+                                            **endorsement)
         else:
             row.is_primary = True
             row.retired_at = None
@@ -136,7 +143,7 @@ def signing_key_rotate(*, actor: str = SYSTEM_ACTOR) -> SigningKey:
         _write_private_key(path, Ed25519PrivateKey.generate())
     loaded = _read_key_file(path)
     with transaction.atomic():
-        row = _publish(loaded)
+        row = _publish(loaded, endorsed_by=previous)
         record_event(
             event_type=EventType.CONFIG_CHANGED,
             subtype=EventSubtype.SUCCESS,

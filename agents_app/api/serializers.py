@@ -43,6 +43,9 @@ class SigningKeySerializer(serializers.Serializer):
     public_key = Text(help_text="Raw 32-byte Ed25519 public key, base64.")
     primary = serializers.BooleanField(source="is_primary")
     created_at = serializers.DateTimeField()
+    endorsed_by = Text(help_text="Key id of the previous primary key that signed this one (empty for the first).")
+    endorsement = Text(help_text="Base64 Ed25519 signature by endorsed_by over agent_client.protocol."
+                                 "key_endorsement_bytes(key_id, public_key).")
 
 
 class SigningKeysSerializer(serializers.Serializer):

@@ -244,7 +244,7 @@ def test_scan_output_and_failure_events(config_path, monkeypatch, capsys):
         "windows_update": FakeScanner("windows_update", available=False),
         "winget": FakeScanner("winget", available=False),
     }
-    monkeypatch.setattr(cli, "_scanner", lambda kind: scanners[kind])
+    monkeypatch.setattr(cli, "_scanner", lambda kind, config_path: scanners[kind])
 
     code = cli.main(["--config", str(config_path), "scan", "--json"])
     report = json.loads(capsys.readouterr().out)

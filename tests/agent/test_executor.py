@@ -199,3 +199,31 @@ def test_system_scan_queues_a_system_report(setup, signer):
     assert kind == KIND_SYSTEM_REPORT and report == system_report_body(facts)
     assert report["memory_used_bytes"] == 600 and report["ip_addresses"] == ["192.0.2.4"]
     assert report["reboot_required"] is True and report["boot_time"].startswith("2023-11-14T22:13:20")
+
+
+def endorse(old: Signer, new: Signer) -> dict:
+    from agent_client.protocol import key_endorsement_bytes
+
+    signed = key_endorsement_bytes(key_id=new.key_id, public_key=new.public["public_key"])
+    return {**new.public, "endorsed_by": old.key_id, "endorsement": base64.b64encode(old.private.sign(signed)).decode()}
+
+
+def test_a_rotated_key_is_pinned_through_its_endorsement(setup, signer):
+    rotated, third, stranger = Signer("k2"), Signer("k3"), Signer("k4")
+    offered = [signer.public, endorse(rotated, third), endorse(signer, rotated), stranger.public]
+    saved = []
+    executor, scanner, _, events, _ = setup(fetch_keys=lambda: offered, save_keys=saved.append)
+    assert executor.handle(third.command("scan_updates", {"package_type": "apt"})) == "succeeded"
+    assert [key["key_id"] for key in saved[-1]] == ["k1", "k2", "k3"]  # a chain k1 -> k2 -> k3
+    assert [e["event_type"] for e in events] == ["config_changed", "config_changed"]
+    # A key nobody pinned endorsed stays refused.
+    assert executor.handle(stranger.command("reboot")) is None
+    assert events[-1]["metadata"]["reason"] == "unknown_key"
+
+
+def test_a_forged_endorsement_is_not_pinned(setup, signer):
+    rotated, impostor = Signer("k2"), Signer("k1")
+    forged = endorse(impostor, rotated)  # claims k1 endorsed it, signed by another key
+    executor, scanner, _, events, _ = setup(fetch_keys=lambda: [signer.public, forged])
+    assert executor.handle(rotated.command("reboot")) is None
+    assert events[-1]["metadata"]["reason"] == "unknown_key" and scanner.calls == []

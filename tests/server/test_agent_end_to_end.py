@@ -48,7 +48,9 @@ def config_path(tmp_path) -> Path:
 
 
 def register(config_path: Path, server: str, token: str) -> subprocess.CompletedProcess:
-    return run_agent(config_path, "register", "--server", server, "--token", token)
+    # System and storage facts only: a real APT scan of this machine is tested in tests/agent/test_apt.py.
+    return run_agent(config_path, "register", "--server", server, "--token", token,
+                     "--capabilities", "system,storage")
 
 
 @pytest.mark.django_db(transaction=True)

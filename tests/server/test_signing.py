@@ -77,3 +77,15 @@ def test_another_process_rotating_is_picked_up(db, key_file):
     second_id, signature = signing.sign(b"x")
     assert second_id != first_id
     assert SigningKey.objects.get(is_primary=True).key_id == second_id
+
+
+def test_rotation_endorses_the_new_key_with_the_old_one(db, key_file, client):
+    from agent_client.protocol import key_endorsement_bytes
+
+    old_id, _ = signing.sign(b"x")
+    call_command("rotate_signing_key", stdout=StringIO())
+    keys = {key["key_id"]: key for key in client.get("/api/v1/signing-keys").json()["keys"]}
+    new = next(key for key in keys.values() if key["primary"])
+    assert new["endorsed_by"] == old_id and keys[old_id]["endorsement"] == ""
+    verify(keys[old_id]["public_key"], new["endorsement"],
+           key_endorsement_bytes(key_id=new["key_id"], public_key=new["public_key"]))

@@ -1,0 +1,95 @@
+"""The real agent runs the server's signed commands: live server, agent as a subprocess.
+
+Commands created on the server reach the agent at check-in, are verified with
+the keys it pinned at registration, run once, and their reports and results
+land back on the server. A rotated signing key is accepted through its
+endorsement; a key swapped in without rotation is refused and reported.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+import pytest
+
+from tests.server.test_agent_end_to_end import register, run_agent
+
+
+@pytest.fixture
+def enrolled(live_server, tmp_path, transactional_db):
+    from agents_app.models import Agent, AgentSubsystem
+    from redflag.models import ServerSettings
+    from tokens_app.services import token_create
+
+    row = ServerSettings.current()
+    row.heartbeat_before_operations = False
+    row.save()
+    _, secret = token_create(label="commands", max_seats=1, expires_in=timedelta(hours=1))
+    config_path = tmp_path / "agent" / "config.json"
+    registered = register(config_path, live_server.url, secret)
+    assert registered.returncode == 0, registered.stderr
+    agent = Agent.objects.get(pk=json.loads(config_path.read_text())["agent_id"])
+    AgentSubsystem.objects.filter(agent=agent).update(auto_run=False)  # only the commands the test queues
+    return agent, config_path
+
+
+def queue(agent, command_type, **params):
+    from agents_app.commands import command_create
+
+    return command_create(agent=agent, command_type=command_type, params=params, source="api")
+
+
+def test_signed_commands_run_once_and_their_results_and_reports_arrive(enrolled):
+    from agents_app.models import Agent, Command, UpdateLog
+
+    agent, config_path = enrolled
+    system = queue(agent, "scan_system")
+    heartbeat = queue(agent, "enable_heartbeat", duration_minutes=15)
+    dry_run = queue(agent, "dry_run_update", package_type="winget", packages=["Mozilla.Firefox"])
+
+    ran = run_agent(config_path, "run", "--once")
+    assert ran.returncode == 0, ran.stderr
+
+    statuses = dict(Command.objects.values_list("pk", "status"))
+    assert statuses == {system.pk: "succeeded", heartbeat.pk: "succeeded", dry_run.pk: "failed"}
+    agent = Agent.objects.get(pk=agent.pk)
+    assert agent.system_info["hostname"] and agent.system_info["disks"]
+    assert agent.system_reported_at is not None
+    assert agent.heartbeat_until is not None
+    assert "winget is not available" in Command.objects.get(pk=dry_run.pk).output
+    assert UpdateLog.objects.get().succeeded is False
+    # The agent follows heartbeat mode now.
+    assert json.loads(config_path.read_text())["heartbeat_until"]
+
+    # Nothing runs twice: the server does not resend, and a second run finds nothing to do.
+    again = run_agent(config_path, "run", "--once")
+    assert again.returncode == 0, again.stderr
+    assert dict(Command.objects.values_list("pk", "status")) == statuses
+
+
+def test_rotated_key_is_followed_and_an_unendorsed_key_is_refused(enrolled, settings):
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from agents_app.models import Command
+    from events_app.models import SystemEvent
+    from tokens_app import signing
+
+    agent, config_path = enrolled
+    signing.signing_key_rotate(actor="test")
+    after_rotation = queue(agent, "scan_storage")
+    ran = run_agent(config_path, "run", "--once")
+    assert ran.returncode == 0, ran.stderr
+    assert Command.objects.get(pk=after_rotation.pk).status == "succeeded"
+    pinned = [key["key_id"] for key in json.loads(config_path.read_text())["signing_keys"]]
+    assert signing.primary_key().key_id in pinned and len(pinned) == 2
+
+    # Someone replaces the key file without a rotation: nothing endorses the new key.
+    signing._write_private_key(settings.REDFLAG_SIGNING_KEY_FILE, Ed25519PrivateKey.generate())
+    signing._loaded.clear()
+    forged = queue(agent, "reboot")
+    ran = run_agent(config_path, "run", "--once")
+    assert ran.returncode == 0, ran.stderr
+    assert Command.objects.get(pk=forged.pk).status == "sent"  # delivered, never run, never answered
+    refusal = SystemEvent.objects.get(agent=agent, event_type="security_violation")
+    assert refusal.metadata["reason"] == "unknown_key" and refusal.metadata["command_id"] == str(forged.pk)
