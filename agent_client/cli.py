@@ -130,6 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
     scan_parser.add_argument("--type", choices=SCANNER_TYPES, default=None, help="only this package manager")
     scan_parser.add_argument("--json", action="store_true", help="machine-readable output")
 
+    migrate_parser = commands.add_parser("migrate", help="move an older install's config to the current layout")
+    migrate_parser.add_argument("--dry-run", action="store_true", help="show the plan, change nothing")
+    migrate_parser.add_argument("--from", dest="source", default=None,
+                                help="the old config (default: an old-schema file at --config, else "
+                                     "/etc/aggregator/config.json)")
+
     status_parser = commands.add_parser("status", help="show registration and queue state")
     status_parser.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
@@ -296,6 +302,10 @@ def _flush_events(config: AgentConfig, config_path: Path, machine_hash: str) -> 
 
 
 def command_run(args: argparse.Namespace, config_path: Path) -> int:
+    migration = _migration_plan(config_path, None)
+    if migration is not None:  # an upgraded legacy install: move its config over first, backed up
+        logger.info("older install found at %s; migrating it", migration.source)
+        _apply_migration(migration, config_path)
     try:
         config = _load_registered(config_path)
     except CliFailure as failure:
@@ -497,7 +507,58 @@ def command_status(args: argparse.Namespace, config_path: Path) -> int:
 
 # --- main ----------------------------------------------------------------------------------
 
-COMMANDS = {"register": command_register, "run": command_run, "scan": command_scan, "status": command_status}
+# --- migrate -----------------------------------------------------------------------------
+
+
+def _migration_plan(config_path: Path, source: Optional[Path]) -> Optional[Any]:
+    from agent_client import migrate
+
+    source = source or migrate.find_source(config_path)
+    if source is None:
+        return None
+    try:
+        machine_hash = machine_id_hash()
+    except MachineIdError as exc:
+        raise CliFailure(f"cannot migrate: {exc}") from None
+    try:
+        return migrate.plan(source, config_path, machine_hash=machine_hash)
+    except migrate.MigrationError as exc:
+        raise CliFailure(f"cannot migrate: {exc}") from None
+
+
+def _apply_migration(migration: Any, config_path: Path) -> AgentConfig:
+    from agent_client import migrate
+
+    def fetch_keys(config: AgentConfig) -> List[Dict[str, Any]]:
+        client = Client(config, machine_id_hash=config.machine_id_hash, retry=RetryPolicy(max_attempts=3))
+        return _pinned_keys(client.signing_keys())
+
+    try:
+        return migrate.apply(migration, fetch_signing_keys=fetch_keys,
+                             record=lambda event: _record_offline(config_path, event))
+    except migrate.MigrationError as exc:
+        _record_offline(config_path, make_event(
+            "migration", "failed", f"Migration of {migration.source} failed: {exc}", severity="error",
+            component="migration", metadata={"source": str(migration.source), "layout": migration.layout}))
+        raise CliFailure(f"migration failed: {exc}") from None
+
+
+def command_migrate(args: argparse.Namespace, config_path: Path) -> int:
+    migration = _migration_plan(config_path, Path(args.source) if args.source else None)
+    if migration is None:
+        print(f"nothing to migrate: {config_path} is current or absent, and no legacy install was found")
+        return EXIT_OK
+    print(migration.describe())
+    if args.dry_run:
+        print("dry run: nothing was changed")
+        return EXIT_OK
+    _apply_migration(migration, config_path)
+    print(f"migrated; the old config is backed up at {migration.backup}")
+    return EXIT_OK
+
+
+COMMANDS = {"register": command_register, "run": command_run, "scan": command_scan, "status": command_status,
+            "migrate": command_migrate}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
