@@ -76,7 +76,12 @@ class StubServer:
         self.date_override: Optional[float] = None
         # When set, stores the events and then drops the connection without an answer (a lost ack).
         self.drop_events_ack_once = False
+        # Commands the next check-ins hand out (signed with this stub's key), and what came back.
+        self.commands: List[Dict[str, Any]] = []
+        self.results: Dict[str, List[Any]] = collections.defaultdict(list)
+        self.reports: Dict[str, List[Any]] = collections.defaultdict(list)
         key = Ed25519PrivateKey.generate()
+        self.private_key = key
         self.public_key = base64.b64encode(key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)).decode()
         self.port = 0
         self._httpd: Optional[http.server.ThreadingHTTPServer] = None
@@ -124,6 +129,21 @@ class StubServer:
         with self.lock:
             return [entry for entry in self.received if entry.endpoint == endpoint]
 
+    def sign_command(self, command_type: str, params: Optional[Dict[str, Any]] = None, *,
+                     lifetime: int = 3600) -> Dict[str, Any]:
+        """A command for the enrolled agent, signed with key k1 the way the real server signs."""
+        from agent_client.protocol import command_signing_bytes
+
+        now = int(time.time())
+        command = {"id": str(uuid.uuid4()), "agent_id": self.agent_id, "type": command_type,
+                   "params": params or {}, "issued_at": now, "expires_at": now + lifetime,
+                   "nonce": uuid.uuid4().hex, "key_id": "k1"}
+        signed = command_signing_bytes(agent_id=self.agent_id, command_id=command["id"], command_type=command_type,
+                                       params=command["params"], issued_at=now, expires_at=now + lifetime,
+                                       nonce=command["nonce"])
+        command["signature"] = base64.b64encode(self.private_key.sign(signed)).decode()
+        return command
+
     def enroll(self, machine_id: str) -> Dict[str, Any]:
         """Enroll directly (what a successful /register does), for tests that start registered."""
         with self.lock:
@@ -161,6 +181,8 @@ class StubServer:
 
     def handle(self, method: str, path: str, headers: Dict[str, str], body: Any) -> Tuple[int, Any, Dict[str, str]]:
         endpoint = _endpoint(method, path)
+        if endpoint == "result":  # the command id travels in the path
+            headers = {**headers, "x-command-id": path.split("?", 1)[0].split("/")[-2]}
         entry = Received(method, path, headers, body, endpoint)
         with self.lock:
             self.received.append(entry)
@@ -196,7 +218,7 @@ class StubServer:
             if not isinstance(body, dict) or body.get("refresh_token") != self.refresh_token or not self.refresh_token:
                 return _error(401, "invalid_credentials", "The credentials are invalid or expired.")
             return 200, self._issue_locked(), {}
-        if endpoint in ("checkin", "events"):
+        if endpoint in ("checkin", "events", "result", "reports/updates", "reports/system"):
             authorization = headers.get("authorization", "")
             if authorization != f"Bearer {self.access_token}" or not self.access_token:
                 return _error(401, "invalid_credentials", "The credentials are invalid or expired.")
@@ -209,11 +231,20 @@ class StubServer:
             problem = self._check_nonce(headers)
             if problem:
                 return problem
+            if endpoint == "result":
+                self.results[headers["x-command-id"]].append(body)
+                return 200, {"status": body.get("status"), "changed": len(self.results[headers["x-command-id"]]) == 1}, {}
+            if endpoint.startswith("reports/"):
+                key = body.get("report_id") or f"system-{len(self.reports)}"
+                self.reports[key].append(body)
+                return (200, {"duplicate": len(self.reports[key]) > 1}, {}) if endpoint == "reports/updates" \
+                    else (204, None, {})
             if endpoint == "checkin":
                 now = dt.datetime.now(dt.timezone.utc)
                 active = bool(self.heartbeat_until and self.heartbeat_until > now)
+                commands, self.commands = self.commands, []
                 return 200, {
-                    "commands": [],
+                    "commands": commands,
                     "config_version": self.config_version,
                     "poll_interval_seconds": self.poll_interval_seconds,
                     "heartbeat": {"active": active, "until": _iso(self.heartbeat_until) if active else None},
@@ -262,6 +293,8 @@ def _endpoint(method: str, path: str) -> str:
         return "health"
     if path == "/api/v1/signing-keys":
         return "signing-keys"
+    if re.match(r"^/api/v1/agents/[^/]+/commands/[^/]+/result$", path):
+        return "result"
     match = re.match(r"^/api/v1/agents/[^/]+/([a-z/]+)$", path)
     return match.group(1) if match else path
 
