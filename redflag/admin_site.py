@@ -1,4 +1,4 @@
-"""The RedFlag admin site: Django's admin with a rate-limited log-in."""
+"""The RedFlag admin site: Django's admin with a rate-limited log-in and a fleet dashboard as its index."""
 
 from __future__ import annotations
 
@@ -7,11 +7,17 @@ from django.http import HttpResponse
 
 from redflag.api.throttling import AdminLoginThrottle
 
+# What admins call these lists (the models keep their own verbose names).
+MODEL_TITLES = {
+    ("agents_app", "PackageUpdate"): "Updates across the fleet",
+    ("agents_app", "Command"): "Live operations (commands)",
+}
+
 
 class RedFlagAdminSite(admin.AdminSite):
     site_header = "RedFlag"
     site_title = "RedFlag"
-    index_title = "Fleet administration"
+    index_title = "Fleet dashboard"
 
     def login(self, request, extra_context=None):
         if request.method == "POST":
@@ -26,3 +32,20 @@ class RedFlagAdminSite(admin.AdminSite):
                 response["Retry-After"] = str(wait)
                 return response
         return super().login(request, extra_context)
+
+    def index(self, request, extra_context=None):
+        """The fleet dashboard above the usual app list (templates/admin/index.html).
+
+        A fixed number of aggregate queries, whatever the fleet size (agents_app.admin.fleet_summary).
+        """
+        from agents_app.admin import fleet_summary
+
+        return super().index(request, {"fleet": fleet_summary(), **(extra_context or {})})
+
+    def get_app_list(self, request, app_label=None):
+        """The fleet first (it is what admins come for), with the admins' names for its lists."""
+        app_list = super().get_app_list(request, app_label)
+        for app in app_list:
+            for model in app["models"]:
+                model["name"] = MODEL_TITLES.get((app["app_label"], model["object_name"]), model["name"])
+        return sorted(app_list, key=lambda app: app["app_label"] != "agents_app")
