@@ -140,7 +140,12 @@ def test_run_portal_end_to_end(portal_env):
     finally:
         # Ctrl-C in a terminal signals the whole foreground process group.
         os.killpg(portal.pid, signal.SIGINT)
-        output, _ = portal.communicate(timeout=60)
+        try:
+            output, _ = portal.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(portal.pid, signal.SIGKILL)  # never leave a web server or cluster behind
+            portal.communicate()
+            raise
     assert "RedFlag admin: http://127.0.0.1:" in output
     assert "Created admin account 'admin'" in output
     assert "e2e-admin-pw" not in output
