@@ -10,7 +10,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from agent_client.protocol import command_signing_bytes
-from agents_app.choices import OPEN_COMMAND_STATUSES, CommandSource, CommandStatus
+from agents_app.choices import OPEN_COMMAND_STATUSES, CommandSource, CommandStatus, UpdateStatus
 from agents_app.models import Agent, Command
 from events_app.choices import Component, EventSubtype, EventType, Severity
 from events_app.services import SYSTEM_ACTOR, record_event
@@ -155,26 +155,14 @@ def commands_deliver(*, agent: Agent, now: datetime) -> list[Command]:
 
 
 def commands_cancel(*, commands: Iterable[Command], actor: str) -> int:
-    """Cancel commands that have not reached the agent yet."""
-    cancelled = 0
+    """Cancel commands that have not reached the agent yet; their updates stay approved."""
     now = timezone.now()
-    for command in commands:
-        with transaction.atomic():
-            if Command.objects.filter(pk=command.pk, status=CommandStatus.PENDING).update(
-                status=CommandStatus.CANCELLED, completed_at=now
-            ):
-                cancelled += 1
-                _release_package_updates(command)
-                record_event(
-                    event_type=EventType.COMMAND_COMPLETED,
-                    subtype=EventSubtype.INFO,
-                    component=Component.SERVER,
-                    message=f"{command.command_type} for {command.agent.hostname} cancelled",
-                    agent=command.agent,
-                    metadata={"command_id": str(command.pk), "status": CommandStatus.CANCELLED},
-                    actor=actor,
-                )
-    return cancelled
+    return sum(
+        _close_unanswered(command, from_statuses=(CommandStatus.PENDING,), status=CommandStatus.CANCELLED, now=now,
+                          updates_to=UpdateStatus.APPROVED, subtype=EventSubtype.INFO, severity=Severity.INFO,
+                          component=Component.SERVER, verb="cancelled", actor=actor)
+        for command in commands
+    )
 
 
 def command_retry(*, command: Command, actor: str, created_by=None) -> Command:
@@ -187,13 +175,24 @@ def command_retry(*, command: Command, actor: str, created_by=None) -> Command:
     )
 
 
-def _release_package_updates(command: Command) -> None:
-    """A dry-run or install that will never report back: its updates go back to failed."""
-    from agents_app.choices import UpdateStatus
+def _close_unanswered(command: Command, *, from_statuses, status: str, now: datetime, updates_to: str,
+                      subtype, severity, component, verb: str, actor: str = SYSTEM_ACTOR) -> bool:
+    """Finish a command the agent will never answer (cancelled, timed out), claimed with a conditional UPDATE.
 
-    command.package_updates.filter(status__in=(UpdateStatus.INSTALLING, UpdateStatus.APPROVED)).update(
-        status=UpdateStatus.FAILED, status_changed_at=timezone.now()
-    )
+    The package updates it carried move to ``updates_to``; the event is recorded in the same transaction.
+    """
+    with transaction.atomic():
+        if not Command.objects.filter(pk=command.pk, status__in=from_statuses).update(status=status, completed_at=now):
+            return False  # the agent answered, or another sweep got there first
+        command.package_updates.filter(status__in=(UpdateStatus.INSTALLING, UpdateStatus.APPROVED)).update(
+            status=updates_to, status_changed_at=now
+        )
+        record_event(
+            event_type=EventType.COMMAND_COMPLETED, subtype=subtype, severity=severity, component=component,
+            message=f"{command.command_type} for {command.agent.hostname} {verb}", agent=command.agent,
+            metadata={"command_id": str(command.pk), "status": status, "was": command.status}, actor=actor,
+        )
+    return True
 
 
 def commands_time_out(*, now: datetime | None = None) -> int:
@@ -205,23 +204,9 @@ def commands_time_out(*, now: datetime | None = None) -> int:
     stale = Command.objects.filter(
         status__in=(CommandStatus.SENT, CommandStatus.RUNNING), sent_at__lt=now - SENT_TIMEOUT
     ) | Command.objects.filter(status=CommandStatus.PENDING, expires_at__lte=now)
-    timed_out = 0
-    for command in stale.select_related("agent")[:1000]:
-        with transaction.atomic():
-            if not Command.objects.filter(pk=command.pk, status__in=OPEN_COMMAND_STATUSES).update(
-                status=CommandStatus.TIMED_OUT, completed_at=now
-            ):
-                continue
-            timed_out += 1
-            _release_package_updates(command)
-            record_event(
-                event_type=EventType.COMMAND_COMPLETED,
-                subtype=EventSubtype.FAILED,
-                severity=Severity.WARNING,
-                component=Component.SCHEDULER,
-                message=f"{command.command_type} for {command.agent.hostname} timed out",
-                agent=command.agent,
-                metadata={"command_id": str(command.pk), "status": CommandStatus.TIMED_OUT,
-                          "was": command.status},
-            )
-    return timed_out
+    return sum(
+        _close_unanswered(command, from_statuses=OPEN_COMMAND_STATUSES, status=CommandStatus.TIMED_OUT, now=now,
+                          updates_to=UpdateStatus.FAILED, subtype=EventSubtype.FAILED, severity=Severity.WARNING,
+                          component=Component.SCHEDULER, verb="timed out")
+        for command in stale.select_related("agent")[:1000]
+    )

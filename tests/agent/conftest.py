@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -34,3 +35,18 @@ def require_root() -> None:
     if REQUIRE_SYSTEM_TOOLS:
         pytest.fail("this test needs root")
     pytest.skip("this test needs root")
+
+
+@pytest.fixture
+def stub():
+    """The loopback protocol stub server (tests/agent/stub_server.py), started and stopped around a test."""
+    from tests.agent.stub_server import StubServer
+
+    with StubServer() as server:
+        yield server
+
+
+@pytest.fixture
+def config_path(tmp_path) -> Path:
+    """Where the agent under test keeps its config (the folder does not exist yet)."""
+    return tmp_path / "agent" / "config.json"

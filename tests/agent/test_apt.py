@@ -20,9 +20,11 @@ Debian 12 (apt 2.6.1); see tests/agent/apt_fixtures/README.md.
 from __future__ import annotations
 
 import email.utils
+import fcntl
 import hashlib
 import os
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from typing import Dict, Iterator, List
@@ -228,6 +230,11 @@ def machine(repo: AptRepo, request: pytest.FixtureRequest) -> Iterator[AptRepo]:
     require_tools("apt-get", "apt-cache", "apt-mark", "dpkg", "dpkg-deb", "dpkg-query", "dpkg-scanpackages")
     require_root()
     argv = repo.apt_argv()
+    # The test packages live in the machine's one dpkg database: two test runs at
+    # once (a developer's and CI's) must take turns. Released after the clean-up.
+    lock = open(os.path.join(tempfile.gettempdir(), "redflag-apt-tests.lock"), "w")
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    request.addfinalizer(lock.close)
     # Registered before anything is installed, so a failure half-way through
     # setup still purges what got installed.
     request.addfinalizer(lambda: remove_test_packages(argv))

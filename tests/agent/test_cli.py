@@ -49,17 +49,6 @@ def one_error_line(result: subprocess.CompletedProcess) -> str:
     return lines[0]
 
 
-@pytest.fixture
-def stub():
-    with StubServer() as server:
-        yield server
-
-
-@pytest.fixture
-def config_path(tmp_path) -> Path:
-    return tmp_path / "agent" / "config.json"
-
-
 # --- register -------------------------------------------------------------------------
 
 

@@ -16,20 +16,8 @@ from tests.agent.stub_server import StubServer, enrolled_config
 from tests.agent.test_cli import agent
 
 
-@pytest.fixture
-def stub():
-    with StubServer() as server:
-        yield server
-
-
-@pytest.fixture
-def config_path(tmp_path) -> Path:
-    path = tmp_path / "agent" / "config.json"
-    path.parent.mkdir(parents=True)
-    return path
-
-
 def test_results_wait_out_an_outage_and_arrive_exactly_once(stub, config_path):
+    config_path.parent.mkdir(parents=True)
     enrolled_config(stub, config_path, machine_id=machine_id_hash())
     command = stub.sign_command("scan_system")
     stub.commands.append(command)

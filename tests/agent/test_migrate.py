@@ -13,17 +13,6 @@ from tests.agent.stub_server import StubServer
 from tests.agent.test_cli import agent, one_error_line
 
 
-@pytest.fixture
-def stub():
-    with StubServer() as server:
-        yield server
-
-
-@pytest.fixture
-def config_path(tmp_path) -> Path:
-    return tmp_path / "agent" / "config.json"
-
-
 def aggregator_config(stub: StubServer, *, refresh: bool = True) -> dict:
     """The Go aggregator agent's config.json, as it wrote it (fields from its config.go)."""
     answer = stub.enroll(machine_id_hash())

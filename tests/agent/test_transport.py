@@ -35,17 +35,6 @@ class Sleeps(list):
         self.append(seconds)
 
 
-@pytest.fixture
-def stub():
-    with StubServer() as server:
-        yield server
-
-
-@pytest.fixture
-def config_path(tmp_path):
-    return tmp_path / "agent" / "config.json"
-
-
 def make_client(stub, config_path, *, events: List[Dict[str, Any]] = None, attempts: int = 4, **kwargs) -> Client:
     config = enrolled_config(stub, config_path)
     sleeps = Sleeps()

@@ -107,6 +107,7 @@ def test_bad_result_is_400_naming_the_field(agent, body, field):
 def test_cancel_and_retry(agent):
     pending = queue(agent, "reboot")
     assert commands_cancel(commands=[pending], actor="alice") == 1
+    assert commands_cancel(commands=[pending], actor="alice") == 0
     assert Command.objects.get(pk=pending.pk).status == CommandStatus.CANCELLED
     retried = command_retry(command=Command.objects.get(pk=pending.pk), actor="alice")
     assert retried.retry_of_id == pending.pk and retried.status == CommandStatus.PENDING
@@ -140,3 +141,16 @@ def test_undelivered_commands_expire(agent):
     assert agent.post("checkin", {}).json()["commands"] == []
     assert commands_time_out() == 1
     assert Command.objects.get(pk=command.pk).status == CommandStatus.TIMED_OUT
+
+
+def test_cancelling_a_dry_run_keeps_its_updates_approved(agent):
+    model = agent.model
+    command = command_create(agent=model, command_type="dry_run_update", source="api",
+                             params={"package_type": "apt", "packages": ["curl"]})
+    update = PackageUpdate.objects.create(agent=model, package_type="apt", name="curl", current_version="1",
+                                          available_version="2", status=UpdateStatus.APPROVED,
+                                          operation_command=command)
+    commands_cancel(commands=[command], actor="alice")
+    update.refresh_from_db()
+    assert update.status == UpdateStatus.APPROVED
+    assert SystemEvent.objects.get(event_type="command_completed").metadata["status"] == "cancelled"
