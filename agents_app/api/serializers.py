@@ -13,6 +13,9 @@ class Text(serializers.CharField):
 
 
 HEX_SHA256 = r"^[0-9a-f]{64}$"
+# Column limits: bigger numbers are bad input (400), not a database error.
+BIGINT_MAX = 2**63 - 1
+INT_MIN, INT_MAX = -(2**31), 2**31 - 1
 OS_FAMILIES = ("linux", "windows", "darwin", "freebsd", "other")
 MAX_EVENTS_PER_REQUEST = 500
 MAX_EVENT_METADATA_KEYS = 100
@@ -167,7 +170,8 @@ class CommandResultSerializer(serializers.Serializer):
         choices=[(status, status) for status in (CommandStatus.RUNNING, CommandStatus.SUCCEEDED, CommandStatus.FAILED)]
     )
     output = Text(required=False, allow_blank=True, default="", max_length=MAX_OUTPUT_CHARS)
-    exit_code = serializers.IntegerField(required=False, allow_null=True, default=None)
+    exit_code = serializers.IntegerField(required=False, allow_null=True, default=None, min_value=INT_MIN,
+                                         max_value=INT_MAX)
     duration_seconds = serializers.FloatField(required=False, allow_null=True, default=None, min_value=0)
     dependencies = serializers.ListField(child=Text(max_length=255), required=False, default=list,
                                          max_length=5000)
@@ -191,7 +195,8 @@ class ReportedUpdateSerializer(serializers.Serializer):
     severity = serializers.ChoiceField(choices=UpdateSeverity.choices, default=UpdateSeverity.UNKNOWN)
     is_security = serializers.BooleanField(default=False)
     repository = Text(max_length=255, allow_blank=True, default="")
-    size_bytes = serializers.IntegerField(min_value=0, required=False, allow_null=True, default=None)
+    size_bytes = serializers.IntegerField(min_value=0, max_value=BIGINT_MAX, required=False, allow_null=True,
+                                          default=None)
     cve_ids = serializers.ListField(child=Text(max_length=32), default=list, max_length=500)
     kb_ids = serializers.ListField(child=Text(max_length=32), default=list, max_length=100)
     metadata = serializers.DictField(default=dict)

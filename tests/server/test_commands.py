@@ -97,7 +97,8 @@ def test_result_for_another_agents_command_is_404(agent, enroll):
 
 
 @pytest.mark.parametrize("body, field", [({"status": "done"}, "status"), ({}, "status"),
-                                         ({"status": "failed", "exit_code": "x"}, "exit_code")])
+                                         ({"status": "failed", "exit_code": "x"}, "exit_code"),
+                                         ({"status": "failed", "exit_code": 2**31}, "exit_code")])
 def test_bad_result_is_400_naming_the_field(agent, body, field):
     command = queue(agent)
     response = agent.post(f"commands/{command.pk}/result", body)

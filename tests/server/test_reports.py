@@ -87,6 +87,7 @@ def test_statement_count_does_not_grow_with_the_package_count(enroll):
     ({"name": ""}, "updates[1].name"),
     ({"size_bytes": -1}, "updates[1].size_bytes"),
     ({"is_security": "maybe"}, "updates[1].is_security"),
+    ({"size_bytes": 2**64}, "updates[1].size_bytes"),  # past PostgreSQL's bigint: 400, not a 500
 ])
 def test_bad_package_is_a_400_naming_it(agent, change, field):
     response = report(agent, [package("ok"), {**package("bad"), **change}])

@@ -172,3 +172,20 @@ def test_heartbeat_turns_on_before_an_install(agent):
     types = list(Command.objects.order_by("created_at").values_list("command_type", flat=True))
     assert types == ["enable_heartbeat", "dry_run_update"]
     assert Command.objects.filter(status=CommandStatus.PENDING).count() == 2
+
+
+def test_bulk_subsystem_configuration_bumps_each_agent_once_and_records_it(fleet):
+    from agents_app.subsystems import subsystems_configure
+    from events_app.models import SystemEvent
+
+    before = {agent.id: agent.model.config_version for agent in fleet}
+    updates = AgentSubsystem.objects.filter(name__in=["apt", "docker"])
+    assert subsystems_configure(subsystems=updates, changes={"interval_minutes": 720}, actor="alice") == 6
+    assert set(AgentSubsystem.objects.filter(name="apt").values_list("interval_minutes", flat=True)) == {720}
+    assert {agent.id: agent.model.config_version for agent in fleet} == {k: v + 1 for k, v in before.items()}
+    assert SystemEvent.objects.filter(event_type="config_changed", actor="alice").count() == 3
+    # Nothing to change: no bump, no event.
+    assert subsystems_configure(subsystems=updates, changes={"interval_minutes": 720}, actor="alice") == 0
+    assert {agent.id: agent.model.config_version for agent in fleet} == {k: v + 1 for k, v in before.items()}
+    with pytest.raises(ValueError, match="not a subsystem setting: next_run_at"):
+        subsystems_configure(subsystems=updates, changes={"next_run_at": None}, actor="alice")
