@@ -76,3 +76,14 @@ def key_endorsement_bytes(*, key_id: str, public_key: str) -> bytes:
     """
     return canonical_json({"v": ENVELOPE_VERSION, "purpose": "redflag-signing-key", "key_id": key_id,
                            "public_key": public_key})
+
+
+def release_manifest_bytes(*, version: str, platform: str, size: int, sha256: str, created: int) -> bytes:
+    """The exact bytes an agent release's Ed25519 signature covers.
+
+    ``created`` is whole Unix seconds; ``sha256`` the lowercase hex digest of
+    the artifact. The server signs these bytes when it stores a release; the
+    agent (and the installers, which rebuild the same canonical JSON) verify them.
+    """
+    return canonical_json({"v": ENVELOPE_VERSION, "purpose": "redflag-agent-release", "version": version,
+                           "platform": platform, "size": int(size), "sha256": sha256, "created": int(created)})

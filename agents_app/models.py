@@ -290,3 +290,74 @@ class IngestedReport(models.Model):
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["agent", "report_id"], name="report_once_per_agent")]
+
+
+# --- agent releases -----------------------------------------------------------------------------
+# Imported here rather than at the top: this section was appended with the releases feature.
+from pathlib import Path  # noqa: E402
+
+from django.core.files.storage import FileSystemStorage  # noqa: E402
+from django.utils.deconstruct import deconstructible  # noqa: E402
+
+
+@deconstructible
+class ReleaseStorage(FileSystemStorage):
+    """Artifacts under ``settings.DATA_DIR / "releases"``, read when used (tests point DATA_DIR elsewhere)."""
+
+    def __init__(self):
+        super().__init__()
+
+    @property
+    def base_location(self):
+        return Path(settings.DATA_DIR) / "releases"
+
+    @property
+    def location(self):
+        return str(self.base_location.resolve())
+
+    @property
+    def base_url(self):
+        return None
+
+
+class AgentRelease(models.Model):
+    """One built agent artifact with its signed manifest.
+
+    The latest release of a platform is computed, never stored: the highest
+    version (numeric order, agents_app.releases.version_key) among its
+    non-revoked releases — ``agents_app.releases.latest_release`` is the one rule.
+    """
+
+    class Platform(models.TextChoices):
+        ANY = "any", "Any (Python zipapp)"
+
+    id = models.BigAutoField(primary_key=True)
+    version = models.CharField(max_length=32)
+    platform = models.CharField(max_length=16, choices=Platform.choices, default=Platform.ANY)
+    artifact = models.FileField(storage=ReleaseStorage(), upload_to="", max_length=255)
+    sha256 = models.CharField(max_length=64)
+    size = models.PositiveBigIntegerField()
+    created_at = models.DateTimeField(default=timezone.now)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    manifest = models.JSONField(default=dict, help_text="The signed fields: version, platform, size, sha256, created.")
+    signature = models.CharField(max_length=128, help_text="Ed25519 over agent_client.protocol.release_manifest_bytes.")
+    key_id = models.CharField(max_length=32)
+    created_by = models.CharField(max_length=255, blank=True)
+
+    class Meta:
+        ordering = ["platform", "-created_at"]
+        constraints = [models.UniqueConstraint(fields=["platform", "version"], name="release_once_per_platform")]
+
+    def __str__(self) -> str:
+        return f"redflag-agent {self.version} ({self.platform})"
+
+    @property
+    def is_revoked(self) -> bool:
+        return self.revoked_at is not None
+
+    @property
+    def is_latest(self) -> bool:
+        from agents_app.releases import latest_release
+
+        latest = latest_release(platform=self.platform)
+        return latest is not None and latest.pk == self.pk

@@ -1,5 +1,5 @@
 from django.contrib import admin
-from django.urls import path
+from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView
 
 from agents_app.api.views import (
@@ -33,6 +33,7 @@ urlpatterns = [
     *api_v1,
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("admin/", admin.site.urls),
+    path("", include("agents_app.api.release_urls")),
 ]
 
 
