@@ -1,9 +1,14 @@
 import json
 
-from django.contrib import admin
+from django import forms
+from django.contrib import admin, messages
+from django.contrib.auth import get_user_model
+from django.template.response import TemplateResponse
+from django.urls import reverse
 from django.utils.html import format_html
 
-from events_app.models import SystemEvent
+from events_app.models import AuditApiToken, SystemEvent
+from events_app.services import audit_token_issue, audit_token_revoke
 
 
 @admin.register(SystemEvent)
@@ -43,3 +48,71 @@ class SystemEventAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None) -> bool:
         return False
+
+
+class AuditApiTokenCreateForm(forms.ModelForm):
+    user = forms.ModelChoiceField(
+        queryset=get_user_model().objects.filter(is_staff=True, is_active=True).order_by("username"),
+        help_text="The token reads with this user's rights: an auditor (staff, in Auditors) or an admin.",
+    )
+
+    class Meta:
+        model = AuditApiToken
+        fields = ("user", "label")
+
+
+@admin.register(AuditApiToken)
+class AuditApiTokenAdmin(admin.ModelAdmin):
+    """Issue (plaintext shown once) and revoke read-API tokens; nothing else changes a token."""
+
+    list_display = ("label", "prefix", "user", "state", "created_by", "created_at", "last_used_at")
+    list_select_related = ("user",)
+    search_fields = ("label", "prefix", "user__username")
+    actions = ("revoke_selected",)
+    readonly_fields = ("user", "label", "prefix", "state", "created_by", "created_at", "last_used_at", "revoked_at")
+
+    @admin.display(description="state")
+    def state(self, token: AuditApiToken) -> str:
+        return "active" if token.is_active else f"revoked {token.revoked_at:%Y-%m-%d %H:%M}"
+
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        if obj is None:
+            kwargs["form"] = AuditApiTokenCreateForm
+        return super().get_form(request, obj, change=change, **kwargs)
+
+    def get_fields(self, request, obj=None):
+        return ("user", "label") if obj is None else self.readonly_fields
+
+    def get_readonly_fields(self, request, obj=None):
+        return () if obj is None else self.readonly_fields
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False  # revoke instead: the row stays as the record of what was issued
+
+    def save_model(self, request, obj, form, change):
+        if change:
+            return  # every field is read-only once issued
+        token, secret = audit_token_issue(user=form.cleaned_data["user"], label=form.cleaned_data["label"],
+                                          issued_by=request.user.get_username())
+        obj.pk = token.pk
+        obj.refresh_from_db()
+        request.redflag_audit_token_secret = secret
+
+    def response_add(self, request, obj, post_url_continue=None):
+        """The plaintext, in this response only (never in a message, the session or a log)."""
+        response = TemplateResponse(request, "events/api_token_created.html", {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "title": "Audit API token issued",
+            "token": obj,
+            "secret": request.redflag_audit_token_secret,
+            "api_path": reverse("events:api-events"),
+        })
+        response["Cache-Control"] = "no-store"
+        return response
+
+    @admin.action(description="Revoke selected audit API tokens", permissions=["change"])
+    def revoke_selected(self, request, queryset):
+        revoked = sum(audit_token_revoke(token=token, revoked_by=request.user.get_username())
+                      for token in queryset.select_related("user"))
+        self.message_user(request, f"Revoked {revoked} token(s).", messages.SUCCESS)

@@ -7,3 +7,4 @@ class EventsAppConfig(AppConfig):
 
     def ready(self):
         from events_app import signals  # noqa: F401  (connects the log-in receivers)
+        from events_app.api import schema  # noqa: F401  (registers the audit API's OpenAPI security scheme)

@@ -24,6 +24,9 @@ class EventType(models.TextChoices):
     BULK_OPERATION = "bulk_operation"
     # Extension: a person logging in to the admin (failures are auth_failure).
     USER_LOGIN = "user_login"
+    # Extensions for the audit trail itself: an auditor exported history; retention removed rows.
+    AUDIT_EXPORT = "audit_export"
+    EVENTS_PURGED = "events_purged"
 
 
 class EventSubtype(models.TextChoices):

@@ -1,9 +1,15 @@
 import uuid
 
-from django.db import models
+from django.conf import settings
+from django.db import connections, models
+from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
 from events_app.choices import Component, EventSubtype, EventType, Severity
+from events_app.querysets import SystemEventQuerySet
+
+# PostgreSQL sequence behind SystemEvent.seq (created by migration 0003).
+SEQ_NAME = "events_app_systemevent_seq"
 
 
 class AppendOnlyError(Exception):
@@ -31,12 +37,19 @@ class SystemEvent(models.Model):
     metadata = models.JSONField(default=dict, blank=True)
     actor = models.CharField(max_length=255, help_text="User name, agent:<hostname> or system.")
     created_at = models.DateTimeField(default=timezone.now)
+    # Insertion order, for the live stream (see next_seq_expression). created_at is not insertion
+    # order: agent-side events carry the agent's own (possibly past) time.
+    seq = models.BigIntegerField(null=True, blank=True, unique=True, editable=False)
+
+    objects = SystemEventQuerySet.as_manager()
 
     class Meta:
         ordering = ["-created_at", "-id"]
         # The auditor's history filters (newest first) run these exact queries.
         indexes = [
             models.Index(fields=["-created_at"], name="event_time"),
+            # The history page, exports and API: ORDER BY created_at DESC, id DESC with a keyset.
+            models.Index(fields=["-created_at", "-id"], name="event_time_id"),
             models.Index(fields=["agent", "-created_at"], name="event_agent_time"),
             models.Index(fields=["event_type", "-created_at"], name="event_type_time"),
             models.Index(fields=["severity", "-created_at"], name="event_severity_time"),
@@ -48,7 +61,58 @@ class SystemEvent(models.Model):
     def save(self, *args, **kwargs):
         if not self._state.adding:
             raise AppendOnlyError("system events are append-only")
+        assigned = self.seq is None
+        if assigned:
+            self.seq = next_seq_expression(kwargs.get("using") or "default")
         super().save(*args, **kwargs)
+        if assigned:
+            # The database chose it; read it lazily (deferred) if anyone asks.
+            del self.__dict__["seq"]
 
     def delete(self, *args, **kwargs):
         raise AppendOnlyError("system events are append-only; the retention job removes old rows")
+
+
+def next_seq_expression(using: str = "default") -> RawSQL:
+    """The value the database gives ``seq`` at INSERT time: a monotonic insertion counter.
+
+    * PostgreSQL: ``nextval`` of a dedicated sequence (also the column's DEFAULT, so raw SQL and
+      COPY loads get one too). Values are handed out at insert, not at commit, so a reader can see
+      seq 7 before seq 6 commits, and rolled-back inserts leave holes; the live stream's
+      ``SeqCursor`` waits a short grace period on holes before moving past them.
+    * SQLite: ``MAX(seq) + 1`` evaluated inside the INSERT statement. SQLite has one writer at a
+      time, which holds the write lock from this statement to commit, so values are unique and
+      commit in order (no holes to wait for). Retention only deletes the oldest rows, so the
+      maximum never goes backwards unless every event is deleted.
+    """
+    if connections[using].vendor == "postgresql":
+        return RawSQL(f"nextval('{SEQ_NAME}')", [])
+    return RawSQL(f"(SELECT COALESCE(MAX(seq), 0) + 1 FROM {SystemEvent._meta.db_table})", [])
+
+
+class AuditApiToken(models.Model):
+    """A per-user bearer token for SIEM tools reading /api/v1/audit/events.
+
+    Only the SHA-256 of the secret is stored; the plaintext is shown once when an admin issues it.
+    The token acts as its user: it reads events only while that user may (events_app.access).
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="audit_api_tokens")
+    label = models.CharField(max_length=100, help_text="Where it is used, e.g. 'Wazuh at siem-01'.")
+    token_hash = models.CharField(max_length=64, unique=True, editable=False)
+    prefix = models.CharField(max_length=16, editable=False, help_text="Enough to recognise it, not to use it.")
+    created_by = models.CharField(max_length=150, editable=False)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+    revoked_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    class Meta:
+        verbose_name = "audit API token"
+
+    def __str__(self) -> str:
+        return f"{self.label} ({self.prefix}…)"
+
+    @property
+    def is_active(self) -> bool:
+        return self.revoked_at is None

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
+import secrets
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from django.db import transaction
+from django.utils import timezone
+
 from events_app.choices import Component, EventSubtype, EventType, Severity
-from events_app.models import SystemEvent
+from events_app.models import AuditApiToken, SystemEvent
 
 if TYPE_CHECKING:
     from agents_app.models import Agent
@@ -46,3 +52,90 @@ def record_event(
         metadata=metadata or {},
         actor=actor[:255],  # "agent:" + a 255-character hostname would not fit
     )
+
+
+def event_export_record(*, actor: str, export_format: str, filters: dict[str, Any], via: str) -> SystemEvent:
+    """Record that ``actor`` exported the history matching ``filters`` (as ``export_format``)."""
+    return record_event(
+        event_type=EventType.AUDIT_EXPORT,
+        subtype=EventSubtype.INITIATED,
+        component=Component.SECURITY,
+        message=f"{actor} exported event history as {export_format}",
+        metadata={"format": export_format, "filters": filters, "via": via},
+        actor=actor,
+    )
+
+
+def events_purge(*, now: datetime, retention_days: int, batch_size: int = 5000) -> int:
+    """Delete events created before ``now - retention_days``, oldest first, in batches; record it.
+
+    1. Take the next ``batch_size`` expired ids (index event_time serves created_at < cutoff).
+    2. Delete them in one statement, its own short transaction (autocommit), so writers are never blocked long
+       and a crash loses at most one batch of work, which the next run redoes.
+    3. Repeat until a batch comes back short, then write ONE events_purged event saying how many
+       rows went and the cutoff.
+    """
+    cutoff = now - timedelta(days=retention_days)
+    expired = SystemEvent.objects.filter(created_at__lt=cutoff)
+    removed = 0
+    oldest = expired.order_by("created_at").values_list("created_at", flat=True).first()
+    while True:
+        batch = list(expired.order_by("created_at").values_list("pk", flat=True)[:batch_size])
+        if not batch:
+            break
+        # One DELETE statement: atomic by itself, its own short transaction under autocommit.
+        deleted, _ = SystemEvent.objects.filter(pk__in=batch).delete()
+        removed += deleted
+        if len(batch) < batch_size:
+            break
+    record_event(
+        event_type=EventType.EVENTS_PURGED,
+        subtype=EventSubtype.SUCCESS,
+        component=Component.SCHEDULER,
+        message=f"Retention removed {removed} events created before {cutoff:%Y-%m-%d %H:%M} UTC",
+        metadata={"removed": removed, "cutoff": cutoff.isoformat(), "retention_days": retention_days,
+                  "oldest_removed": oldest.isoformat() if oldest else None},
+    )
+    return removed
+
+
+AUDIT_TOKEN_PREFIX = "rfa_"
+
+
+def audit_token_hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def audit_token_issue(*, user, label: str, issued_by: str) -> tuple[AuditApiToken, str]:
+    """A new read-API token for ``user``; returns it and the plaintext (shown once, never stored)."""
+    secret = AUDIT_TOKEN_PREFIX + secrets.token_urlsafe(32)
+    with transaction.atomic():
+        token = AuditApiToken.objects.create(
+            user=user, label=label, token_hash=audit_token_hash(secret), prefix=secret[:12], created_by=issued_by,
+        )
+        record_event(
+            event_type=EventType.TOKEN_CREATED,
+            subtype=EventSubtype.SUCCESS,
+            component=Component.SECURITY,
+            message=f"{issued_by} issued audit API token {token.prefix}… for {user.get_username()}",
+            metadata={"kind": "audit_api", "audit_token_id": str(token.pk), "user": user.get_username(),
+                      "label": label},
+            actor=issued_by,
+        )
+    return token, secret
+
+
+def audit_token_revoke(*, token: AuditApiToken, revoked_by: str) -> bool:
+    """Revoke once (conditional UPDATE); False if it was already revoked."""
+    with transaction.atomic():
+        changed = AuditApiToken.objects.filter(pk=token.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
+        if changed:
+            record_event(
+                event_type=EventType.TOKEN_REVOKED,
+                subtype=EventSubtype.SUCCESS,
+                component=Component.SECURITY,
+                message=f"{revoked_by} revoked audit API token {token.prefix}…",
+                metadata={"kind": "audit_api", "audit_token_id": str(token.pk), "user": token.user.get_username()},
+                actor=revoked_by,
+            )
+    return bool(changed)

@@ -34,6 +34,7 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("admin/", admin.site.urls),
     path("", include("agents_app.api.release_urls")),
+    path("", include("events_app.urls")),
 ]
 
 

@@ -1,0 +1,59 @@
+"""GET /api/v1/audit/events: the history for SIEM tools, same filters and cursor as the history page."""
+
+from __future__ import annotations
+
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework import serializers
+from rest_framework.exceptions import ValidationError
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from agents_app.api.serializers import ErrorSerializer
+from events_app.api.auth import AuditTokenAuthentication, CanReadEvents
+from events_app.api.serializers import AuditEventPageSerializer
+from events_app.choices import Component, EventSubtype, EventType, Severity
+from events_app.filters import EventFilterForm
+from events_app.models import SystemEvent
+from events_app.rendering import event_record
+
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 500
+Q = OpenApiParameter.QUERY
+PARAMETERS = [
+    OpenApiParameter("agent", OpenApiTypes.UUID, Q, description="Only this agent's events."),
+    OpenApiParameter("event_type", OpenApiTypes.STR, Q, enum=EventType.values),
+    OpenApiParameter("subtype", OpenApiTypes.STR, Q, enum=EventSubtype.values),
+    OpenApiParameter("severity", OpenApiTypes.STR, Q, enum=Severity.values),
+    OpenApiParameter("component", OpenApiTypes.STR, Q, enum=Component.values),
+    OpenApiParameter("since", OpenApiTypes.DATETIME, Q, description="From (inclusive)."),
+    OpenApiParameter("until", OpenApiTypes.DATETIME, Q, description="To (exclusive)."),
+    OpenApiParameter("q", OpenApiTypes.STR, Q, description="Text the message contains (case-insensitive)."),
+    OpenApiParameter("meta", OpenApiTypes.STR, Q, description="Metadata filters: key=value[,key=value...]"),
+    OpenApiParameter("cursor", OpenApiTypes.STR, Q, description="next_cursor of the previous page."),
+    OpenApiParameter("limit", OpenApiTypes.INT, Q, description=f"Page size, 1-{MAX_LIMIT} (default {DEFAULT_LIMIT})."),
+]
+ERRORS = {status: OpenApiResponse(ErrorSerializer) for status in (400, 401, 403)}
+
+
+class LimitField(serializers.Serializer):
+    limit = serializers.IntegerField(required=False, min_value=1, max_value=MAX_LIMIT, default=DEFAULT_LIMIT)
+
+
+class AuditEventsView(APIView):
+    """Newest first; keyset pagination (``next_cursor``), so a deep page costs what the first costs."""
+
+    authentication_classes = [AuditTokenAuthentication]
+    permission_classes = [CanReadEvents]
+
+    @extend_schema(operation_id="audit_events_list", parameters=PARAMETERS,
+                   responses={200: AuditEventPageSerializer, **ERRORS}, tags=["audit"])
+    def get(self, request):
+        form = EventFilterForm(request.query_params)
+        limit = LimitField(data={k: v for k, v in request.query_params.items() if k == "limit"})
+        errors = {**(form.errors if not form.is_valid() else {}), **(limit.errors if not limit.is_valid() else {})}
+        if errors:
+            raise ValidationError({name: list(messages) for name, messages in errors.items()})
+        rows, next_cursor = SystemEvent.objects.matching(form.spec()).page(
+            form.cleaned_data["cursor"] or None, limit.validated_data["limit"])
+        return Response({"results": [event_record(row) for row in rows], "next_cursor": next_cursor})

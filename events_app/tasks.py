@@ -1,0 +1,17 @@
+"""django-q2 tasks of the audit trail (scheduled by migration 0004)."""
+
+from __future__ import annotations
+
+from django.utils import timezone
+
+from events_app.services import events_purge
+
+PURGE_BATCH_SIZE = 5000
+
+
+def purge_expired_events() -> int:
+    """Daily: delete events older than ServerSettings.event_retention_days (default 365)."""
+    from redflag.models import ServerSettings
+
+    return events_purge(now=timezone.now(), retention_days=ServerSettings.current().event_retention_days,
+                        batch_size=PURGE_BATCH_SIZE)

@@ -1,0 +1,33 @@
+"""bench/events.py smoke run: 1,000 rows on PostgreSQL, JSON out, constant query counts per case.
+
+The million-row figures are not a test (bench/README.md); this only proves the script works.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.skipif(not os.environ.get("DATABASE_URL", "").startswith("postgres"),
+                    reason="the benchmark needs PostgreSQL (DATABASE_URL)")
+def test_bench_smoke_run():
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "REDFLAG_"))}
+    result = subprocess.run([sys.executable, "bench/events.py", "--rows", "1000", "--repeat", "2"],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["rows"] == 1000 and report["kept"] is None
+    cases = report["cases"]
+    assert {"first_page", "deep_page", "by_agent", "by_type_common", "api_first_page", "api_deep_page"} <= set(cases)
+    assert cases["first_page"]["queries"] == cases["by_agent"]["queries"]
+    assert cases["deep_page"]["queries"] == cases["first_page"]["queries"] - 1  # no live-stream start seq
+    assert cases["api_first_page"]["queries"] == cases["api_deep_page"]["queries"]
+    assert all(case["sql_ms"] > 0 and case["server_ms"] > 0 for case in cases.values())
