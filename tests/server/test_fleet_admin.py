@@ -549,3 +549,17 @@ def test_update_log_admin_is_read_only(admin_client, fleet):
     page = admin_client.get(f"{LOGS}{log.pk}/change/").content.decode()
     assert "E: &lt;broken&gt;" in page and 'name="_save"' not in page
     assert admin_client.get(f"{LOGS}add/").status_code == 403
+
+
+def test_subsystems_across_the_fleet_change_in_bulk(admin_client, fleet):
+    url = "/admin/agents_app/agentsubsystem/"
+    apt = AgentSubsystem.objects.filter(name="apt")
+    before = dict(Agent.objects.values_list("hostname", "config_version"))
+    response = admin_client.post(url, {"action": "daily", "_selected_action": list(apt.values_list("pk", flat=True))})
+    assert response.status_code == 302
+    assert set(apt.values_list("interval_minutes", flat=True)) == {1440}
+    after = dict(Agent.objects.values_list("hostname", "config_version"))
+    assert after["web-01"] == before["web-01"] + 1 and after["db-01"] == before["db-01"]
+    assert SystemEvent.objects.filter(event_type="config_changed", actor="admin",
+                                      metadata__changes__interval_minutes=1440).count() == 2
+    assert admin_client.get(url, {"name__exact": "apt"}).context["cl"].result_count == 2
