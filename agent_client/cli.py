@@ -37,6 +37,8 @@ from agent_client.machine import MachineIdError, host_facts, machine_id_hash
 from agent_client.outbox import KIND_EVENT, Channel, Outbox, OutboxError, describe
 from agent_client.executor import LEDGER_FILE_NAME, CommandExecutor, ExecutedLedger, executor_channels
 from agent_client.executor import schedule_reboot
+from agent_client.outbox import KIND_COMMAND_RESULT
+from agent_client.selfupdate import RESTART_EXIT_CODE, SelfUpdater
 from agent_client.machine import system_facts
 from agent_client.runner import EVENTS_PER_REQUEST, Runner, describe_heartbeat
 from agent_client.scanners import build_scanners, capabilities
@@ -328,12 +330,15 @@ def command_run(args: argparse.Namespace, config_path: Path) -> int:
     stop = threading.Event()
     runner = Runner(config=config, config_path=config_path, client=client_for(config), outbox=outbox,
                     stop=stop, reload_client=client_for)
-    _attach_executor(runner, config_path, outbox)
+    restart = _attach_executor(runner, config_path, outbox)
     if args.once:
         try:
             outcome = runner.run_once()
         except TerminalError as exc:
             raise CliFailure(f"stopped: {exc}", EXIT_REFUSED) from None
+        if restart.is_set():
+            logger.info("restarting into the new agent version")
+            return RESTART_EXIT_CODE
         if outcome.error is not None:
             raise CliFailure(f"check-in failed: {outcome.error}" if not outcome.checked_in
                              else f"outbox not flushed: {outcome.error}")
@@ -350,12 +355,27 @@ def command_run(args: argparse.Namespace, config_path: Path) -> int:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     runner.run_forever()
+    if restart.is_set():
+        logger.info("restarting into the new agent version")
+        return RESTART_EXIT_CODE
     return EXIT_OK
 
 
-def _attach_executor(runner: Runner, config_path: Path, outbox: Outbox) -> None:
-    """Commands are verified and run by the executor; its results and reports get their channels."""
+def _attach_executor(runner: Runner, config_path: Path, outbox: Outbox) -> threading.Event:
+    """Commands are verified and run by the executor; its results and reports get their channels.
+
+    Returns the event a self-update sets to ask for a restart into the new file.
+    """
     state_dir = config_module.state_directory(config_path)
+    restart = threading.Event()
+
+    def request_restart() -> None:
+        restart.set()
+        runner.stop.set()
+
+    def queue_result(report: Optional[Dict[str, Any]]) -> None:
+        if report:
+            outbox.add(KIND_COMMAND_RESULT, report, item_id=f"result-{report['command_id']}-{report['status']}")
 
     def set_heartbeat(until: Any) -> None:
         runner.config.heartbeat_until = format_time(until) if until else None
@@ -371,7 +391,7 @@ def _attach_executor(runner: Runner, config_path: Path, outbox: Outbox) -> None:
         except OSError as exc:
             logger.warning("could not save pinned signing keys: %s", exc.strerror or exc)
 
-    runner.command_handler = CommandExecutor(
+    executor = CommandExecutor(
         agent_id=runner.config.agent_id,
         signing_keys=runner.config.signing_keys,
         outbox=outbox,
@@ -384,7 +404,18 @@ def _attach_executor(runner: Runner, config_path: Path, outbox: Outbox) -> None:
         fetch_keys=lambda: runner.client.signing_keys(),
         save_keys=save_keys,
     )
+    executor.self_updater = SelfUpdater(
+        state_dir=state_dir, agent_id=runner.config.agent_id, current_version=__version__,
+        keys=lambda: executor.keys,
+        download=lambda version, destination, size: runner.client.download(
+            f"/api/v1/releases/{version}/artifact", destination, max_bytes=size),
+        request_restart=request_restart,
+    )
+    runner.command_handler = executor
     runner.extra_channels.update(executor_channels(lambda: runner.client, runner.record))
+    queue_result(executor.self_updater.on_start())
+    runner.after_checkin = lambda checked_in: queue_result(executor.self_updater.after_cycle(checked_in))
+    return restart
 
 
 # --- scan ------------------------------------------------------------------------------

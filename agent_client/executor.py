@@ -208,6 +208,7 @@ class CommandExecutor:
         set_heartbeat: Callable[[Optional[dt.datetime]], None] = lambda until: None,
         reboot: Optional[Callable[[], OperationResult]] = None,
         fetch_keys: Optional[Callable[[], List[Dict[str, Any]]]] = None,
+        self_updater: Optional[Any] = None,
         save_keys: Callable[[List[Dict[str, Any]]], None] = lambda keys: None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -215,6 +216,7 @@ class CommandExecutor:
         self.pinned = [dict(key) for key in signing_keys]
         self.keys = pinned_keys(self.pinned)
         self.fetch_keys = fetch_keys
+        self.self_updater = self_updater
         self.save_keys = save_keys
         self.outbox = outbox
         self.ledger = ledger
@@ -303,6 +305,8 @@ class CommandExecutor:
                 return "succeeded", "heartbeat off", {}, []
             if kind == "reboot":
                 return self._reboot()
+            if kind == "update_agent":
+                return self._update(command)
         except ScanError as exc:
             return "failed", str(exc), {}, []
         except Exception as exc:  # a bug in one handler must still produce a failed result
@@ -344,6 +348,25 @@ class CommandExecutor:
         details = {"exit_code": outcome.exit_code, "duration_seconds": round(outcome.duration_seconds, 3),
                    "dependencies": list(outcome.dependencies), "packages": list(outcome.packages)}
         return ("succeeded" if outcome.succeeded else "failed"), tail(outcome.output_tail), details, []
+
+    def _update(self, command: Dict[str, Any]):
+        """Self-update: the new version reports success after its first check-in (see selfupdate.py)."""
+        from agent_client.selfupdate import UpdateRefused
+
+        if self.self_updater is None:
+            return "failed", "self-update is not set up on this agent", {}, []
+        try:
+            progress = self.self_updater.apply(command["id"], command["params"])
+        except UpdateRefused as refusal:
+            if refusal.reason != "not_a_pyz":
+                self.record(make_event(
+                    SECURITY_VIOLATION, "critical", f"Refused an agent update: {refusal}", severity="critical",
+                    component="security",
+                    metadata={"reason": refusal.reason, "command_id": command["id"],
+                              "version": str(command["params"].get("version", ""))[:32]},
+                ))
+            return "failed", f"update refused ({refusal.reason}): {refusal}", {}, []
+        return "running", progress, {}, []
 
     def _reboot(self):
         if self.reboot is None:

@@ -87,3 +87,14 @@ def release_manifest_bytes(*, version: str, platform: str, size: int, sha256: st
     """
     return canonical_json({"v": ENVELOPE_VERSION, "purpose": "redflag-agent-release", "version": version,
                            "platform": platform, "size": int(size), "sha256": sha256, "created": int(created)})
+
+
+def update_nonce_bytes(*, agent_id: str, version: str, issued_at: int, expires_at: int, downgrade: bool,
+                       nonce: str) -> bytes:
+    """What the server signs to allow one agent to move to one version (self-update), briefly.
+
+    ``downgrade`` is true only when an admin explicitly allowed going to an older version.
+    """
+    return canonical_json({"v": ENVELOPE_VERSION, "purpose": "redflag-agent-update", "agent_id": agent_id,
+                           "version": version, "issued_at": int(issued_at), "expires_at": int(expires_at),
+                           "downgrade": bool(downgrade), "nonce": nonce})

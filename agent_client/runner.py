@@ -123,6 +123,8 @@ class Runner:
         self.metrics = metrics
         self.reload_client = reload_client
         self.consecutive_failures = 0
+        # Called with whether the check-in worked, before the flush (self-update confirms or rolls back here).
+        self.after_checkin: Optional[Callable[[bool], None]] = None
 
     # -- events ------------------------------------------------------------------
 
@@ -188,7 +190,11 @@ class Runner:
             raise
         except (TransportError, OutboxError) as exc:
             outcome.error = exc
+            if self.after_checkin is not None:
+                self.after_checkin(outcome.checked_in)
             return outcome
+        if self.after_checkin is not None:
+            self.after_checkin(True)
         outcome.flush = self.outbox.flush(self.channels())
         if isinstance(outcome.flush.error, TerminalError):
             raise outcome.flush.error

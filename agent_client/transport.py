@@ -180,6 +180,35 @@ class Client:
             raise TransportError(f"server acknowledged {body!r} for {len(events)} events")
         return body
 
+    def download(self, path: str, destination: Path, *, max_bytes: int) -> str:
+        """Stream an authenticated GET to ``destination``; returns the SHA-256 of what arrived.
+
+        Refuses more than ``max_bytes`` (the size the signed manifest promised).
+        """
+        import hashlib
+
+        if self._access_token_expiring():
+            self.renew()
+        url = self.config.server_url.rstrip("/") + path
+        try:
+            response = self.session.get(url, headers=self._headers(True), timeout=self.timeout, stream=True,
+                                        allow_redirects=False)
+        except requests.RequestException as exc:
+            raise ServerUnavailable(f"cannot reach {self._host()}: {_short(exc)}") from None
+        with response:
+            if response.status_code != 200:
+                code, message = _error_of(response)
+                raise ApiError(response.status_code, code, message)
+            digest, received = hashlib.sha256(), 0
+            with open(destination, "wb") as handle:
+                for chunk in response.iter_content(chunk_size=64 * 1024):
+                    received += len(chunk)
+                    if received > max_bytes:
+                        raise ApiError(200, "too_large", f"the download exceeds the promised {max_bytes} bytes")
+                    digest.update(chunk)
+                    handle.write(chunk)
+        return digest.hexdigest()
+
     def signing_keys(self) -> List[Dict[str, Any]]:
         return self.request("GET", f"{API_PREFIX}/signing-keys", auth=False).body.get("keys", [])
 

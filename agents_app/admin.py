@@ -228,7 +228,7 @@ class AgentAdmin(admin.ModelAdmin):
     list_filter = (AgentStatusFilter, "os_family", "reboot_required", HasSecurityUpdatesFilter, "agent_version")
     search_fields = ("hostname", "os_name", "=id")
     actions = ("scan_now", "heartbeat_10", "heartbeat_30", "heartbeat_60", "stop_heartbeat", "reboot",
-               "approve_security_updates", "allow_rebind", "revoke_credentials")
+               "approve_security_updates", "update_agent", "allow_rebind", "revoke_credentials")
     inlines = (AgentSubsystemInline,)
     readonly_fields = (
         "id", "hostname", "status_badge", "os_family", "os_name", "os_version", "kernel", "arch", "agent_version",
@@ -449,6 +449,32 @@ class AgentAdmin(admin.ModelAdmin):
     def approve_security_updates(self, request, queryset):
         return self._start_bulk(request, queryset, BulkOperation.Kind.APPROVE, {"security_only": True},
                                 "Approve security updates")
+
+    @admin.action(description="Update the agent to the latest release", permissions=["change"])
+    def update_agent(self, request, queryset):
+        """One agent: the signed update_agent command at once (source web_ui); several: a bulk task."""
+        from agents_app.agent_updates import agent_update_start
+        from agents_app.models import AgentRelease
+        from agents_app.releases import ReleaseError, latest_release
+
+        release = latest_release(platform=AgentRelease.Platform.ANY)
+        if release is None:
+            self.message_user(request, "No agent release yet: build one with manage.py build_agent_release.",
+                              messages.ERROR)
+            return None
+        agents = list(queryset.filter(revoked_at__isnull=True))
+        if len(agents) != 1:
+            return self._start_bulk(request, queryset, BulkOperation.Kind.UPDATE_AGENT, {"version": release.version},
+                                    f"Update to {release.version}")
+        try:
+            command = agent_update_start(agent=agents[0], release=release, source="web_ui", actor=actor_of(request),
+                                         created_by=request.user)
+        except (ReleaseError, Conflict) as exc:
+            self.message_user(request, f"{agents[0].hostname}: {exc}", messages.ERROR)
+            return None
+        self.message_user(request, f"{agents[0].hostname} will update to {release.version} at its next check-in.",
+                          messages.SUCCESS)
+        return HttpResponseRedirect(reverse("admin:agents_app_command_change", args=[command.pk]))
 
     @admin.action(description="Allow a machine rebind (after a reinstall)", permissions=["change"])
     def allow_rebind(self, request, queryset):

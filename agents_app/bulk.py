@@ -97,12 +97,29 @@ def _reboot(agent: Agent, operation: BulkOperation, actor: str) -> None:
         pass
 
 
+def _update_agent(agent: Agent, operation: BulkOperation, actor: str) -> None:
+    from agents_app.agent_updates import agent_update_start
+    from agents_app.releases import ReleaseError, release_find
+
+    release = release_find(version=operation.params["version"])
+    if release is None:
+        raise ReleaseError(f"release {operation.params['version']} no longer exists")
+    if agent.agent_version == release.version:
+        return  # already there
+    try:
+        agent_update_start(agent=agent, release=release, source=CommandSource.WEB_UI_BULK, actor=actor,
+                           bulk_operation=operation)
+    except CommandAlreadyOpen:
+        pass
+
+
 PARTS: dict[str, Callable[[Agent, BulkOperation, str], None]] = {
     BulkOperation.Kind.SCAN: _scan,
     BulkOperation.Kind.APPROVE: _approve,
     BulkOperation.Kind.INSTALL: _install,
     BulkOperation.Kind.HEARTBEAT: _heartbeat,
     BulkOperation.Kind.REBOOT: _reboot,
+    BulkOperation.Kind.UPDATE_AGENT: _update_agent,
 }
 
 

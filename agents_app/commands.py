@@ -10,7 +10,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from agent_client.protocol import command_signing_bytes
-from agents_app.choices import OPEN_COMMAND_STATUSES, CommandSource, CommandStatus, UpdateStatus
+from agents_app.choices import OPEN_COMMAND_STATUSES, CommandSource, CommandStatus, CommandType, UpdateStatus
 from agents_app.models import Agent, Command
 from events_app.choices import Component, EventSubtype, EventType, Severity
 from events_app.services import SYSTEM_ACTOR, record_event
@@ -192,6 +192,10 @@ def _close_unanswered(command: Command, *, from_statuses, status: str, now: date
             message=f"{command.command_type} for {command.agent.hostname} {verb}", agent=command.agent,
             metadata={"command_id": str(command.pk), "status": status, "was": command.status}, actor=actor,
         )
+        if command.command_type == CommandType.UPDATE_AGENT:
+            from agents_app.agent_updates import agent_update_finished
+
+            agent_update_finished(command=command, agent=command.agent, succeeded=False, reason=f"command {verb}")
     return True
 
 
@@ -200,10 +204,16 @@ def commands_time_out(*, now: datetime | None = None) -> int:
 
     Each command is claimed with a conditional UPDATE, so two sweeps never double-count.
     """
+    from agents_app.agent_updates import UPDATE_REPORT_TIMEOUT
+
     now = now or timezone.now()
-    stale = Command.objects.filter(
-        status__in=(CommandStatus.SENT, CommandStatus.RUNNING), sent_at__lt=now - SENT_TIMEOUT
-    ) | Command.objects.filter(status=CommandStatus.PENDING, expires_at__lte=now)
+    sent = (CommandStatus.SENT, CommandStatus.RUNNING)
+    stale = (
+        Command.objects.filter(status__in=sent, sent_at__lt=now - SENT_TIMEOUT)
+        | Command.objects.filter(status__in=sent, command_type=CommandType.UPDATE_AGENT,
+                                 sent_at__lt=now - UPDATE_REPORT_TIMEOUT)
+        | Command.objects.filter(status=CommandStatus.PENDING, expires_at__lte=now)
+    )
     return sum(
         _close_unanswered(command, from_statuses=OPEN_COMMAND_STATUSES, status=CommandStatus.TIMED_OUT, now=now,
                           updates_to=UpdateStatus.FAILED, subtype=EventSubtype.FAILED, severity=Severity.WARNING,

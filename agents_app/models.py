@@ -136,6 +136,7 @@ class BulkOperation(models.Model):
         INSTALL = "install", "Install updates"
         HEARTBEAT = "heartbeat", "Heartbeat"
         REBOOT = "reboot", "Reboot"
+        UPDATE_AGENT = "update_agent", "Update agent"
 
     class Status(models.TextChoices):
         QUEUED = "queued"

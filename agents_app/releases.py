@@ -154,7 +154,7 @@ def release_build(*, version: str, platform: str = AgentRelease.Platform.ANY,
 
     version_key(version)
     with tempfile.TemporaryDirectory() as staging:
-        path = build(Path(staging) / ARTIFACT_NAME)
+        path = build(Path(staging) / ARTIFACT_NAME, version=version)
         with open(path, "rb") as handle:
             return _store(handle=handle, version=version, platform=platform, actor=actor, how="built")
 

@@ -73,6 +73,10 @@ def _apply_effects(command: Command, succeeded: bool, result: dict[str, Any], ou
         _package_operation_finished(command, succeeded, result, output, now)
     elif command.command_type in (CommandType.ENABLE_HEARTBEAT, CommandType.DISABLE_HEARTBEAT) and succeeded:
         heartbeat_acknowledged(command=command, now=now)
+    elif command.command_type == CommandType.UPDATE_AGENT:
+        from agents_app.agent_updates import agent_update_finished
+
+        agent_update_finished(command=command, agent=command.agent, succeeded=succeeded, reason=output)
 
 
 def command_result_record(*, agent: Agent, command: Command, status: str, output: str, result: dict[str, Any],

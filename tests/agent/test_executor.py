@@ -168,12 +168,12 @@ def test_scan_failure_and_unknown_types_are_failed_results(setup, signer):
     executor, _, outbox, _, _ = setup(scanner=RecordingScanner(scan_error="apt-get update failed: 404"))
     executor.handle(signer.command("scan_updates", {"package_type": "apt"}))
     executor.handle(signer.command("scan_updates", {"package_type": "winget"}))
-    executor.handle(signer.command("update_agent", {"version": "9.9"}))
+    executor.handle(signer.command("format_disk", {"device": "/dev/sda"}))
     results = [payload for _, payload in queued(outbox)]
     assert [r["status"] for r in results] == ["failed", "failed", "failed"]
     assert "apt-get update failed" in results[0]["output"]
     assert "no scanner for package type 'winget'" in results[1]["output"]
-    assert "does not support 'update_agent'" in results[2]["output"]
+    assert "does not support 'format_disk'" in results[2]["output"]
 
 
 def test_heartbeat_commands_switch_the_local_state(setup, signer):

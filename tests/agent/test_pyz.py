@@ -32,7 +32,9 @@ def test_the_zipapp_registers_and_runs(tmp_path):
     help_text = run(pyz, "--help")
     assert help_text.returncode == 0 and "register" in help_text.stdout and "migrate" in help_text.stdout
     missing = run(pyz, "--config", str(config), "status")
-    assert missing.returncode == 0 and "registered:    no" in missing.stdout
+    assert missing.returncode == 3 and "registered:    no" in missing.stdout
+    not_registered = run(pyz, "--config", str(config), "run", "--once")
+    assert not_registered.returncode == 3  # exit codes survive the zipapp
     with StubServer() as stub:
         registered = run(pyz, "--config", str(config), "register", "--server", stub.url, "--token",
                          stub.registration_token, "--capabilities", "system")

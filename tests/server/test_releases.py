@@ -93,9 +93,17 @@ class TestBuildCommand:
     def test_reproducible_and_duplicate_refused(self):
         from agents_app.models import AgentRelease
 
+        import hashlib
+        import tempfile
+        from pathlib import Path
+
+        from agent_client.pyz import build as build_pyz
+
         first = build("0.1.23")
         second = build("0.1.23.5")
-        assert first.sha256 == second.sha256  # same sources, same bytes
+        assert first.sha256 != second.sha256  # each release carries its own __version__
+        again = build_pyz(Path(tempfile.mkdtemp()) / "again.pyz", version="0.1.23")
+        assert hashlib.sha256(again.read_bytes()).hexdigest() == first.sha256  # same sources, same bytes
         with pytest.raises(CommandError, match="already exists"):
             call_command("build_agent_release", "--version", "0.1.23.0")  # numerically equal to 0.1.23
         with pytest.raises(CommandError, match="invalid version"):
