@@ -227,3 +227,17 @@ def test_a_forged_endorsement_is_not_pinned(setup, signer):
     executor, scanner, _, events, _ = setup(fetch_keys=lambda: [signer.public, forged])
     assert executor.handle(rotated.command("reboot")) is None
     assert events[-1]["metadata"]["reason"] == "unknown_key" and scanner.calls == []
+
+
+def test_a_refused_update_is_a_security_violation_and_a_failed_result(setup, signer):
+    from agent_client.selfupdate import UpdateRefused
+
+    class RefusingUpdater:
+        def apply(self, command_id, params):
+            raise UpdateRefused("downgrade", "0.1.22 is older than 0.1.23")
+
+    executor, _, outbox, events, _ = setup(self_updater=RefusingUpdater())
+    assert executor.handle(signer.command("update_agent", {"version": "0.1.22"})) == "failed"
+    (kind, result), = queued(outbox)
+    assert kind == KIND_COMMAND_RESULT and "update refused (downgrade)" in result["output"]
+    assert [(e["event_type"], e["metadata"]["reason"]) for e in events] == [("security_violation", "downgrade")]
