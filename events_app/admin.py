@@ -6,6 +6,7 @@ from django.contrib.auth import get_user_model
 from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.html import format_html
+from django.utils.http import urlencode
 
 from events_app.models import AuditApiToken, SystemEvent
 from events_app.services import audit_token_issue, audit_token_revoke
@@ -15,7 +16,8 @@ from events_app.services import audit_token_issue, audit_token_revoke
 class SystemEventAdmin(admin.ModelAdmin):
     """Read-only history: events are append-only, for admins and auditors alike."""
 
-    list_display = ("created_at", "event_type", "event_subtype", "severity", "component", "hostname", "actor", "message")
+    list_display = ("created_at", "event_type", "event_subtype", "severity", "component", "hostname", "actor", "message",
+                    "history_link")
     list_filter = ("event_type", "event_subtype", "severity", "component", "created_at")
     search_fields = ("message", "hostname")
     date_hierarchy = "created_at"
@@ -35,6 +37,15 @@ class SystemEventAdmin(admin.ModelAdmin):
         "metadata_pretty",
     )
     readonly_fields = fields
+
+    @admin.display(description="history")
+    def history_link(self, event: SystemEvent) -> str:
+        """Into the auditor's history (/audit/events/): the event, and its agent's timeline."""
+        detail = format_html('<a href="{}">open</a>', reverse("events:detail", args=[event.pk]))
+        if not event.agent_id:
+            return detail
+        timeline = reverse("events:history") + "?" + urlencode({"agent": event.agent_id})
+        return format_html('{} · <a href="{}">agent timeline</a>', detail, timeline)
 
     @admin.display(description="metadata")
     def metadata_pretty(self, event: SystemEvent) -> str:

@@ -16,6 +16,7 @@ from typing import Any, Iterator
 
 from django.db import models
 from django.db.models import Q
+from django.db.models.fields.json import KeyTransform
 from django.utils.dateparse import parse_datetime
 
 
@@ -109,17 +110,19 @@ class SystemEventQuerySet(models.QuerySet):
         """metadata[key] == value.
 
         PostgreSQL: JSON containment (``@>``), served by the GIN index (jsonb_path_ops) of
-        migration 0002. SQLite has no containment operator; ``JSON_EXTRACT(metadata, '$.key')``
-        compares the same top-level value.
+        migration 0002. SQLite has no containment operator; ``JSON_EXTRACT(metadata, '$."key"')``
+        compares the same top-level value. The key is an explicit KeyTransform, never spliced into a
+        lookup name, so keys like ``a__b`` or ``contains`` are just keys.
         """
-        condition = Q()
-        containment = self._db_vendor() == "postgresql"
-        for candidate in parse_metadata_value(value):
-            if containment:
+        candidates = parse_metadata_value(value)
+        if self._db_vendor() == "postgresql":
+            condition = Q()
+            for candidate in candidates:
                 condition |= Q(metadata__contains={key: candidate})
-            else:
-                condition |= Q(**{f"metadata__{key}": candidate})
-        return self.filter(condition)
+            return self.filter(condition)
+        alias = f"metadata_term_{len(self.query.annotations)}"
+        return self.alias(**{alias: KeyTransform(key, "metadata")}).filter(
+            Q.create([(alias, candidate) for candidate in candidates], connector=Q.OR))
 
     def _db_vendor(self) -> str:
         from django.db import connections

@@ -113,6 +113,17 @@ def _read(spec: EventFilter, cursor: SeqCursor, delivered: set[int]) -> list[dic
     return out
 
 
+async def read_in_pool(function, *args):
+    """Run a short read in the event loop's shared thread pool, not a thread of this request.
+
+    Django gives each ASGI request its own thread for thread-sensitive calls, and that thread keeps
+    its database connection (CONN_MAX_AGE) for as long as the stream is open: a thousand idle
+    streams would hold a thousand connections. The loop's default pool is bounded
+    (min(32, CPUs + 4) threads), so all streams of a process share that many connections.
+    """
+    return await sync_to_async(function, thread_sensitive=False)(*args)
+
+
 def current_top_seq() -> int:
     return SystemEvent.objects.aggregate(top=Max("seq"))["top"] or 0
 
@@ -207,7 +218,7 @@ async def event_stream(spec: EventFilter, start_after: int | None, *, lifetime: 
     """The SSE body: ``retry``, then matching events as they are committed, until ``lifetime``."""
     postgres = connection.vendor == "postgresql"
     if start_after is None:
-        start_after = await sync_to_async(current_top_seq)()
+        start_after = await read_in_pool(current_top_seq)
     cursor, delivered = SeqCursor(start_after), set()
     deadline = time.monotonic() + (stream_lifetime() if lifetime is None else lifetime)
     waiter = asyncio.Event()
@@ -217,7 +228,7 @@ async def event_stream(spec: EventFilter, start_after: int | None, *, lifetime: 
     last_sent = time.monotonic()
     try:
         while time.monotonic() < deadline:
-            records = await sync_to_async(_read)(spec, cursor, delivered)
+            records = await read_in_pool(_read, spec, cursor, delivered)
             for record in records:
                 yield sse("system_event", json.dumps(record, sort_keys=True), event_id=cursor.low)
                 last_sent = time.monotonic()

@@ -93,6 +93,10 @@ def mixed_events(db, agent):
     ("meta=attempt%3D3", {"Failed log-in for 'bob'"}),  # a number in metadata, written as text
     ("meta=client_ip%3D10.0.0.5,attempt%3D4", set()),
     ("event_type=config_changed&component=config", {"poll interval changed"}),
+    ("meta=client_ip%3D10.0.0.5,attempt%3D3", {"Failed log-in for 'bob'"}),
+    ("meta=contains%3D1", set()),  # a key named like a lookup is just a key
+    ("meta=a__b%3D1", set()),
+    ("meta=field%3Dpoll_interval,client_ip%3D10.0.0.5", set()),
 ])
 def test_filters(mixed_events, auditor_client, query, expected_messages):
     response = auditor_client.get(f"{HISTORY}?{query}")
@@ -203,3 +207,11 @@ def test_record_event_numbers_rows_in_insertion_order(db):
                           component=Component.SERVER, message="two")
     assert first.seq is not None and second.seq == first.seq + 1
     assert [e.message for e in SystemEvent.objects.after_seq(first.seq - 1)] == ["one", "two"]
+
+
+def test_admin_event_list_links_into_the_history(db, agent, auditor_client):
+    event = record_event(event_type=EventType.CONFIG_CHANGED, subtype=EventSubtype.SUCCESS,
+                         component=Component.CONFIG, message="changed", agent=agent.model)
+    body = auditor_client.get(reverse("admin:events_app_systemevent_changelist")).content.decode()
+    assert f'href="/audit/events/{event.id}/"' in body
+    assert f'href="/audit/events/?agent={agent.id}"' in body

@@ -175,11 +175,20 @@ def test_async_view_streams_matching_events_and_resumes_after_last_event_id(sett
         assert replay["data"]["id"] == str(shown.id)
         again.gone.set()
         await asyncio.wait_for(served, 10)
-        # This loop ends here: close its LISTEN connection and the executor thread's connection.
+        # This loop ends here: close its LISTEN connection; the pool threads' connections go below.
         await Notifier.for_running_loop().close()
-        await sync_to_async(lambda: connection.close())()
 
     in_thread(lambda: asyncio.run(scenario()))
+    end_other_sessions_of_this_test_database()
+
+
+def end_other_sessions_of_this_test_database() -> None:
+    """The streams read in the (now finished) loop's thread pool; those threads' connections are not
+    reachable from here, so end them server-side before the test database is dropped."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                           "WHERE datname = current_database() AND pid <> pg_backend_pid()")
 
 
 @pytest.mark.django_db(transaction=True)
