@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from typing import Any, Dict, Mapping
+from typing import Any, Dict, Mapping, Tuple
 
 ENVELOPE_VERSION = 1
 
@@ -98,3 +98,17 @@ def update_nonce_bytes(*, agent_id: str, version: str, issued_at: int, expires_a
     return canonical_json({"v": ENVELOPE_VERSION, "purpose": "redflag-agent-update", "agent_id": agent_id,
                            "version": version, "issued_at": int(issued_at), "expires_at": int(expires_at),
                            "downgrade": bool(downgrade), "nonce": nonce})
+
+
+def version_key(version: str) -> Tuple[int, ...]:
+    """Numeric order of agent versions, shared by server and agent: 0.1.23 < 0.1.23.5 < 0.1.24 < 0.10.
+
+    Trailing ``.0`` parts do not count (1.0 == 1). ValueError for anything but dot-separated numbers.
+    """
+    text = str(version)
+    if not text or not all(part.isdigit() for part in text.split(".")):
+        raise ValueError(f"invalid version {version!r}: use dot-separated numbers, e.g. 0.1.23.5")
+    parts = [int(part) for part in text.split(".")]
+    while len(parts) > 1 and parts[-1] == 0:
+        parts.pop()
+    return tuple(parts)

@@ -29,7 +29,7 @@ from typing import Any, Callable, Dict, Mapping, Optional
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from agent_client.protocol import release_manifest_bytes, update_nonce_bytes
+from agent_client.protocol import release_manifest_bytes, update_nonce_bytes, version_key
 
 logger = logging.getLogger("redflag.agent.selfupdate")
 
@@ -42,14 +42,6 @@ class UpdateRefused(Exception):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
-
-
-def version_key(version: str):
-    """0.1.23 < 0.1.23.5 < 0.1.24; trailing zero parts do not count (the server's rule)."""
-    parts = [int(part) for part in str(version).split(".")]
-    while len(parts) > 1 and parts[-1] == 0:
-        parts.pop()
-    return tuple(parts)
 
 
 def running_agent_file() -> Optional[Path]:

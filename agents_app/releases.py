@@ -25,6 +25,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from agent_client.protocol import release_manifest_bytes
+from agent_client.protocol import version_key as protocol_version_key
 from agents_app.models import AgentRelease
 from events_app.choices import Component, EventSubtype, EventType, Severity
 from events_app.services import SYSTEM_ACTOR, record_event
@@ -45,13 +46,10 @@ class ReleaseError(ValueError):
 
 
 def version_key(version: str) -> tuple[int, ...]:
-    """Numeric order: 0.1.23 < 0.1.23.5 < 0.1.24 < 0.10; trailing ``.0`` parts do not count (1.0 == 1)."""
+    """agent_client.protocol.version_key (the agent compares with the same rule), within the release pattern."""
     if not isinstance(version, str) or not VERSION_PATTERN.match(version):
         raise ReleaseError(f"invalid version {version!r}: use dot-separated numbers, e.g. 0.1.23.5")
-    parts = [int(part) for part in version.split(".")]
-    while len(parts) > 1 and parts[-1] == 0:
-        parts.pop()
-    return tuple(parts)
+    return protocol_version_key(version)
 
 
 def is_valid_version(version: str) -> bool:
