@@ -11,9 +11,9 @@ from django.core.handlers.asgi import ASGIRequest
 from django.db.models import Max
 from django.http import HttpResponseBadRequest, HttpResponseNotAllowed, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, render
-from django.views.decorators.http import require_safe
 from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
+from django.views.decorators.http import require_safe
 
 from events_app.access import auditor_required, can_read_events
 from events_app.filters import EventFilterForm
@@ -50,11 +50,13 @@ def history(request):
     events, next_cursor, stream_from = [], None, None
     is_first_page = not request.GET.get("cursor")
     if form.is_valid():
+        if is_first_page:
+            # Read before the page: an event committed in between is then on the page, or streamed,
+            # or both (the page's script skips rows it already shows) — never neither.
+            stream_from = SystemEvent.objects.aggregate(top=Max("seq"))["top"] or 0
         events, next_cursor = (
             SystemEvent.objects.matching(form.spec()).page(form.cleaned_data["cursor"] or None, PAGE_SIZE)
         )
-        if is_first_page:
-            stream_from = SystemEvent.objects.aggregate(top=Max("seq"))["top"] or 0
     query = form.filter_query()
     stream_url = ""
     if stream_from is not None:
