@@ -234,7 +234,7 @@ class AgentAdmin(admin.ModelAdmin):
         "id", "hostname", "status_badge", "os_family", "os_name", "os_version", "kernel", "arch", "agent_version",
         "machine_id_hash", "registered_at", "last_seen_at", "heartbeat_until", "reboot_required", "reboot_reason",
         "last_boot_at", "config_version", "metrics", "rebind_allowed_until", "revoked_at", "system_reported_at",
-        "system_facts", "storage", "outstanding_updates_section", "recent_commands", "recent_events",
+        "system_facts", "storage", "outstanding_updates_section", "timeline",
     )
     fieldsets = (
         (None, {"fields": ("hostname", "status_badge", "id", ("os_family", "os_name", "os_version"),
@@ -245,8 +245,7 @@ class AgentAdmin(admin.ModelAdmin):
                                "system_reported_at")}),
         ("Storage", {"fields": ("storage",)}),
         ("Outstanding updates", {"fields": ("outstanding_updates_section",)}),
-        ("Recent commands", {"fields": ("recent_commands",)}),
-        ("Recent events", {"fields": ("recent_events",)}),
+        ("Timeline", {"fields": ("timeline",)}),
         ("Credentials", {"classes": ("collapse",),
                          "fields": ("machine_id_hash", "rebind_allowed_until", "revoked_at", "metrics")}),
     )
@@ -357,30 +356,29 @@ class AgentAdmin(admin.ModelAdmin):
         return format_html("{}{}", table(("Package", "Type", "Version", "Severity", "Security", "Status"), rows,
                                          "No outstanding updates."), link)
 
-    @admin.display(description="commands")
-    def recent_commands(self, agent: Agent):
+    @admin.display(description="timeline")
+    def timeline(self, agent: Agent):
+        """The agent's events and commands interleaved, newest first (each read through its own index)."""
         now = timezone.now()
-        rows = [
-            (admin_link(command, command.command_type), command_badge(command), command.get_source_display(),
-             ago(command.created_at, now), command.created_by or "")
+        commands = [
+            (command.created_at, admin_link(command, ago(command.created_at, now)), "command",
+             format_html("{} {}", command.command_type, command_badge(command)),
+             f"{command.get_source_display()}{' by ' + str(command.created_by) if command.created_by else ''}")
             for command in agent.commands.select_related("created_by")[:RECENT_ROWS]
         ]
-        link = format_html('<p><a href="{}">All commands for {}</a></p>',
-                           changelist_url(Command, agent__id__exact=agent.pk), agent.hostname)
-        return format_html("{}{}", table(("Type", "Status", "Source", "Age", "By"), rows, "No commands yet."), link)
-
-    @admin.display(description="events")
-    def recent_events(self, agent: Agent):
-        now = timezone.now()
-        rows = [
-            (admin_link(event, ago(event.created_at, now)), event.event_type, event.event_subtype, event.severity,
-             event.message)
+        events = [
+            (event.created_at, admin_link(event, ago(event.created_at, now)), "event",
+             f"{event.event_type} / {event.event_subtype} ({event.severity})", event.message)
             for event in SystemEvent.objects.filter(agent=agent)[:RECENT_ROWS]  # the (agent, time) index
         ]
-        link = format_html('<p><a href="{}">All events for {}</a></p>',
-                           changelist_url(SystemEvent, q=agent.hostname), agent.hostname)
-        return format_html("{}{}", table(("When", "Type", "Subtype", "Severity", "Message"), rows, "No events."),
-                           link)
+        rows = [row[1:] for row in sorted(commands + events, key=lambda row: row[0], reverse=True)[:RECENT_ROWS]]
+        links = format_html(
+            '<p><a href="{}">All commands for {}</a> · <a href="{}">All events for {}</a> · '
+            '<a href="{}?agent={}">Event history</a></p>',
+            changelist_url(Command, agent__id__exact=agent.pk), agent.hostname,
+            changelist_url(SystemEvent, q=agent.hostname), agent.hostname, reverse("events:history"), agent.pk,
+        )
+        return format_html("{}{}", table(("When", "Kind", "What", "Detail"), rows, "Nothing yet."), links)
 
     # -- configuration changes are audited in the admin's transaction
 

@@ -203,27 +203,39 @@ def agent_checkin(*, agent: Agent, agent_version: str | None, metrics: dict[str,
 
 
 def agent_events_ingest(*, agent: Agent, events: list[dict[str, Any]], now: datetime) -> int:
-    """Store agent-side events, idempotent by the agent's event id. Returns how many were new."""
+    """Store agent-side events, idempotent by the agent's event id. Returns how many were new.
+
+    One INSERT per new event (SystemEvent.save gives each its insertion ``seq`` for the live
+    stream, which bulk_create would leave empty). A concurrent retry of the same batch that
+    commits first makes this one a 409; the agent retries and finds them known.
+    """
     ids = [event["id"] for event in events]
-    with transaction.atomic():
-        known = set(SystemEvent.objects.filter(pk__in=ids).values_list("pk", flat=True))
-        fresh = [
-            SystemEvent(
-                id=event["id"],
-                agent=agent,
-                hostname=agent.hostname,
-                event_type=event["event_type"],
-                event_subtype=event["event_subtype"],
-                severity=event["severity"],
-                component=event["component"],
-                message=event["message"],
-                metadata=event["metadata"],
-                actor=agent_actor(agent),
-                created_at=min(event["occurred_at"], now),
-            )
-            for event in events
-            if event["id"] not in known
-        ]
-        # ignore_conflicts: a concurrent retry of the same batch may insert first.
-        SystemEvent.objects.bulk_create(fresh, ignore_conflicts=True)
+    try:
+        with transaction.atomic():
+            return _store_agent_events(agent, events, ids, now)
+    except IntegrityError:
+        raise Conflict("These events are being stored by another request; retry.") from None
+
+
+def _store_agent_events(agent: Agent, events: list[dict[str, Any]], ids: list, now: datetime) -> int:
+    known = set(SystemEvent.objects.filter(pk__in=ids).values_list("pk", flat=True))
+    fresh = [
+        SystemEvent(
+            id=event["id"],
+            agent=agent,
+            hostname=agent.hostname,
+            event_type=event["event_type"],
+            event_subtype=event["event_subtype"],
+            severity=event["severity"],
+            component=event["component"],
+            message=event["message"],
+            metadata=event["metadata"],
+            actor=agent_actor(agent),
+            created_at=min(event["occurred_at"], now),
+        )
+        for event in events
+        if event["id"] not in known
+    ]
+    for event in fresh:
+        event.save(force_insert=True)
     return len(fresh)

@@ -252,3 +252,10 @@ def test_lone_surrogate_escapes_are_400(agent):
                                  content_type="application/json", **agent.headers())
     assert response.status_code == 400
     assert "surrogate" in response.json()["error"]["message"]
+
+
+def test_agent_events_get_an_insertion_seq_for_the_live_stream(agent):
+    agent.post("events", valid_body("events"))
+    newest = SystemEvent.objects.order_by("-seq").first()
+    assert newest.event_type == "agent_startup"  # the last row inserted has the highest seq
+    assert not SystemEvent.objects.filter(seq__isnull=True).exists()

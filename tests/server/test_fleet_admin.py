@@ -563,3 +563,12 @@ def test_subsystems_across_the_fleet_change_in_bulk(admin_client, fleet):
     assert SystemEvent.objects.filter(event_type="config_changed", actor="admin",
                                       metadata__changes__interval_minutes=1440).count() == 2
     assert admin_client.get(url, {"name__exact": "apt"}).context["cl"].result_count == 2
+
+
+def test_agent_timeline_interleaves_events_and_commands_and_every_page_links_the_history(admin_client, fleet):
+    web1 = fleet["web1"]
+    page = admin_client.get(f"{AGENTS}{web1.pk}/change/").content.decode()
+    timeline = page[page.index("Timeline"):]
+    assert "scan_storage" in timeline and "command_created" in timeline
+    assert f'/audit/events/?agent={web1.pk}' in page
+    assert 'href="/audit/events/">Event history</a>' in page
