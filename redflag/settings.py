@@ -194,6 +194,7 @@ REST_FRAMEWORK = {
     "NUM_PROXIES": env_int("REDFLAG_NUM_PROXIES", 0, minimum=0),
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "redflag.api.errors.exception_handler",
+    "DEFAULT_CONTENT_NEGOTIATION_CLASS": "redflag.api.negotiation.JSONFallbackNegotiation",
     "UNAUTHENTICATED_USER": None,
 }
 

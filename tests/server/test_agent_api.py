@@ -259,3 +259,8 @@ def test_agent_events_get_an_insertion_seq_for_the_live_stream(agent):
     newest = SystemEvent.objects.order_by("-seq").first()
     assert newest.event_type == "agent_startup"  # the last row inserted has the highest seq
     assert not SystemEvent.objects.filter(seq__isnull=True).exists()
+
+
+def test_an_unsatisfiable_accept_header_still_gets_json(agent):
+    response = agent.post("checkin", {}, HTTP_ACCEPT="U")
+    assert response.status_code == 200 and response["Content-Type"] == "application/json"
