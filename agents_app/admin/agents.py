@@ -1,0 +1,375 @@
+"""Agents: list, page, fleet actions."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django.contrib import admin, messages
+from django.db.models import Count, IntegerField, OuterRef, Subquery, Value
+from django.db.models.functions import Coalesce
+from django.http import HttpResponseRedirect
+from django.template.defaultfilters import filesizeformat
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.html import format_html
+
+from agents_app.admin.common import (
+    BLUE,
+    GREEN,
+    GREY,
+    RECENT_ROWS,
+    RED,
+    UPDATES_ON_AGENT_PAGE,
+    actor_of,
+    admin_link,
+    ago,
+    badge,
+    changelist_url,
+    command_badge,
+    severity_badge,
+    table,
+    usage_bar,
+)
+from agents_app.bulk import bulk_operation_start
+from agents_app.heartbeat import heartbeat_active
+from agents_app.models import Agent, AgentSubsystem, BulkOperation, Command, PackageUpdate
+from agents_app.services import agent_allow_rebind, agent_revoke
+from events_app.choices import Component, EventSubtype, EventType
+from events_app.models import SystemEvent
+from events_app.services import record_event
+from redflag.errors import Conflict
+
+# --- agents -------------------------------------------------------------------
+
+class AgentStatusFilter(admin.SimpleListFilter):
+    """online / offline / heartbeat / revoked; the same sets the dashboard counts."""
+
+    title = "status"
+    parameter_name = "status"
+
+    def lookups(self, request, model_admin):
+        return (("online", "Online"), ("offline", "Offline"), ("heartbeat", "In heartbeat"), ("revoked", "Revoked"))
+
+    def queryset(self, request, queryset):
+        now = timezone.now()
+        if self.value() == "online":
+            return queryset.online(now)
+        if self.value() == "offline":
+            return queryset.offline(now)
+        if self.value() == "heartbeat":
+            return queryset.filter(heartbeat_until__gt=now)
+        if self.value() == "revoked":
+            return queryset.filter(revoked_at__isnull=False)
+        return queryset
+
+
+class HasSecurityUpdatesFilter(admin.SimpleListFilter):
+    title = "security updates"
+    parameter_name = "security"
+
+    def lookups(self, request, model_admin):
+        return (("yes", "Has outstanding security updates"), ("no", "None"))
+
+    def queryset(self, request, queryset):
+        if self.value() == "yes":
+            return queryset.filter(security_count__gt=0)
+        if self.value() == "no":
+            return queryset.filter(security_count=0)
+        return queryset
+
+
+def _outstanding_count(**filters) -> Coalesce:
+    """Outstanding updates per agent as one correlated subquery.
+
+    Built on PackageUpdate.objects.outstanding() so the list, the dashboard and
+    the updates filter share one definition of "outstanding"; the (agent, status)
+    index serves it. One query for the whole page, whatever the fleet size.
+    """
+    counted = (
+        PackageUpdate.objects.outstanding().filter(agent=OuterRef("pk"), **filters)
+        .order_by().values("agent").annotate(total=Count("pk")).values("total")
+    )
+    return Coalesce(Subquery(counted, output_field=IntegerField()), Value(0))
+
+
+class AgentSubsystemInline(admin.TabularInline):
+    """Editable schedule; AgentSubsystem.save() bumps the agent's config_version."""
+
+    model = AgentSubsystem
+    extra = 0
+    can_delete = False
+    fields = ("name", "enabled", "auto_run", "interval_minutes", "next_run_at", "last_run_at", "last_status",
+              "last_error")
+    readonly_fields = ("name", "next_run_at", "last_run_at", "last_status", "last_error")
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False  # created at registration from what the agent can do
+
+
+@admin.register(Agent)
+class AgentAdmin(admin.ModelAdmin):
+    list_display = ("hostname", "status_badge", "last_seen", "os", "agent_version", "outstanding_updates",
+                    "security_updates", "reboot_flag")
+    list_filter = (AgentStatusFilter, "os_family", "reboot_required", HasSecurityUpdatesFilter, "agent_version")
+    search_fields = ("hostname", "os_name", "=id")
+    actions = ("scan_now", "heartbeat_10", "heartbeat_30", "heartbeat_60", "stop_heartbeat", "reboot",
+               "approve_security_updates", "update_agent", "allow_rebind", "revoke_credentials")
+    inlines = (AgentSubsystemInline,)
+    readonly_fields = (
+        "id", "hostname", "status_badge", "os_family", "os_name", "os_version", "kernel", "arch", "agent_version",
+        "machine_id_hash", "registered_at", "last_seen_at", "heartbeat_until", "reboot_required", "reboot_reason",
+        "last_boot_at", "config_version", "metrics", "rebind_allowed_until", "revoked_at", "system_reported_at",
+        "system_facts", "storage", "outstanding_updates_section", "timeline",
+    )
+    fieldsets = (
+        (None, {"fields": ("hostname", "status_badge", "id", ("os_family", "os_name", "os_version"),
+                           ("kernel", "arch"), "agent_version", ("registered_at", "last_seen_at"))}),
+        ("Polling and configuration", {"fields": ("poll_interval_seconds", "heartbeat_until", "config_version",
+                                                  "tags")}),
+        ("System", {"fields": ("system_facts", ("reboot_required", "reboot_reason"), "last_boot_at",
+                               "system_reported_at")}),
+        ("Storage", {"fields": ("storage",)}),
+        ("Outstanding updates", {"fields": ("outstanding_updates_section",)}),
+        ("Timeline", {"fields": ("timeline",)}),
+        ("Credentials", {"classes": ("collapse",),
+                         "fields": ("machine_id_hash", "rebind_allowed_until", "revoked_at", "metrics")}),
+    )
+
+    # One-click buttons on the agent page (templates/admin/agents_app/agent/change_form.html).
+    PAGE_ACTIONS = ("scan_now", "heartbeat_10", "stop_heartbeat", "reboot", "approve_security_updates")
+
+    def has_add_permission(self, request) -> bool:
+        return False  # agents enroll themselves with a registration token
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        available = self.get_actions(request)
+        buttons = [(name, available[name][2]) for name in self.PAGE_ACTIONS if name in available]
+        return super().change_view(request, object_id, form_url, {"agent_actions": buttons, **(extra_context or {})})
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).annotate(
+            outstanding_count=_outstanding_count(),
+            security_count=_outstanding_count(is_security=True),
+        )
+
+    # -- columns
+
+    @admin.display(description="status")
+    def status_badge(self, agent: Agent):
+        if agent.revoked_at:
+            return badge("Revoked", RED)
+        if heartbeat_active(agent, timezone.now()):
+            return badge("Heartbeat", BLUE)
+        if agent.is_online:
+            return badge("Online", GREEN)
+        return badge("Offline", GREY)
+
+    @admin.display(description="last seen", ordering="last_seen_at")
+    def last_seen(self, agent: Agent) -> str:
+        return ago(agent.last_seen_at)
+
+    @admin.display(description="OS", ordering="os_name")
+    def os(self, agent: Agent) -> str:
+        return " ".join(part for part in (agent.os_name or agent.os_family, agent.os_version) if part) or "—"
+
+    @admin.display(description="outstanding", ordering="outstanding_count")
+    def outstanding_updates(self, agent: Agent):
+        return format_html('<a href="{}">{}</a>', changelist_url(PackageUpdate, agent__id__exact=agent.pk,
+                                                                  status="outstanding"), agent.outstanding_count)
+
+    @admin.display(description="security", ordering="security_count")
+    def security_updates(self, agent: Agent):
+        if not agent.security_count:
+            return "0"
+        url = changelist_url(PackageUpdate, agent__id__exact=agent.pk, status="outstanding", is_security__exact=1)
+        return format_html('<a href="{}" style="color:{};font-weight:bold">{}</a>', url, RED, agent.security_count)
+
+    @admin.display(description="reboot", boolean=True, ordering="reboot_required")
+    def reboot_flag(self, agent: Agent) -> bool:
+        return agent.reboot_required
+
+    # -- change page sections (the agent's own, untrusted strings are escaped by format_html)
+
+    @admin.display(description="facts")
+    def system_facts(self, agent: Agent):
+        info = agent.system_info or {}
+        if not info:
+            return "No system report yet."
+        rows = []
+        if info.get("cpu_model") or info.get("cpu_count"):
+            cpu = " × ".join(str(part) for part in (info.get("cpu_count"), info.get("cpu_model")) if part)
+            if info.get("cpu_percent") is not None:
+                cpu = format_html("{} {}", cpu, usage_bar(info["cpu_percent"], f"{info['cpu_percent']:.0f} % busy"))
+            rows.append(("CPU", cpu))
+        total, used = info.get("memory_total_bytes"), info.get("memory_used_bytes")
+        if total:
+            used = used or 0
+            rows.append(("Memory", usage_bar(100 * used / total,
+                                             f"{filesizeformat(used)} of {filesizeformat(total)}")))
+        if info.get("uptime_seconds") is not None:
+            rows.append(("Uptime", str(timedelta(seconds=int(info["uptime_seconds"])))))
+        if info.get("boot_time"):
+            rows.append(("Booted", info["boot_time"]))
+        if info.get("ip_addresses"):
+            rows.append(("IP addresses", ", ".join(str(address) for address in info["ip_addresses"])))
+        return table(("", ""), rows, "No system facts in the last report.")
+
+    @admin.display(description="disks")
+    def storage(self, agent: Agent):
+        disks = (agent.system_info or {}).get("disks") or []
+        rows = [
+            (disk.get("mountpoint", ""), disk.get("device", ""), disk.get("fstype", ""),
+             usage_bar(disk.get("percent"), f"{disk.get('percent', 0):.0f} %"),
+             f"{filesizeformat(disk.get('used_bytes') or 0)} of {filesizeformat(disk.get('total_bytes') or 0)}")
+            for disk in disks if isinstance(disk, dict)
+        ]
+        return table(("Mount", "Device", "Type", "Usage", "Used"), rows, "No disks reported.")
+
+    @admin.display(description="updates")
+    def outstanding_updates_section(self, agent: Agent):
+        updates = list(agent.updates.outstanding().order_by("-is_security", "package_type", "name")
+                       [:UPDATES_ON_AGENT_PAGE])
+        rows = [
+            (admin_link(update, update.name), update.get_package_type_display(),
+             f"{update.current_version} → {update.available_version}", severity_badge(update),
+             "yes" if update.is_security else "", update.get_status_display())
+            for update in updates
+        ]
+        link = format_html('<p><a href="{}">All outstanding updates of {} in the fleet list</a></p>',
+                           changelist_url(PackageUpdate, agent__id__exact=agent.pk, status="outstanding"),
+                           agent.hostname)
+        return format_html("{}{}", table(("Package", "Type", "Version", "Severity", "Security", "Status"), rows,
+                                         "No outstanding updates."), link)
+
+    @admin.display(description="timeline")
+    def timeline(self, agent: Agent):
+        """The agent's events and commands interleaved, newest first (each read through its own index)."""
+        now = timezone.now()
+        commands = [
+            (command.created_at, admin_link(command, ago(command.created_at, now)), "command",
+             format_html("{} {}", command.command_type, command_badge(command)),
+             f"{command.get_source_display()}{' by ' + str(command.created_by) if command.created_by else ''}")
+            for command in agent.commands.select_related("created_by")[:RECENT_ROWS]
+        ]
+        events = [
+            (event.created_at, admin_link(event, ago(event.created_at, now)), "event",
+             f"{event.event_type} / {event.event_subtype} ({event.severity})", event.message)
+            for event in SystemEvent.objects.filter(agent=agent)[:RECENT_ROWS]  # the (agent, time) index
+        ]
+        rows = [row[1:] for row in sorted(commands + events, key=lambda row: row[0], reverse=True)[:RECENT_ROWS]]
+        links = format_html(
+            '<p><a href="{}">All commands for {}</a> · <a href="{}">All events for {}</a> · '
+            '<a href="{}?agent={}">Event history</a></p>',
+            changelist_url(Command, agent__id__exact=agent.pk), agent.hostname,
+            changelist_url(SystemEvent, q=agent.hostname), agent.hostname, reverse("events:history"), agent.pk,
+        )
+        return format_html("{}{}", table(("When", "Kind", "What", "Detail"), rows, "Nothing yet."), links)
+
+    # -- configuration changes are audited in the admin's transaction
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        if change and form.changed_data:
+            record_event(
+                event_type=EventType.CONFIG_CHANGED, subtype=EventSubtype.SUCCESS, component=Component.CONFIG,
+                message=f"Agent {obj.hostname} changed: {', '.join(form.changed_data)}", agent=obj,
+                metadata={field: form.cleaned_data[field] for field in form.changed_data}, actor=actor_of(request),
+            )
+
+    def save_formset(self, request, form, formset, change):
+        """Subsystem edits: save() bumps config_version; the event goes in the same transaction."""
+        super().save_formset(request, form, formset, change)
+        if formset.model is AgentSubsystem and formset.changed_objects:
+            changes = {subsystem.name: {field: getattr(subsystem, field) for field in fields}
+                       for subsystem, fields in formset.changed_objects}
+            record_event(
+                event_type=EventType.CONFIG_CHANGED, subtype=EventSubtype.SUCCESS, component=Component.CONFIG,
+                message=f"Subsystems of {form.instance.hostname} changed: {', '.join(sorted(changes))}",
+                agent=form.instance, metadata={"subsystems": changes}, actor=actor_of(request),
+            )
+
+    # -- fleet actions: each one is a BulkOperation run by a django-q2 task
+
+    def _start_bulk(self, request, queryset, kind: str, params: dict | None = None, label: str = ""):
+        """Start the operation for the selected, non-revoked agents and show its progress page."""
+        selected = list(queryset.values_list("pk", "revoked_at"))
+        agent_ids = [pk for pk, revoked_at in selected if revoked_at is None]
+        skipped = len(selected) - len(agent_ids)
+        if not agent_ids:
+            self.message_user(request, "Only revoked agents were selected: nothing to do.", messages.WARNING)
+            return None
+        operation = bulk_operation_start(kind=kind, agent_ids=agent_ids, params=params or {}, user=request.user)
+        note = f" ({skipped} revoked agent(s) skipped)" if skipped else ""
+        self.message_user(request, f"{label or operation.get_kind_display()} started for {len(agent_ids)} "
+                                   f"agent(s){note}.", messages.SUCCESS)
+        return HttpResponseRedirect(reverse("admin:agents_app_bulkoperation_change", args=[operation.pk]))
+
+    @admin.action(description="Scan now", permissions=["change"])
+    def scan_now(self, request, queryset):
+        return self._start_bulk(request, queryset, BulkOperation.Kind.SCAN)
+
+    @admin.action(description="Heartbeat for 10 minutes", permissions=["change"])
+    def heartbeat_10(self, request, queryset):
+        return self._start_bulk(request, queryset, BulkOperation.Kind.HEARTBEAT, {"minutes": 10}, "Heartbeat (10 min)")
+
+    @admin.action(description="Heartbeat for 30 minutes", permissions=["change"])
+    def heartbeat_30(self, request, queryset):
+        return self._start_bulk(request, queryset, BulkOperation.Kind.HEARTBEAT, {"minutes": 30}, "Heartbeat (30 min)")
+
+    @admin.action(description="Heartbeat for 60 minutes", permissions=["change"])
+    def heartbeat_60(self, request, queryset):
+        return self._start_bulk(request, queryset, BulkOperation.Kind.HEARTBEAT, {"minutes": 60}, "Heartbeat (60 min)")
+
+    @admin.action(description="Stop heartbeat", permissions=["change"])
+    def stop_heartbeat(self, request, queryset):
+        return self._start_bulk(request, queryset, BulkOperation.Kind.HEARTBEAT, {"minutes": 0}, "Stop heartbeat")
+
+    @admin.action(description="Reboot", permissions=["change"])
+    def reboot(self, request, queryset):
+        return self._start_bulk(request, queryset, BulkOperation.Kind.REBOOT)
+
+    @admin.action(description="Approve all security updates", permissions=["change"])
+    def approve_security_updates(self, request, queryset):
+        return self._start_bulk(request, queryset, BulkOperation.Kind.APPROVE, {"security_only": True},
+                                "Approve security updates")
+
+    @admin.action(description="Update the agent to the latest release", permissions=["change"])
+    def update_agent(self, request, queryset):
+        """One agent: the signed update_agent command at once (source web_ui); several: a bulk task."""
+        from agents_app.agent_updates import agent_update_start
+        from agents_app.models import AgentRelease
+        from agents_app.releases import ReleaseError, latest_release
+
+        release = latest_release(platform=AgentRelease.Platform.ANY)
+        if release is None:
+            self.message_user(request, "No agent release yet: build one with manage.py build_agent_release.",
+                              messages.ERROR)
+            return None
+        agents = list(queryset.filter(revoked_at__isnull=True))
+        if len(agents) != 1:
+            return self._start_bulk(request, queryset, BulkOperation.Kind.UPDATE_AGENT, {"version": release.version},
+                                    f"Update to {release.version}")
+        try:
+            command = agent_update_start(agent=agents[0], release=release, source="web_ui", actor=actor_of(request),
+                                         created_by=request.user)
+        except (ReleaseError, Conflict) as exc:
+            self.message_user(request, f"{agents[0].hostname}: {exc}", messages.ERROR)
+            return None
+        self.message_user(request, f"{agents[0].hostname} will update to {release.version} at its next check-in.",
+                          messages.SUCCESS)
+        return HttpResponseRedirect(reverse("admin:agents_app_command_change", args=[command.pk]))
+
+    @admin.action(description="Allow a machine rebind (after a reinstall)", permissions=["change"])
+    def allow_rebind(self, request, queryset):
+        for agent in queryset:
+            agent_allow_rebind(agent=agent, actor=actor_of(request))
+        self.message_user(
+            request, f"{queryset.count()} agent(s) may bind to a new machine id on their next request (24 h).",
+            messages.SUCCESS,
+        )
+
+    @admin.action(description="Revoke credentials", permissions=["change"])
+    def revoke_credentials(self, request, queryset):
+        for agent in queryset:
+            agent_revoke(agent=agent, actor=actor_of(request))
+        self.message_user(request, f"Revoked {queryset.count()} agent(s).", messages.SUCCESS)
