@@ -141,7 +141,7 @@ def commands_deliver(*, agent: Agent, now: datetime) -> list[Command]:
     transaction.
     """
     candidates = list(
-        Command.objects.filter(agent=agent, status=CommandStatus.PENDING, expires_at__gt=now)
+        Command.objects.pending().filter(agent=agent, expires_at__gt=now)
         .order_by("created_at").values_list("pk", flat=True)[:DELIVERY_BATCH]
     )
     if not candidates:

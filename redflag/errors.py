@@ -64,11 +64,6 @@ class Conflict(ApiError):
     default_detail = "The request conflicts with the current state; retry."
 
 
-class PayloadTooLarge(ApiError):
-    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
-    default_code = "payload_too_large"
-    default_detail = "The request body is too large."
-
 
 class ServiceUnavailable(ApiError):
     status_code = status.HTTP_503_SERVICE_UNAVAILABLE

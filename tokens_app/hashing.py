@@ -1,7 +1,6 @@
 """Generation and hashing of bearer secrets (registration and refresh tokens)."""
 
 import hashlib
-import hmac
 import secrets
 
 # 256-bit secrets; the prefix tells token kinds apart in a paste buffer.
@@ -25,6 +24,3 @@ def display_prefix(secret: str) -> str:
             return secret[: len(kind) + DISPLAY_PREFIX_CHARS]
     return secret[:DISPLAY_PREFIX_CHARS]
 
-
-def constant_time_equal(left: str, right: str) -> bool:
-    return hmac.compare_digest(left.encode("utf-8"), right.encode("utf-8"))

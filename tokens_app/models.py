@@ -3,7 +3,7 @@ from django.db import models
 from django.utils import timezone
 
 from tokens_app.choices import TokenStatus
-from tokens_app.querysets import RefreshTokenQuerySet, RegistrationTokenQuerySet, token_status
+from tokens_app.querysets import RegistrationTokenQuerySet, token_status
 
 
 class RegistrationToken(models.Model):
@@ -58,8 +58,6 @@ class RefreshToken(models.Model):
     # The single tolerated retry of this token after it was rotated (README: "Refresh tokens").
     retry_used_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
-
-    objects = RefreshTokenQuerySet.as_manager()
 
     class Meta:
         ordering = ["-created_at"]

@@ -77,9 +77,3 @@ class RegistrationTokenQuerySet(models.QuerySet):
 
         return self.filter(token_hash=hash_secret(secret))
 
-
-class RefreshTokenQuerySet(models.QuerySet):
-    def usable(self, now: datetime.datetime | None = None):
-        """Never rotated, never revoked, not expired: the one live token of a family."""
-        now = now or timezone.now()
-        return self.filter(rotated_at__isnull=True, revoked_at__isnull=True, expires_at__gt=now)
