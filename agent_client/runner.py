@@ -53,6 +53,24 @@ CommandHandler = Callable[[List[Dict[str, Any]]], None]
 ConfigFetcher = Callable[[int], bool]
 
 
+def poll_delay(interval: float, heartbeat: bool, rng: random.Random) -> float:
+    """Seconds until the next check-in after a good one: 5 s in heartbeat mode, else
+    the server's interval plus up to 10 % jitter (at most a minute), so a fleet
+    started together drifts apart."""
+    if heartbeat:
+        return HEARTBEAT_POLL_SECONDS
+    interval = max(MIN_POLL_SECONDS, interval)
+    return interval + rng.uniform(0, min(MAX_JITTER_SECONDS, interval * 0.1))
+
+
+def failure_delay(consecutive_failures: int, retry_after: Optional[float], rng: random.Random) -> float:
+    """Seconds until the next try after a failed check-in: exponential backoff with
+    equal jitter, never sooner than the server's Retry-After."""
+    step = min(FAILURE_BACKOFF_MAX_SECONDS, FAILURE_BACKOFF_BASE_SECONDS * (2 ** (consecutive_failures - 1)))
+    delay = step / 2 + rng.uniform(0, step / 2)
+    return max(delay, retry_after or 0.0)
+
+
 @dataclasses.dataclass
 class CycleOutcome:
     checked_in: bool = False
@@ -226,16 +244,9 @@ class Runner:
     def next_delay(self, outcome: Optional[CycleOutcome]) -> float:
         if outcome is not None and not outcome.checked_in:
             self.consecutive_failures += 1
-            retry_after = getattr(outcome.error, "retry_after", None)
-            step = min(FAILURE_BACKOFF_MAX_SECONDS,
-                       FAILURE_BACKOFF_BASE_SECONDS * (2 ** (self.consecutive_failures - 1)))
-            delay = step / 2 + self.rng.uniform(0, step / 2)
-            return max(delay, retry_after or 0.0)
+            return failure_delay(self.consecutive_failures, getattr(outcome.error, "retry_after", None), self.rng)
         self.consecutive_failures = 0
-        if self.config.heartbeat_active():
-            return HEARTBEAT_POLL_SECONDS
-        interval = max(MIN_POLL_SECONDS, float(self.config.poll_interval_seconds))
-        return interval + self.rng.uniform(0, min(MAX_JITTER_SECONDS, interval * 0.1))
+        return poll_delay(float(self.config.poll_interval_seconds), self.config.heartbeat_active(), self.rng)
 
     # -- the loops -------------------------------------------------------------------
 
