@@ -1,4 +1,5 @@
 import os
+import threading
 
 from django.core.asgi import get_asgi_application
 
@@ -8,4 +9,8 @@ application = get_asgi_application()
 
 from redflag.startup import record_server_startup  # noqa: E402  (needs Django set up)
 
-record_server_startup(server="asgi")
+# uvicorn --workers imports this module inside a running event loop, where Django
+# refuses database calls: the start-up event is written from a thread of its own.
+_startup = threading.Thread(target=record_server_startup, kwargs={"server": "asgi"}, name="redflag-startup")
+_startup.start()
+_startup.join()

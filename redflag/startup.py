@@ -7,7 +7,7 @@ import os
 import socket
 
 from django.conf import settings
-from django.db import DatabaseError
+from django.db import DatabaseError, connections
 
 from events_app.choices import Component, EventSubtype, EventType, Severity
 from events_app.services import record_event
@@ -40,3 +40,5 @@ def record_server_startup(*, server: str) -> None:
         # Not migrated yet, or the database is down: serving goes on; the
         # health endpoint reports the database state.
         logger.warning("could not record server start-up: %s", exc)
+    finally:
+        connections.close_all()  # this thread's connection; requests open their own

@@ -152,3 +152,26 @@ def test_run_portal_end_to_end(portal_env):
     assert "exited with an error" not in output
     assert portal.returncode == 0
     assert all(not psutil.pid_exists(child.pid) or child.status() == psutil.STATUS_ZOMBIE for child in children)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_production_command_with_several_uvicorn_workers(tmp_path):
+    """The README's `uvicorn … --workers N`: each worker imports the app inside its event loop."""
+    from events_app.models import SystemEvent
+    from tests.server.processes import WebServer, database_url, server_env
+
+    server = WebServer(server_env(database_url(), REDFLAG_ENV="production", REDFLAG_ALLOWED_HOSTS="127.0.0.1",
+                                  REDFLAG_SECRET_KEY=secrets.token_urlsafe(64), REDFLAG_SSL_REDIRECT="false"),
+                       tmp_path, workers=2)
+    try:
+        server.start()
+        deadline = time.monotonic() + 30
+        while SystemEvent.objects.filter(event_type="server_startup").count() < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        starts = SystemEvent.objects.filter(event_type="server_startup")
+        assert {event.metadata["server"] for event in starts} == {"asgi"}
+        assert len({event.metadata["pid"] for event in starts}) == 2
+        assert requests.get(f"{server.url}/api/v1/health", timeout=5).json() == {"status": "ok", "database": "ok"}
+    finally:
+        server.stop()
+    assert "Traceback" not in server.output(), server.output()
