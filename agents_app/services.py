@@ -15,12 +15,14 @@ from events_app.models import SystemEvent
 from events_app.services import agent_actor, record_event
 from redflag.errors import Conflict, MachineMismatch, RegistrationRefused
 from tokens_app.choices import RefusalReason
+from tokens_app.models import RegistrationToken
 from tokens_app.services import (
     IssuedCredentials,
     credentials_issue,
     credentials_revoke_all,
     security_violation,
     token_redeem,
+    token_refusal,
 )
 
 HOST_FACT_FIELDS = ("hostname", "os_family", "os_name", "os_version", "kernel", "arch", "agent_version")
@@ -52,31 +54,39 @@ def agent_register(
 ) -> Registration:
     """Enroll a machine, or take over its existing record when the machine id is known.
 
-    1. Consume a token seat with one conditional UPDATE (no over-issue).
-    2. Find the agent bound to this machine id; reuse it (same id, history kept)
-       after revoking its old credentials, or create a new one.
-    3. Issue credentials and record the event, all in one transaction.
-    A refusal commits only its audit event, then raises the same 401 for every reason.
+    1. Find the agent bound to this machine id; reuse it (same id, history kept)
+       after revoking its old credentials, or create a new one; issue credentials
+       and record the event.
+    2. Last, consume a token seat with one conditional UPDATE (no over-issue). Its
+       row lock lasts only until the commit, so many machines enrolling with one
+       token do not queue behind each other's whole registration.
+    All in one transaction: a refused seat rolls the registration back. A refusal
+    commits only its audit event, then raises the same 401 for every reason.
     """
     now = timezone.now()
     try:
         with transaction.atomic():
+            token = RegistrationToken.objects.by_secret(token_secret).active(now).first()
+            if token is None:
+                raise _Refused(token_refusal(secret=token_secret, now=now))
+            registration = _register_with_seat(token, machine_id_hash, facts, client_ip, now)
             redeemed = token_redeem(secret=token_secret, now=now)
-            if isinstance(redeemed, RefusalReason):
-                from tokens_app.models import RegistrationToken
-
-                known = RegistrationToken.objects.by_secret(token_secret).values_list("pk", flat=True).first()
-                _refused_event(redeemed, facts, client_ip, known)
-                refusal = redeemed
-            else:
-                refusal = None
-                registration = _register_with_seat(redeemed, machine_id_hash, facts, client_ip, now)
+            if isinstance(redeemed, RefusalReason):  # revoked or used up since the read above
+                raise _Refused(redeemed)
     except IntegrityError:
         # Another registration for the same machine id committed first.
         raise Conflict("A registration for this machine is already in progress; retry.") from None
-    if refusal is not None:
-        raise RegistrationRefused()
+    except _Refused as refused:
+        known = RegistrationToken.objects.by_secret(token_secret).values_list("pk", flat=True).first()
+        _refused_event(refused.reason, facts, client_ip, known)
+        raise RegistrationRefused() from None
     return registration
+
+
+class _Refused(Exception):
+    def __init__(self, reason: RefusalReason) -> None:
+        super().__init__(reason.value)
+        self.reason = reason
 
 
 def _register_with_seat(token, machine_id_hash, facts, client_ip, now) -> Registration:

@@ -100,7 +100,12 @@ def token_redeem(*, secret: str, now: datetime) -> RegistrationToken | RefusalRe
     rows = RegistrationToken.objects.by_secret(secret)
     if rows.filter(active_condition(now)).update(seats_used=F("seats_used") + 1):
         return rows.get()
-    token = rows.first()
+    return token_refusal(secret=secret, now=now)
+
+
+def token_refusal(*, secret: str, now: datetime) -> RefusalReason:
+    """Why this secret cannot enroll a machine now."""
+    token = RegistrationToken.objects.by_secret(secret).first()
     if token is None:
         return RefusalReason.UNKNOWN
     return RefusalReason(token_status(token, now).value)

@@ -19,7 +19,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from django.conf import settings
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from agent_client.protocol import key_endorsement_bytes
@@ -102,8 +102,12 @@ def _publish(loaded: LoadedKey, endorsed_by: LoadedKey | None = None) -> Signing
                 signed = key_endorsement_bytes(key_id=loaded.key_id, public_key=loaded.public_b64)
                 endorsement = {"endorsed_by": endorsed_by.key_id,
                                "endorsement": base64.b64encode(endorsed_by.private_key.sign(signed)).decode()}
-            row = SigningKey.objects.create(key_id=loaded.key_id, public_key=loaded.public_b64, is_primary=True,
-                                            **endorsement)
+            try:
+                with transaction.atomic():
+                    row = SigningKey.objects.create(key_id=loaded.key_id, public_key=loaded.public_b64,
+                                                    is_primary=True, **endorsement)
+            except IntegrityError:  # another request or process published the same key first
+                row = SigningKey.objects.get(key_id=loaded.key_id)
         else:
             row.is_primary = True
             row.retired_at = None
