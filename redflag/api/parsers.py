@@ -3,15 +3,34 @@
 from __future__ import annotations
 
 import json
+import math
 
 from rest_framework.exceptions import ParseError
-from rest_framework.parsers import JSONParser
+from rest_framework.parsers import BaseParser
 
 MAX_NESTING = 32
 
 
 def _refuse_constant(name: str):
     raise ValueError(f"{name} is not valid JSON")
+
+
+def _finite_float(literal: str) -> float:
+    # 1e400 would become inf, which no JSON column (PostgreSQL jsonb, SQLite's JSON_VALID) stores.
+    value = float(literal)
+    if not math.isfinite(value):
+        raise ValueError(f"{literal[:20]} is too large for a number")
+    return value
+
+
+def _object_without_duplicates(pairs: list[tuple[str, object]]) -> dict:
+    # Which of two values a parser keeps differs between parsers: refuse rather than guess.
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        duplicate = next(key for key, _ in pairs if key in seen or seen.add(key))
+        raise ValueError(f"duplicate key {json.dumps(duplicate[:50])}")
+    return obj
 
 
 def _inspect(value, limit: int) -> None:
@@ -39,7 +58,15 @@ def _inspect(value, limit: int) -> None:
             stack.extend((child, depth + 1) for child in item)
 
 
-class StrictJSONParser(JSONParser):
+class StrictJSONParser(BaseParser):
+    """Not a JSONParser subclass on purpose: DRF reads a JSONParser's body through request.body, which
+    applies Django's DATA_UPLOAD_MAX_MEMORY_SIZE (2.5 MB) and answers an HTML 400 above it. The body's
+    size was already judged by ApiGuardMiddleware against REDFLAG_MAX_BODY_BYTES; here it is read from
+    the request stream, which never yields more than Content-Length.
+    """
+
+    media_type = "application/json"
+
     def parse(self, stream, media_type=None, parser_context=None):
         raw = stream.read() if stream is not None else b""
         try:
@@ -47,7 +74,8 @@ class StrictJSONParser(JSONParser):
         except UnicodeDecodeError:
             raise ParseError("The body is not valid UTF-8.") from None
         try:
-            data = json.loads(text, parse_constant=_refuse_constant)
+            data = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float,
+                              object_pairs_hook=_object_without_duplicates)
         except RecursionError:
             raise ParseError(f"JSON nests deeper than {MAX_NESTING} levels.") from None
         except ValueError as exc:
