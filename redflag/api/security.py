@@ -40,7 +40,7 @@ def _header(request, name: str, pattern: re.Pattern, description: str) -> str:
     value = request.META.get("HTTP_" + name.upper().replace("-", "_"), "")
     if not value:
         raise exceptions.ValidationError({name: [f"The {name} header is required."]})
-    if not pattern.match(value):
+    if not pattern.fullmatch(value):  # match() with "$" would let a trailing newline through
         raise exceptions.ValidationError({name: [f"The {name} header must be {description}."]})
     return value
 
