@@ -21,6 +21,16 @@ MAX_EVENTS_PER_REQUEST = 500
 MAX_EVENT_METADATA_KEYS = 100
 
 
+class Count(serializers.IntegerField):
+    """A size, count or duration: 0 to BIGINT_MAX. Stored in JSON it has no column limit, but 2**64 bytes of
+    memory is nonsense, refused like any other bad input."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("min_value", 0)
+        kwargs.setdefault("max_value", BIGINT_MAX)
+        super().__init__(**kwargs)
+
+
 class RegisterSerializer(serializers.Serializer):
     registration_token = Text(max_length=128)
     machine_id = serializers.RegexField(
@@ -81,16 +91,16 @@ class RenewSerializer(serializers.Serializer):
 class MetricsSerializer(serializers.Serializer):
     cpu_percent = serializers.FloatField(min_value=0, max_value=100, required=False)
     memory_percent = serializers.FloatField(min_value=0, max_value=100, required=False)
-    memory_used_bytes = serializers.IntegerField(min_value=0, required=False)
-    memory_total_bytes = serializers.IntegerField(min_value=0, required=False)
+    memory_used_bytes = Count(required=False)
+    memory_total_bytes = Count(required=False)
     disk_percent = serializers.FloatField(min_value=0, max_value=100, required=False)
     load_average = serializers.ListField(child=serializers.FloatField(min_value=0), max_length=3, required=False)
-    uptime_seconds = serializers.IntegerField(min_value=0, required=False)
+    uptime_seconds = Count(required=False)
 
 
 class CheckinSerializer(serializers.Serializer):
     agent_version = Text(max_length=32, required=False)
-    config_version = serializers.IntegerField(min_value=0, required=False)
+    config_version = Count(required=False)
     heartbeat_active = serializers.BooleanField(required=False)
     metrics = MetricsSerializer(required=False, default=dict)
 
@@ -229,8 +239,8 @@ class DiskSerializer(serializers.Serializer):
     mountpoint = Text(max_length=1024)
     device = Text(max_length=1024, allow_blank=True, default="")
     fstype = Text(max_length=64, allow_blank=True, default="")
-    total_bytes = serializers.IntegerField(min_value=0)
-    used_bytes = serializers.IntegerField(min_value=0)
+    total_bytes = Count()
+    used_bytes = Count()
     percent = serializers.FloatField(min_value=0, max_value=100)
 
 
@@ -241,12 +251,12 @@ class SystemReportSerializer(serializers.Serializer):
     kernel = Text(max_length=128, required=False, allow_blank=True)
     arch = Text(max_length=32, required=False, allow_blank=True)
     cpu_model = Text(max_length=255, required=False, allow_blank=True)
-    cpu_count = serializers.IntegerField(min_value=0, required=False)
+    cpu_count = Count(required=False)
     cpu_percent = serializers.FloatField(min_value=0, max_value=100, required=False)
-    memory_total_bytes = serializers.IntegerField(min_value=0, required=False)
-    memory_used_bytes = serializers.IntegerField(min_value=0, required=False)
+    memory_total_bytes = Count(required=False)
+    memory_used_bytes = Count(required=False)
     disks = DiskSerializer(many=True, required=False, default=list, max_length=256)
-    uptime_seconds = serializers.IntegerField(min_value=0, required=False)
+    uptime_seconds = Count(required=False)
     boot_time = serializers.DateTimeField(required=False)
     ip_addresses = serializers.ListField(child=IPAddressField(), required=False, default=list,
                                          max_length=256)
