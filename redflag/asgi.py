@@ -4,6 +4,9 @@ import threading
 from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "redflag.settings")
+# Each ASGI request runs in its own thread: share a per-process connection pool instead of
+# leaving a persistent connection behind in every thread (REDFLAG_DB_POOL=false turns it off).
+os.environ.setdefault("REDFLAG_DB_POOL", "true")
 
 application = get_asgi_application()
 

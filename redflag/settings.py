@@ -100,11 +100,23 @@ TEMPLATES = [
 
 # SQLite (WAL) is the embedded default; DATABASE_URL switches to PostgreSQL.
 DATABASE_URL = env_str("DATABASE_URL")
+# A connection pool per web process (psycopg_pool): under ASGI each request runs in a thread of
+# its own, so persistent connections would pile up. redflag/asgi.py switches it on; forking
+# processes (django-q2) keep plain persistent connections. A request that waits longer than
+# the pool timeout for a connection gets 503 with Retry-After: the server sheds load.
+DB_POOL = env_bool("REDFLAG_DB_POOL", False)
 if DATABASE_URL:
     try:
-        DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60, conn_health_checks=True)}
+        DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=0 if DB_POOL else 60,
+                                                      conn_health_checks=not DB_POOL)}
     except ValueError as exc:
         raise ImproperlyConfigured(f"DATABASE_URL is not a valid database URL: {exc}") from None
+    if DB_POOL and DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+        DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+            "min_size": 1,
+            "max_size": env_int("REDFLAG_DB_POOL_SIZE", 8, minimum=1),
+            "timeout": env_int("REDFLAG_DB_POOL_TIMEOUT", 5, minimum=1),
+        }
 else:
     DATABASES = {
         "default": {

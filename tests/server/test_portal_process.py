@@ -16,11 +16,13 @@ import subprocess
 import sys
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psutil
 import pytest
 import requests
+from django.db import connection
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -161,7 +163,8 @@ def test_production_command_with_several_uvicorn_workers(tmp_path):
     from tests.server.processes import WebServer, database_url, server_env
 
     server = WebServer(server_env(database_url(), REDFLAG_ENV="production", REDFLAG_ALLOWED_HOSTS="127.0.0.1",
-                                  REDFLAG_SECRET_KEY=secrets.token_urlsafe(64), REDFLAG_SSL_REDIRECT="false"),
+                                  REDFLAG_SECRET_KEY=secrets.token_urlsafe(64), REDFLAG_SSL_REDIRECT="false",
+                                  REDFLAG_DB_POOL_SIZE="3"),
                        tmp_path, workers=2)
     try:
         server.start()
@@ -172,6 +175,18 @@ def test_production_command_with_several_uvicorn_workers(tmp_path):
         assert {event.metadata["server"] for event in starts} == {"asgi"}
         assert len({event.metadata["pid"] for event in starts}) == 2
         assert requests.get(f"{server.url}/api/v1/health", timeout=5).json() == {"status": "ok", "database": "ok"}
+
+        # Each ASGI request runs in a thread of its own; the per-process pool keeps the
+        # connections to REDFLAG_DB_POOL_SIZE per worker however many requests come at once.
+        with ThreadPoolExecutor(max_workers=40) as pool:
+            answers = list(pool.map(lambda _: requests.get(f"{server.url}/api/v1/health", timeout=30).status_code,
+                                    range(200)))
+        assert answers == [200] * 200
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                           "AND pid <> pg_backend_pid()")
+            (server_connections,) = cursor.fetchone()
+        assert 1 <= server_connections <= 2 * 3
     finally:
         server.stop()
     assert "Traceback" not in server.output(), server.output()
