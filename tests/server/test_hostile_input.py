@@ -452,6 +452,18 @@ def test_hostile_body_is_refused(fleet, settings, endpoint, label):
     assert_unharmed(endpoint, fleet)
 
 
+@pytest.mark.parametrize("endpoint, free_form", [(EVENTS, ("events", 0, "metadata")), (RESULT, ("details",)),
+                                                 (UPDATES, ("updates", 0, "metadata"))],
+                         ids=["events-metadata", "result-details", "updates-metadata"])
+def test_a_number_overflowing_to_infinity_in_free_form_json_is_400(fleet, endpoint, free_form):
+    """1e400 parses to inf, which PostgreSQL's jsonb refuses (it was a 500) and SQLite's JSON_VALID too (a 409)."""
+    raw = json.dumps(replaced(endpoint.body(fleet), free_form, {"n": "OVERFLOW"})).encode()
+    before = stored(fleet)
+    response = endpoint.send(fleet, raw.replace(b'"OVERFLOW"', b"1e400"))
+    assert_refused(response, before, fleet, names="too large")
+    assert_unharmed(endpoint, fleet)
+
+
 @pytest.mark.parametrize("endpoint", [e for e in POSTS if e is not CHECKIN], ids=lambda endpoint: endpoint.name)
 def test_empty_body_is_400_naming_a_required_field(fleet, endpoint):
     before = stored(fleet)
@@ -605,3 +617,13 @@ def test_get_endpoints_refuse_an_oversized_body_and_ignore_a_hostile_one(fleet, 
     ignored = fleet.client.generic("GET", url, deep, "application/json", **endpoint.headers(fleet))
     assert ignored.status_code == 200  # a GET never parses its body
     assert_unharmed(endpoint, fleet)
+
+
+def test_a_valid_body_over_djangos_upload_limit_is_accepted(fleet, settings):
+    """REDFLAG_MAX_BODY_BYTES is the limit, not Django's DATA_UPLOAD_MAX_MEMORY_SIZE (it answered an HTML 400)."""
+    body = {**_result_body(fleet), "packages": [{"name": "p" * 600}] * 5000}
+    raw = json.dumps(body).encode()
+    assert settings.DATA_UPLOAD_MAX_MEMORY_SIZE < len(raw) < settings.REDFLAG_MAX_BODY_BYTES
+    response = RESULT.send(fleet, raw)
+    assert response.status_code == 200, response.content[:300]
+    assert len(Command.objects.get(pk=fleet.command_id).result["packages"]) == 5000
