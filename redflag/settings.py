@@ -108,10 +108,12 @@ DB_POOL = env_bool("REDFLAG_DB_POOL", False)
 if DATABASE_URL:
     try:
         DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=0 if DB_POOL else 60,
-                                                      conn_health_checks=not DB_POOL)}
+                                                      conn_health_checks=True)}
     except ValueError as exc:
         raise ImproperlyConfigured(f"DATABASE_URL is not a valid database URL: {exc}") from None
     if DB_POOL and DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+        # With health checks on, Django checks each pooled connection on checkout: after a
+        # PostgreSQL restart no request gets a dead one.
         DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
             "min_size": 1,
             "max_size": env_int("REDFLAG_DB_POOL_SIZE", 8, minimum=1),
