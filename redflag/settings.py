@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import secrets
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
@@ -233,6 +234,16 @@ Q_CLUSTER = {
     "save_limit": 1000,
     "poll": 1,
 }
+# The queue lives in the database by default (no other service to run). REDFLAG_Q_BROKER_URL moves
+# it to Redis, for many clusters or a busy queue; results and schedules stay in the database.
+Q_BROKER_URL = env_str("REDFLAG_Q_BROKER_URL")
+if Q_BROKER_URL:
+    _scheme = urlsplit(Q_BROKER_URL).scheme if "://" in Q_BROKER_URL else ""
+    if _scheme not in ("redis", "rediss", "unix"):  # the URL may hold a password: name only its scheme
+        raise ImproperlyConfigured("REDFLAG_Q_BROKER_URL must be a redis://, rediss:// or unix:// URL, "
+                                   f"not {_scheme + '://' if _scheme else 'one without a scheme'}")
+    del Q_CLUSTER["orm"]
+    Q_CLUSTER["redis"] = Q_BROKER_URL
 
 LOGGING = {
     "version": 1,

@@ -84,3 +84,24 @@ def test_parse_duration(text, seconds):
 def test_parse_duration_refuses(text):
     with pytest.raises(ValueError):
         parse_duration(text)
+
+
+def test_q_broker_url_moves_the_queue_to_redis(tmp_path):
+    show = ("from django.conf import settings;from django_q.brokers import get_broker;"
+            "print(settings.Q_CLUSTER.get('orm'), settings.Q_CLUSTER.get('redis'), type(get_broker()).__name__)")
+    default = manage("shell", "--no-imports", "-c", show, env={}, tmp_path=tmp_path)
+    assert default.returncode == 0, default.stderr
+    assert default.stdout.split() == ["default", "None", "ORM"]
+    redis = manage("shell", "--no-imports", "-c", show, env={"REDFLAG_Q_BROKER_URL": "redis://127.0.0.1:6379/2"},
+                   tmp_path=tmp_path)
+    assert redis.returncode == 0, redis.stderr
+    assert redis.stdout.split() == ["None", "redis://127.0.0.1:6379/2", "Redis"]
+
+
+@pytest.mark.parametrize("value, named", [("amqp://guest:s3cret@mq", "not amqp://"),
+                                          ("localhost:6379", "not one without a scheme")])
+def test_q_broker_url_refuses_anything_but_redis(tmp_path, value, named):
+    result = manage("check", env={"REDFLAG_Q_BROKER_URL": value}, tmp_path=tmp_path)
+    assert result.returncode != 0
+    assert f"REDFLAG_Q_BROKER_URL must be a redis://, rediss:// or unix:// URL, {named}" in result.stderr
+    assert "s3cret" not in result.stderr  # a password in the URL is never echoed
