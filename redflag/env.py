@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 from datetime import timedelta
+from urllib.parse import urlsplit
 
 from django.core.exceptions import ImproperlyConfigured
 
@@ -72,6 +73,19 @@ def env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
         return default
     if value not in choices:
         raise ImproperlyConfigured(f"{name} must be one of {', '.join(choices)}, not {value!r}")
+    return value
+
+
+def env_redis_url(name: str) -> str | None:
+    """A redis://, rediss:// or unix:// URL, or None when unset. The URL may hold a password:
+    a refusal names only its scheme."""
+    value = _raw(name)
+    if value is None:
+        return None
+    scheme = urlsplit(value).scheme if "://" in value else ""
+    if scheme not in ("redis", "rediss", "unix"):
+        raise ImproperlyConfigured(f"{name} must be a redis://, rediss:// or unix:// URL, "
+                                   f"not {scheme + '://' if scheme else 'one without a scheme'}")
     return value
 
 

@@ -9,12 +9,11 @@ from __future__ import annotations
 import os
 import secrets
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from redflag.env import env_bool, env_choice, env_int, env_list, env_str
+from redflag.env import env_bool, env_choice, env_int, env_list, env_redis_url, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -138,13 +137,21 @@ else:
     }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-# Shared by every web process and worker (rate-limit counters live here).
-CACHES = {
-    "default": {
-        "BACKEND": "django.core.cache.backends.db.DatabaseCache",
-        "LOCATION": "redflag_cache",
+# Shared by every web process and worker (rate-limit counters live here): a database table by
+# default, Redis with REDFLAG_CACHE_URL (for large fleets: no table scan on every write).
+CACHE_URL = env_redis_url("REDFLAG_CACHE_URL")
+if CACHE_URL:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": CACHE_URL}}
+else:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.db.DatabaseCache",
+            "LOCATION": "redflag_cache",
+            # One throttle history per agent and bucket: Django's default of 300 entries would
+            # cull them (and rate limits with them) as soon as a fleet passes 300 agents.
+            "OPTIONS": {"MAX_ENTRIES": 1_000_000},
+        }
     }
-}
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -195,6 +202,7 @@ REDFLAG_SIGNING_KEY_FILE = Path(env_str("REDFLAG_SIGNING_KEY_FILE", str(DATA_DIR
 REDFLAG_RATE_LIMIT_ENABLED = env_bool("REDFLAG_RATE_LIMIT_ENABLED", True)
 # Largest agent request body (bytes); scan reports are the biggest.
 REDFLAG_MAX_BODY_BYTES = env_int("REDFLAG_MAX_BODY_BYTES", 8 * 1024 * 1024, minimum=1024)
+DATA_UPLOAD_MAX_MEMORY_SIZE = REDFLAG_MAX_BODY_BYTES  # Django's own body limit agrees with ours
 REDFLAG_ACCESS_TOKEN_SECONDS = env_int("REDFLAG_ACCESS_TOKEN_SECONDS", 3600, minimum=60)
 REDFLAG_REFRESH_TOKEN_DAYS = 90
 REDFLAG_NONCE_SKEW_SECONDS = 300
@@ -236,12 +244,8 @@ Q_CLUSTER = {
 }
 # The queue lives in the database by default (no other service to run). REDFLAG_Q_BROKER_URL moves
 # it to Redis, for many clusters or a busy queue; results and schedules stay in the database.
-Q_BROKER_URL = env_str("REDFLAG_Q_BROKER_URL")
+Q_BROKER_URL = env_redis_url("REDFLAG_Q_BROKER_URL")
 if Q_BROKER_URL:
-    _scheme = urlsplit(Q_BROKER_URL).scheme if "://" in Q_BROKER_URL else ""
-    if _scheme not in ("redis", "rediss", "unix"):  # the URL may hold a password: name only its scheme
-        raise ImproperlyConfigured("REDFLAG_Q_BROKER_URL must be a redis://, rediss:// or unix:// URL, "
-                                   f"not {_scheme + '://' if _scheme else 'one without a scheme'}")
     del Q_CLUSTER["orm"]
     Q_CLUSTER["redis"] = Q_BROKER_URL
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import subprocess
 import sys
 from pathlib import Path
@@ -105,3 +106,38 @@ def test_q_broker_url_refuses_anything_but_redis(tmp_path, value, named):
     assert result.returncode != 0
     assert f"REDFLAG_Q_BROKER_URL must be a redis://, rediss:// or unix:// URL, {named}" in result.stderr
     assert "s3cret" not in result.stderr  # a password in the URL is never echoed
+
+
+def test_cache_url_keeps_rate_limit_counters_in_redis(tmp_path):
+    """REDFLAG_CACHE_URL: the throttle's counters go to the real Redis on this machine, not the table."""
+    import redis
+
+    database = f"redis://127.0.0.1:6379/{secrets.randbelow(8) + 8}"
+    client = redis.Redis.from_url(database)
+    try:
+        client.ping()
+    except redis.ConnectionError:
+        pytest.skip("no Redis at 127.0.0.1:6379")
+    client.flushdb()
+    probe = ("from django.core.cache import cache;from django.conf import settings;"
+             "cache.set('throttle_checkin_probe', [1.0], 60);"
+             "print(settings.CACHES['default']['BACKEND'].rsplit('.', 1)[1], cache.get('throttle_checkin_probe'))")
+    result = manage("shell", "--no-imports", "-c", probe, env={"REDFLAG_CACHE_URL": database}, tmp_path=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["RedisCache", "[1.0]"]
+    assert [key.decode() for key in client.keys("*")] == [":1:throttle_checkin_probe"]
+    client.flushdb()
+
+
+def test_default_cache_keeps_a_throttle_history_per_agent_of_a_large_fleet():
+    from redflag import settings as production  # the test settings replace CACHES with LocMem
+
+    assert production.CACHES["default"]["BACKEND"].endswith("DatabaseCache")
+    assert production.CACHES["default"]["OPTIONS"]["MAX_ENTRIES"] >= 100_000
+
+
+def test_cache_url_refuses_anything_but_redis(tmp_path):
+    result = manage("check", env={"REDFLAG_CACHE_URL": "memcached://user:s3cret@cache:11211"}, tmp_path=tmp_path)
+    assert result.returncode != 0
+    assert "REDFLAG_CACHE_URL must be a redis://, rediss:// or unix:// URL, not memcached://" in result.stderr
+    assert "s3cret" not in result.stderr
