@@ -166,6 +166,18 @@ class Cluster(Process):
     def __init__(self, env: dict, log_dir: Path, *, name: str = "qcluster"):
         super().__init__(name, [sys.executable, "manage.py", "qcluster"], env, log_dir)
 
+    def stop(self, timeout: float = 30) -> None:
+        """SIGTERM to the main process only: it stops its workers itself (a SIGTERM to
+        every process of the group at once leaves it waiting, as systemd's default does)."""
+        if self.popen is None:
+            return
+        self.popen.terminate()
+        try:
+            self.popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pass
+        self.kill()  # whatever of the group is left
+
 
 def migrate(env: dict) -> None:
     result = subprocess.run([sys.executable, "manage.py", "migrate", "--noinput"], cwd=ROOT, env=env,

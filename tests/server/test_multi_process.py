@@ -21,8 +21,6 @@ import json
 import os
 import re
 import secrets
-import signal
-import subprocess
 import time
 import uuid
 from collections import Counter
@@ -134,26 +132,13 @@ def deployment(transactional_db, tmp_path):
 
 
 def stop_all(*processes) -> None:
-    """Stop them all at once; SIGKILL to the group of any still running after 20 s.
-
-    A cluster gets SIGTERM on its main process only: django-q2 then stops its workers itself,
-    where SIGTERM to every process of the group at once leaves it waiting on them for ever.
-    """
+    """Stop them all at once (a cluster stops its own workers); SIGKILL whatever is left after 20 s."""
     started = time.monotonic()
 
     def stop(process):
         if process.popen is None:
             return process.name, None
-        if isinstance(process, Cluster):
-            if process.running:
-                os.kill(process.popen.pid, signal.SIGTERM)
-                try:
-                    process.popen.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    pass
-            process.kill()  # whatever is left of the group
-        elif process.running:
-            process.stop(timeout=20)
+        process.stop(timeout=20)
         return process.name, round(time.monotonic() - started, 1)
 
     with ThreadPoolExecutor(len(processes)) as pool:
