@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import logging
-
 from django.conf import settings
 from django.db import InterfaceError, OperationalError
 from django.http import JsonResponse
 
-from redflag.api.errors import DATABASE_RETRY_AFTER_SECONDS, error_body
-
-logger = logging.getLogger(__name__)
+from redflag.api.errors import database_retry_after, database_unavailable, error_body
 
 
 class ApiGuardMiddleware:
@@ -44,8 +40,8 @@ class ApiGuardMiddleware:
     def process_exception(self, request, exception):
         """Database outages outside DRF views (health, middleware) answer 503, not 500."""
         if request.path.startswith("/api/") and isinstance(exception, (OperationalError, InterfaceError)):
-            logger.warning("database unavailable: %s", type(exception).__name__)
-            response = JsonResponse(error_body("unavailable", "The database is unreachable; retry later."), status=503)
-            response["Retry-After"] = str(DATABASE_RETRY_AFTER_SECONDS)
+            unavailable = database_unavailable(exception)
+            response = JsonResponse(error_body(unavailable.default_code, str(unavailable.detail)), status=503)
+            response["Retry-After"] = database_retry_after()
             return response
         return None

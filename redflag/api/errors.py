@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import random
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.db import DatabaseError, InterfaceError, OperationalError
 from django.http import Http404, JsonResponse
+from psycopg_pool import PoolTimeout
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 
@@ -14,7 +16,20 @@ from redflag.errors import ServiceUnavailable
 
 logger = logging.getLogger(__name__)
 
-DATABASE_RETRY_AFTER_SECONDS = 15
+# A 503 asks for a retry 15 to 30 s later, picked at random per answer, so a fleet shed at one
+# moment does not return at one moment (the agent adds only a little jitter of its own).
+DATABASE_RETRY_AFTER_SECONDS = (15, 30)
+
+
+def database_retry_after() -> str:
+    return str(random.randint(*DATABASE_RETRY_AFTER_SECONDS))
+
+
+def database_unavailable(exc: Exception) -> ServiceUnavailable:
+    """503 for a database that is down, or too busy to lend this request a pooled connection in time."""
+    busy = isinstance(exc.__cause__, PoolTimeout)
+    logger.warning("database %s: %s", "busy" if busy else "unavailable", type(exc.__cause__ or exc).__name__)
+    return ServiceUnavailable("The server is busy; retry later." if busy else None)
 
 
 def error_body(code: str, message: str, **extra) -> dict:
@@ -54,8 +69,7 @@ def exception_handler(exc, context):
     elif isinstance(exc, DjangoPermissionDenied):
         exc = exceptions.PermissionDenied()
     elif isinstance(exc, (OperationalError, InterfaceError)):
-        logger.warning("database unavailable: %s", type(exc).__name__)
-        exc = ServiceUnavailable()
+        exc = database_unavailable(exc)
     elif isinstance(exc, DatabaseError):
         logger.exception("database error in %s", context.get("view").__class__.__name__)
         return Response(error_body("server_error", "The server could not complete the request."), status=500)
@@ -70,7 +84,7 @@ def exception_handler(exc, context):
     if isinstance(exc, exceptions.Throttled) and exc.wait is not None:
         headers["Retry-After"] = str(max(1, int(exc.wait + 0.999)))
     elif isinstance(exc, ServiceUnavailable):
-        headers["Retry-After"] = str(DATABASE_RETRY_AFTER_SECONDS)
+        headers["Retry-After"] = database_retry_after()
     if exc.status_code == status.HTTP_401_UNAUTHORIZED:
         headers["WWW-Authenticate"] = 'Bearer realm="redflag"'
     code = exc.get_codes() if isinstance(exc.get_codes(), str) else exc.default_code
