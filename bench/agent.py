@@ -1,0 +1,294 @@
+#!/usr/bin/env python3
+"""Agent footprint: idle memory and CPU of ``python -m agent_client run``, and one APT scan (JSON on stdout).
+
+    DATABASE_URL=postgresql://postgres@127.0.0.1:5432/postgres .venv/bin/python bench/agent.py
+    .venv/bin/python bench/agent.py --seconds 8 --apt-runs 0     # smoke run (tests/server/test_bench_agent.py)
+
+1. Create a scratch database, migrate it, set the server's default poll interval to ``--poll``
+   seconds (5 by default, the agent's minimum, so it really polls), create a one-seat registration
+   token with ``manage.py create_registration_token`` and start uvicorn on it (a subprocess in its
+   own session, with its access log in a file).
+2. Register the real agent (``register --capabilities system,storage``) into a temporary config
+   folder and start ``python -m agent_client run``. At the same moment start the baseline: a bare
+   ``python -c "import requests, psutil, cryptography; time.sleep(...)"`` (the interpreter and the
+   agent's three dependencies, doing nothing).
+3. After a warm-up (imports, registration events, the first due system and storage scans), sample
+   both once a second for ``--seconds``: RSS, USS, CPU time (user + system). Count the agent's
+   check-ins from the server's access log (``POST …/checkin`` answered 200).
+4. APT: under the lock the APT tests take (/tmp/redflag-apt-tests.lock), time the agent's
+   AptScanner.scan() on this machine's real apt state against ``apt-get -s upgrade`` itself,
+   ``--apt-runs`` times each, medians. Read-only: the scanner's list refresh is skipped by a fresh
+   refresh stamp in a temporary state folder (never ``apt-get update``); everything is a simulation.
+5. Stop everything (process groups), drop the scratch database, print the figures and ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+import requests
+
+from events import drop_database, scratch_database  # bench/events.py: scratch DB helpers
+
+DEFAULT_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"  # as bench/events.py documents
+
+ROOT = Path(__file__).resolve().parents[1]
+APT_LOCK = Path(tempfile.gettempdir()) / "redflag-apt-tests.lock"
+CHECKIN_LINE = re.compile(r'"POST /api/v1/agents/[0-9a-f-]+/checkin HTTP/[0-9.]+" 200')
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=180, help="how long to sample the idle agent")
+    parser.add_argument("--warmup", type=float, default=None,
+                        help="seconds before sampling starts (default: a quarter of --seconds, at most 15)")
+    parser.add_argument("--poll", type=int, default=5, help="the server's default poll interval (seconds)")
+    parser.add_argument("--apt-runs", type=int, default=5, help="APT scans and apt-get runs to time (0: skip)")
+    parser.add_argument("--database-url", default=os.environ.get("DATABASE_URL", DEFAULT_SERVER),
+                        help="any database on the PostgreSQL server to use (a scratch database is created)")
+    parser.add_argument("--keep", action="store_true", help="keep the scratch database")
+    return parser.parse_args()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def clean_env(**extra: str) -> dict:
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("REDFLAG_", "DJANGO_"))}
+    env.update(PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1", **extra)
+    return env
+
+
+def manage(env: dict, *args: str) -> str:
+    result = subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=300)
+    if result.returncode != 0:
+        raise RuntimeError(f"manage.py {args[0]} failed:\n{result.stderr[-3000:]}")
+    return result.stdout
+
+
+def stop_group(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        try:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=20)
+        except ProcessLookupError:
+            pass
+
+
+def start_server(env: dict, log_path: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with open(log_path, "ab") as log:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "redflag.asgi:application", "--host", "127.0.0.1", "--port", str(port),
+             "--log-level", "info"],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 120  # generous: the machine may be busy with other test runs
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"uvicorn exited early:\n{log_path.read_text()[-3000:]}")
+        try:
+            if requests.get(f"{url}/api/v1/health", timeout=2).status_code == 200:
+                return server, url
+        except requests.RequestException:
+            pass
+        time.sleep(0.2)
+    stop_group(server)
+    raise RuntimeError(f"uvicorn did not answer within 120 s:\n{log_path.read_text()[-3000:]}")
+
+
+class Sampler:
+    """RSS, USS and CPU time of one process, sampled by the caller."""
+
+    def __init__(self, pid: int):
+        self.process = psutil.Process(pid)
+        self.rss: list[int] = []
+        self.uss: list[int] = []
+        self.cpu_start = self.cpu_now()
+
+    def cpu_now(self) -> float:
+        times = self.process.cpu_times()
+        return times.user + times.system
+
+    def restart_cpu(self) -> None:
+        self.cpu_start = self.cpu_now()
+
+    def sample(self) -> None:
+        info = self.process.memory_full_info()
+        self.rss.append(info.rss)
+        self.uss.append(info.uss)
+
+    def figures(self, seconds: float) -> dict:
+        cpu = self.cpu_now() - self.cpu_start
+        mib = 1024 * 1024
+        return {
+            "rss_mib_median": round(statistics.median(self.rss) / mib, 2),
+            "rss_mib_max": round(max(self.rss) / mib, 2),
+            "uss_mib_median": round(statistics.median(self.uss) / mib, 2),
+            "cpu_seconds": round(cpu, 3),
+            "cpu_seconds_per_hour": round(cpu * 3600 / seconds, 2),
+            "cpu_percent_of_one_core": round(100 * cpu / seconds, 3),
+            "samples": len(self.rss),
+        }
+
+
+def footprint(url: str, token: str, work: Path, seconds: float, warmup: float, server_log: Path) -> dict:
+    config = work / "agent" / "config.json"
+    agent_env = clean_env()
+    registered = subprocess.run(
+        [sys.executable, "-m", "agent_client", "--config", str(config), "register", "--server", url, "--token", token,
+         "--capabilities", "system,storage"],
+        cwd=work, env=agent_env, capture_output=True, text=True, timeout=120)
+    if registered.returncode != 0:
+        raise RuntimeError(f"agent registration failed:\n{registered.stderr[-3000:]}")
+    total = warmup + seconds + 5
+    with open(work / "agent.log", "ab") as agent_log:
+        agent = subprocess.Popen([sys.executable, "-m", "agent_client", "--config", str(config), "run"],
+                                 cwd=work, env=agent_env, stdout=agent_log, stderr=subprocess.STDOUT,
+                                 start_new_session=True)
+    baseline = subprocess.Popen(
+        [sys.executable, "-c", f"import time, requests, psutil, cryptography; time.sleep({total})"],
+        cwd=work, env=clean_env(), start_new_session=True)
+    try:
+        agent_sampler, baseline_sampler = Sampler(agent.pid), Sampler(baseline.pid)
+        time.sleep(warmup)
+        if agent.poll() is not None:
+            log = (work / "agent.log").read_text()[-3000:]
+            raise RuntimeError(f"the agent exited (code {agent.returncode}):\n{log}")
+        checkins_before = count_checkins(server_log)
+        agent_startup_cpu = agent_sampler.cpu_now()
+        agent_sampler.restart_cpu()
+        baseline_sampler.restart_cpu()
+        started = time.monotonic()
+        while (elapsed := time.monotonic() - started) < seconds:
+            agent_sampler.sample()
+            baseline_sampler.sample()
+            time.sleep(min(1.0, max(0.0, seconds - elapsed)))
+        measured = time.monotonic() - started
+        agent_figures = agent_sampler.figures(measured)
+        baseline_figures = baseline_sampler.figures(measured)
+        if agent.poll() is not None:
+            raise RuntimeError(f"the agent exited (code {agent.returncode})")
+        checkins = count_checkins(server_log)
+    finally:
+        stop_group(agent)
+        stop_group(baseline)
+    status = subprocess.run([sys.executable, "-m", "agent_client", "--config", str(config), "status", "--json"],
+                            cwd=work, env=agent_env, capture_output=True, text=True, timeout=60)
+    return {
+        "seconds": round(measured, 1),
+        "warmup_seconds": warmup,
+        "agent": {**agent_figures, "startup_cpu_seconds": round(agent_startup_cpu, 3),
+                  "checkins_in_window": checkins - checkins_before, "checkins_total": checkins,
+                  "status": json.loads(status.stdout) if status.returncode == 0 else status.stderr.strip()},
+        "baseline_bare_interpreter": baseline_figures,
+        "ratios": {
+            "rss_median": round(agent_figures["rss_mib_median"] / baseline_figures["rss_mib_median"], 2),
+            "uss_median": round(agent_figures["uss_mib_median"] / baseline_figures["uss_mib_median"], 2),
+            "agent_minus_baseline_rss_mib": round(
+                agent_figures["rss_mib_median"] - baseline_figures["rss_mib_median"], 2),
+            "agent_minus_baseline_cpu_seconds_per_hour": round(
+                agent_figures["cpu_seconds_per_hour"] - baseline_figures["cpu_seconds_per_hour"], 2),
+        },
+    }
+
+
+def count_checkins(server_log: Path) -> int:
+    return sum(1 for line in server_log.read_text(errors="replace").splitlines() if CHECKIN_LINE.search(line))
+
+
+def apt_scan(runs: int) -> dict:
+    """The agent's APT scanner vs ``apt-get -s upgrade``, under the APT tests' lock; read-only."""
+    sys.path.insert(0, str(ROOT))  # bench/ is on the path, the repository root is not
+    from agent_client.scanners.apt import AptScanner
+
+    with tempfile.TemporaryDirectory(prefix="redflag-bench-apt-") as state, open(APT_LOCK, "w") as lock:
+        waited = time.perf_counter()
+        fcntl.flock(lock, fcntl.LOCK_EX)  # never while tests/agent/test_apt.py installs its packages
+        waited = time.perf_counter() - waited
+        scanner = AptScanner(state_dir=state, refresh_interval_seconds=10 ** 9)
+        if not scanner.is_available():
+            return {"skipped": "apt-get is not available"}
+        Path(scanner.refresh_stamp_path).write_text(f"{time.time():.0f}\n")  # lists count as fresh:
+        if not scanner.lists_are_fresh():  # so the scan never runs apt-get update
+            raise RuntimeError("could not mark the apt lists fresh; refusing to let the scanner refresh them")
+        scan_times, apt_times, packages = [], [], None
+        for _ in range(runs):
+            started = time.perf_counter()
+            records = scanner.scan()
+            scan_times.append(time.perf_counter() - started)
+            packages = len(records)
+            started = time.perf_counter()
+            result = subprocess.run(["apt-get", "-s", "upgrade"], capture_output=True, text=True, timeout=600,
+                                    env={**os.environ, "LC_ALL": "C"})
+            apt_times.append(time.perf_counter() - started)
+            if result.returncode != 0:
+                raise RuntimeError(f"apt-get -s upgrade failed: {result.stderr[-2000:]}")
+            upgradable = sum(1 for line in result.stdout.splitlines() if line.startswith("Inst "))
+    scan_ms, apt_ms = statistics.median(scan_times) * 1000, statistics.median(apt_times) * 1000
+    return {"runs": runs, "lock_wait_seconds": round(waited, 2), "packages_reported_by_scanner": packages,
+            "upgradable_by_apt_get_s_upgrade": upgradable, "scanner_ms_median": round(scan_ms, 1),
+            "apt_get_s_upgrade_ms_median": round(apt_ms, 1), "ratio": round(scan_ms / apt_ms, 2)}
+
+
+def main() -> int:
+    args = parse_args()
+    if not args.database_url.startswith(("postgres://", "postgresql://")):
+        print(json.dumps({"error": "set DATABASE_URL (or --database-url) to a PostgreSQL server"}))
+        return 2
+    warmup = args.warmup if args.warmup is not None else min(15.0, args.seconds / 4)
+    load_before = os.getloadavg()[0]
+    base, name = scratch_database(args.database_url)
+    work = Path(tempfile.mkdtemp(prefix="redflag-bench-agent-"))
+    server = None
+    try:
+        env = clean_env(DJANGO_SETTINGS_MODULE="redflag.settings", DATABASE_URL=f"{base}/{name}",
+                        REDFLAG_DATA_DIR=str(work / "server"), REDFLAG_DEBUG="false", REDFLAG_LOG_LEVEL="WARNING")
+        manage(env, "migrate", "--noinput")
+        manage(env, "createcachetable")
+        manage(env, "shell", "-c", "from redflag.models import ServerSettings; s = ServerSettings.current(); "
+                                   f"s.default_poll_interval_seconds = {args.poll}; s.save()")
+        token = manage(env, "create_registration_token", "--label", "bench", "--seats", "1").strip()
+        server_log = work / "server.log"
+        server, url = start_server(env, server_log)
+        agent = footprint(url, token, work, args.seconds, warmup, server_log)
+    finally:
+        if server is not None:
+            stop_group(server)
+        if not args.keep:
+            drop_database(base, name)
+            shutil.rmtree(work, ignore_errors=True)
+    apt = apt_scan(args.apt_runs) if args.apt_runs > 0 else {"skipped": "--apt-runs 0"}
+    result = {
+        "database": "postgresql", "poll_interval_seconds": args.poll, "python": sys.version.split()[0],
+        "cpu_count": os.cpu_count(), "load_average_1min": {"before": round(load_before, 2),
+                                                           "after": round(os.getloadavg()[0], 2)},
+        "footprint": agent, "apt": apt, "kept": [name, str(work)] if args.keep else None,
+    }
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

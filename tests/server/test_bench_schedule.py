@@ -1,0 +1,36 @@
+"""bench/schedule.py smoke run: 50 agents × 4 subsystems on PostgreSQL, JSON out, every scan created once.
+
+The 50,000-agent figures are not a test (bench/README.md); this only proves the script works.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+AGENTS = 50
+
+
+@pytest.mark.skipif(not os.environ.get("DATABASE_URL", "").startswith("postgres"),
+                    reason="the benchmark needs PostgreSQL (DATABASE_URL): it loads rows with generate_series "
+                           "and measures SKIP LOCKED sweeps")
+def test_bench_schedule_smoke_run():
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "REDFLAG_"))}
+    result = subprocess.run([sys.executable, "bench/schedule.py", "--agents", str(AGENTS)],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["agents"] == AGENTS and report["subsystems"] == 4 * AGENTS and report["kept"] is None
+    sweep = report["full_sweep"]
+    assert sweep["commands_counted"] == sweep["created_reported"] == sweep["distinct_agent_kind"] == 4 * AGENTS
+    assert sweep["exactly_once"] is True
+    assert sweep["calls"] == 2 and sweep["final_call"]["statements"] == report["nothing_due"]["statements"][0]
+    assert set(report["baselines"]) == {"select_due_seconds", "insert_select_seconds", "ed25519_seconds",
+                                        "sign_seconds", "command_build_seconds"}
+    assert report["baselines"]["insert_select_seconds"] > 0 and report["ratios"]["sweep_vs_insert_select"] > 0
