@@ -68,4 +68,4 @@ class Conflict(ApiError):
 class ServiceUnavailable(ApiError):
     status_code = status.HTTP_503_SERVICE_UNAVAILABLE
     default_code = "unavailable"
-    default_detail = "The database is unreachable; retry later."
+    default_detail = "The database is unreachable or too busy; retry later."

@@ -8,7 +8,6 @@ import random
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.db import DatabaseError, InterfaceError, OperationalError
 from django.http import Http404, JsonResponse
-from psycopg_pool import PoolTimeout
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 
@@ -26,10 +25,10 @@ def database_retry_after() -> str:
 
 
 def database_unavailable(exc: Exception) -> ServiceUnavailable:
-    """503 for a database that is down, or too busy to lend this request a pooled connection in time."""
-    busy = isinstance(exc.__cause__, PoolTimeout)
-    logger.warning("database %s: %s", "busy" if busy else "unavailable", type(exc.__cause__ or exc).__name__)
-    return ServiceUnavailable("The server is busy; retry later." if busy else None)
+    """503 for a database that is down, or too busy to lend this request a pooled connection in
+    time (a pool timeout cannot tell the two apart)."""
+    logger.warning("database unavailable: %s", type(exc.__cause__ or exc).__name__)
+    return ServiceUnavailable()
 
 
 def error_body(code: str, message: str, **extra) -> dict:
