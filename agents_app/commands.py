@@ -15,7 +15,7 @@ from agents_app.models import Agent, Command
 from events_app.choices import Component, EventSubtype, EventType, Severity
 from events_app.services import SYSTEM_ACTOR, record_event
 from redflag.errors import Conflict
-from tokens_app.signing import sign
+from tokens_app.signing import LoadedKey, sign
 
 DELIVERY_BATCH = 10
 COMMAND_LIFETIME = timedelta(hours=24)
@@ -45,8 +45,10 @@ def command_build(
     bulk_operation=None,
     retry_of=None,
     lifetime: timedelta = COMMAND_LIFETIME,
+    key: LoadedKey | None = None,
 ) -> Command:
-    """An unsaved, signed Command. Nothing is delivered unsigned: signing happens here, once."""
+    """An unsaved, signed Command. Nothing is delivered unsigned: signing happens here, once
+    (with ``key`` when the caller builds many: see ``tokens_app.signing.sign``)."""
     command = Command(
         agent_id=agent_id,
         command_type=command_type,
@@ -70,7 +72,8 @@ def command_build(
             issued_at=int(command.issued_at.timestamp()),
             expires_at=int(command.expires_at.timestamp()),
             nonce=command.nonce,
-        )
+        ),
+        key,
     )
     return command
 

@@ -20,6 +20,7 @@ from agents_app.models import Agent, AgentSubsystem, Command
 from events_app.choices import Component, EventSubtype, EventType
 from events_app.services import record_event
 from redflag.models import ServerSettings
+from tokens_app.signing import primary_key
 
 SWEEP_LIMIT = 5000
 DEFAULT_INTERVAL_MINUTES = {
@@ -70,6 +71,7 @@ def schedule_due_scans(*, now: datetime | None = None, agent_ids: Iterable | Non
         open_counts = dict(open_commands.values("agent_id").annotate(n=Count("id")).values_list("agent_id", "n"))
         open_keys = set(open_commands.values_list("agent_id", "dedupe_key"))
         max_pending = ServerSettings.current().max_pending_commands
+        signing_key = primary_key()  # once per sweep, not per command
 
         planned: list[tuple[AgentSubsystem, Command]] = []
         for subsystem in due:
@@ -81,7 +83,7 @@ def schedule_due_scans(*, now: datetime | None = None, agent_ids: Iterable | Non
             open_counts[subsystem.agent_id] = open_counts.get(subsystem.agent_id, 0) + 1
             planned.append((subsystem, command_build(
                 agent_id=subsystem.agent_id, command_type=command_type, params=dict(params),
-                source=CommandSource.SCHEDULER, now=now,
+                source=CommandSource.SCHEDULER, now=now, key=signing_key,
             )))
         if not planned:
             return 0

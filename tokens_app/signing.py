@@ -128,9 +128,13 @@ def primary_key() -> LoadedKey:
     return loaded
 
 
-def sign(payload: bytes) -> tuple[str, str]:
-    """Sign ``payload`` with the primary key: (key id, base64 signature)."""
-    loaded = primary_key()
+def sign(payload: bytes, key: LoadedKey | None = None) -> tuple[str, str]:
+    """Sign ``payload`` with the primary key: (key id, base64 signature).
+
+    ``key``: a ``primary_key()`` the caller fetched once for many signatures (a sweep
+    signing thousands of commands checks the key file and the database once, not per command).
+    """
+    loaded = key or primary_key()
     return loaded.key_id, base64.b64encode(loaded.private_key.sign(payload)).decode()
 
 
