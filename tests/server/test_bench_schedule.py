@@ -32,5 +32,5 @@ def test_bench_schedule_smoke_run():
     assert sweep["exactly_once"] is True
     assert sweep["calls"] == 2 and sweep["final_call"]["statements"] == report["nothing_due"]["statements"][0]
     assert set(report["baselines"]) == {"select_due_seconds", "insert_select_seconds", "ed25519_seconds",
-                                        "sign_seconds", "command_build_seconds"}
+                                        "command_build_seconds"}
     assert report["baselines"]["insert_select_seconds"] > 0 and report["ratios"]["sweep_vs_insert_select"] > 0
