@@ -30,8 +30,6 @@ import json
 import os
 import re
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -40,9 +38,9 @@ import time
 from pathlib import Path
 
 import psutil
-import requests
 
 from events import drop_database, scratch_database  # bench/events.py: scratch DB helpers
+from serving import manage, start_server, stop_group, uvicorn_argv
 
 DEFAULT_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"  # as bench/events.py documents
 
@@ -64,58 +62,10 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def clean_env(**extra: str) -> dict:
     env = {key: value for key, value in os.environ.items() if not key.startswith(("REDFLAG_", "DJANGO_"))}
     env.update(PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1", **extra)
     return env
-
-
-def manage(env: dict, *args: str) -> str:
-    result = subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True,
-                            text=True, timeout=300)
-    if result.returncode != 0:
-        raise RuntimeError(f"manage.py {args[0]} failed:\n{result.stderr[-3000:]}")
-    return result.stdout
-
-
-def stop_group(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        try:
-            os.killpg(process.pid, signal.SIGTERM)
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=20)
-        except ProcessLookupError:
-            pass
-
-
-def start_server(env: dict, log_path: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    with open(log_path, "ab") as log:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "redflag.asgi:application", "--host", "127.0.0.1", "--port", str(port),
-             "--log-level", "info"],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + 120  # generous: the machine may be busy with other test runs
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"uvicorn exited early:\n{log_path.read_text()[-3000:]}")
-        try:
-            if requests.get(f"{url}/api/v1/health", timeout=2).status_code == 200:
-                return server, url
-        except requests.RequestException:
-            pass
-        time.sleep(0.2)
-    stop_group(server)
-    raise RuntimeError(f"uvicorn did not answer within 120 s:\n{log_path.read_text()[-3000:]}")
 
 
 class Sampler:
@@ -271,7 +221,7 @@ def main() -> int:
                                    f"s.default_poll_interval_seconds = {args.poll}; s.save()")
         token = manage(env, "create_registration_token", "--label", "bench", "--seats", "1").strip()
         server_log = work / "server.log"
-        server, url = start_server(env, server_log)
+        server, url = start_server(env, server_log, lambda port: uvicorn_argv(port, "--log-level", "info"))
         agent = footprint(url, token, work, args.seconds, warmup, server_log)
     finally:
         if server is not None:

@@ -47,7 +47,6 @@ import random
 import secrets
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -58,6 +57,7 @@ from pathlib import Path
 import aiohttp
 
 from events import drop_database, scratch_database  # bench/events.py: scratch DB helpers
+from serving import manage, start_server, stop_group, uvicorn_argv
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).resolve().parent / "data"
@@ -98,14 +98,6 @@ def parse_args() -> argparse.Namespace:
 # -- the server ------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def server_env(database_url: str, data_dir: str, cache_url: str, pool_size: int) -> dict:
     env = {key: value for key, value in os.environ.items() if not key.startswith(("REDFLAG_", "DJANGO_"))}
     env.update(
@@ -119,14 +111,6 @@ def server_env(database_url: str, data_dir: str, cache_url: str, pool_size: int)
     if pool_size:
         env["REDFLAG_DB_POOL_SIZE"] = str(pool_size)
     return env
-
-
-def manage(env: dict, *args: str) -> str:
-    result = subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True,
-                            text=True, timeout=600)
-    if result.returncode != 0:
-        raise SystemExit(f"manage.py {args[0]} failed:\n{result.stderr[-3000:]}")
-    return result.stdout
 
 
 PREPARE = """
@@ -152,41 +136,7 @@ def server_argv(kind: str, workers: int, port: int) -> list[str]:
     if kind == "gunicorn":
         return [sys.executable, "-m", "gunicorn", "redflag.wsgi:application", "--bind", f"127.0.0.1:{port}",
                 "--workers", str(workers), "--worker-class", "gthread", "--threads", "8", "--log-level", "warning"]
-    return [sys.executable, "-m", "uvicorn", "redflag.asgi:application", "--host", "127.0.0.1", "--port", str(port),
-            "--workers", str(workers), "--log-level", "warning", "--no-access-log"]
-
-
-def start_server(env: dict, kind: str, workers: int, log_path: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen(server_argv(kind, workers, port), cwd=ROOT, env=env, stdout=log,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    import requests
-
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"the server exited:\n{log_path.read_text()[-3000:]}")
-        try:
-            if requests.get(f"{url}/api/v1/health", timeout=2).status_code == 200:
-                return process, url
-        except requests.RequestException:
-            pass
-        time.sleep(0.3)
-    stop_server(process)
-    raise SystemExit(f"the server did not answer within 60 s:\n{log_path.read_text()[-3000:]}")
-
-
-def stop_server(process: subprocess.Popen) -> None:
-    import signal
-
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+    return uvicorn_argv(port, "--workers", str(workers), "--log-level", "warning", "--no-access-log")
 
 
 def spread_fleet(database_url: str, heartbeat_ids: list[str], scans: str) -> None:
@@ -502,7 +452,8 @@ def main() -> int:
     server = None
     try:
         secret = prepare(env, seats=args.agents + args.heartbeat, interval=args.interval)
-        server, url = start_server(env, args.server, args.workers, Path(data_dir) / "server.log")
+        server, url = start_server(env, Path(data_dir) / "server.log",
+                                   lambda port: server_argv(args.server, args.workers, port), timeout=60)
         result = asyncio.run(simulate(args, url, secret, database_url, CpuMeter(server.pid)))
         log = (Path(data_dir) / "server.log").read_text(errors="replace")
         result["server"] = {"command": " ".join(server_argv(args.server, args.workers, 0)[2:]),
@@ -512,7 +463,7 @@ def main() -> int:
                             "synchronous_commit": args.synchronous_commit}
     finally:
         if server is not None:
-            stop_server(server)
+            stop_group(server)
         if not args.keep:
             drop_database(base, name)
             shutil.rmtree(data_dir, ignore_errors=True)

@@ -33,6 +33,17 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def wait_until(condition, timeout: float, what: str, interval: float = 0.2):
+    """Poll ``condition()`` until it returns something truthy (returned); fail naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"not within {timeout} s: {what}")
+
+
 def database_url() -> str:
     """The URL of the test database pytest-django created (PostgreSQL only)."""
     from django.db import connection

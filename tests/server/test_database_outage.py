@@ -37,7 +37,7 @@ import pytest
 import requests
 
 from tests.server.conftest import host_facts
-from tests.server.processes import ROOT, Process, WebServer, free_port, migrate, server_env
+from tests.server.processes import ROOT, Process, WebServer, free_port, migrate, server_env, wait_until
 
 REQUIRE_SYSTEM_TOOLS = os.environ.get("REDFLAG_REQUIRE_SYSTEM_TOOLS") == "1"
 POSTGRES_LIBRARY = Path("/usr/lib/postgresql")
@@ -170,16 +170,6 @@ def outbox_items(config_path: Path) -> int:
     return json.loads(status.stdout)["outbox_items"]
 
 
-def wait_for(condition, timeout: float, what: str, interval: float = 0.25):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"not within {timeout} s: {what}")
-
-
 def last_seen(postgres: PrivatePostgres, agent_id: str):
     return postgres.query("SELECT last_seen_at FROM agents_app_agent WHERE id = %s", uuid.UUID(agent_id))[0][0]
 
@@ -277,7 +267,7 @@ def test_postgresql_outage_gives_503_the_agent_backs_off_and_everything_recovers
         registered_seen = last_seen(postgres, agent_id)
         agent.start()
         # Quiet before the outage: checked in, the scheduler's first scans done and reported, nothing queued.
-        wait_for(lambda: last_seen(postgres, agent_id) > registered_seen and not unfinished_commands(postgres, agent_id)
+        wait_until(lambda: last_seen(postgres, agent_id) > registered_seen and not unfinished_commands(postgres, agent_id)
                  and outbox_items(config_path) == 0, 30, "the agent's first check-in and its first scans reported")
         setup_seconds = time.monotonic() - started
 
@@ -331,7 +321,7 @@ def test_postgresql_outage_gives_503_the_agent_backs_off_and_everything_recovers
             assert outbox.add_event(event)
 
         # The agent's check-in fails, and it says it will wait out the Retry-After (15 s or more).
-        wait_for(lambda: RETRY_WAIT.search(agent.output()[agent_log_offset:]), 30, "a failed check-in by the agent")
+        wait_until(lambda: RETRY_WAIT.search(agent.output()[agent_log_offset:]), 30, "a failed check-in by the agent")
         waits = [float(value) for value in RETRY_WAIT.findall(agent.output()[agent_log_offset:])]
         assert min(waits) >= 15, agent.output()[agent_log_offset:]
         assert agent.running, agent.output()[-3000:]
@@ -350,7 +340,7 @@ def test_postgresql_outage_gives_503_the_agent_backs_off_and_everything_recovers
         # --- PostgreSQL is back; nobody touches the server or the agent --------------
         postgres.start()
         back = time.monotonic()
-        wait_for(lambda: _answers(f"{server.url}/api/v1/health") == 200, 10, "the server's health check answers 200")
+        wait_until(lambda: _answers(f"{server.url}/api/v1/health") == 200, 10, "the server's health check answers 200")
         server_recovered = time.monotonic() - back
         recovered_log_offset = len(server.output())
         ids = [uuid.UUID(event["id"]) for event in kept]
@@ -358,7 +348,7 @@ def test_postgresql_outage_gives_503_the_agent_backs_off_and_everything_recovers
         def stored() -> int:
             return postgres.query("SELECT COUNT(*) FROM events_app_systemevent WHERE id = ANY(%s)", ids)[0][0]
 
-        wait_for(lambda: stored() == len(ids) and outbox_items(config_path) == 0, 45,
+        wait_until(lambda: stored() == len(ids) and outbox_items(config_path) == 0, 45,
                  "the agent's outbox drained into the database", interval=0.5)
         agent_recovered = time.monotonic() - back
         # It did wait: its next check-in came at least the announced wait after the refused one.

@@ -30,7 +30,7 @@ from datetime import timedelta
 import pytest
 import requests
 
-from tests.server.processes import Cluster, Process, WebServer, database_url, server_env
+from tests.server.processes import Cluster, Process, WebServer, database_url, server_env, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -41,16 +41,6 @@ SWEEP_LIMIT = 40
 SWEEP_TASKS = 36  # 30 are needed for 1,200 rows at 40 a sweep; the rest must find nothing left
 CHECKIN_RATE = 8  # per agent and minute, counted in the database cache table both web processes share
 REDIS_URL = "redis://127.0.0.1:6379/7"
-
-
-def wait_until(condition, timeout: float, what: str, interval: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def signed(agent) -> dict:
