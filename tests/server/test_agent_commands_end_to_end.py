@@ -9,29 +9,15 @@ endorsement; a key swapped in without rotation is refused and reported.
 from __future__ import annotations
 
 import json
-from datetime import timedelta
 
 import pytest
 
-from tests.server.test_agent_end_to_end import register, run_agent
+from tests.server.test_agent_end_to_end import enroll_for_commands, run_agent
 
 
 @pytest.fixture
 def enrolled(live_server, tmp_path, transactional_db):
-    from agents_app.models import Agent, AgentSubsystem
-    from redflag.models import ServerSettings
-    from tokens_app.services import token_create
-
-    row = ServerSettings.current()
-    row.heartbeat_before_operations = False
-    row.save()
-    _, secret = token_create(label="commands", max_seats=1, expires_in=timedelta(hours=1))
-    config_path = tmp_path / "agent" / "config.json"
-    registered = register(config_path, live_server.url, secret)
-    assert registered.returncode == 0, registered.stderr
-    agent = Agent.objects.get(pk=json.loads(config_path.read_text())["agent_id"])
-    AgentSubsystem.objects.filter(agent=agent).update(auto_run=False)  # only the commands the test queues
-    return agent, config_path
+    return enroll_for_commands(live_server.url, tmp_path, "commands")
 
 
 def queue(agent, command_type, **params):

@@ -53,6 +53,25 @@ def register(config_path: Path, server: str, token: str) -> subprocess.Completed
                      "--capabilities", "system,storage")
 
 
+def enroll_for_commands(server_url: str, tmp_path: Path, label: str):
+    """A real agent registered with the server that runs only the commands a test queues
+    (no scheduled scans, no heartbeat before operations). Returns (Agent, config path)."""
+    from agents_app.models import Agent, AgentSubsystem
+    from redflag.models import ServerSettings
+    from tokens_app.services import token_create
+
+    row = ServerSettings.current()
+    row.heartbeat_before_operations = False
+    row.save()
+    _, secret = token_create(label=label, max_seats=1, expires_in=timedelta(hours=1))
+    config_path = tmp_path / "agent" / "config.json"
+    registered = register(config_path, server_url, secret)
+    assert registered.returncode == 0, registered.stderr
+    agent = Agent.objects.get(pk=json.loads(config_path.read_text())["agent_id"])
+    AgentSubsystem.objects.filter(agent=agent).update(auto_run=False)
+    return agent, config_path
+
+
 @pytest.mark.django_db(transaction=True)
 def test_register_then_run_once_reaches_the_database(live_server, secret, config_path):
     from agents_app.models import Agent

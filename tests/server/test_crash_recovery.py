@@ -12,14 +12,12 @@ the same port and the agent sends again from its durable outbox.
 
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
 import subprocess
 import sys
 import time
 from contextlib import contextmanager
-from datetime import timedelta
 from pathlib import Path
 
 import psycopg
@@ -30,10 +28,10 @@ from agent_client.config import load as load_agent_config
 from agent_client.executor import LEDGER_FILE_NAME
 from agent_client.outbox import KIND_COMMAND_RESULT, KIND_UPDATES_REPORT, Outbox
 from agent_client.transport import Client, RetryPolicy
-from agents_app.models import Agent, AgentSubsystem, Command, IngestedReport, PackageUpdate
+from agents_app.models import AgentSubsystem, Command, IngestedReport, PackageUpdate
 from events_app.models import SystemEvent
 from tests.server.processes import ROOT, WebServer, database_url, server_env
-from tests.server.test_agent_end_to_end import register, run_agent
+from tests.server.test_agent_end_to_end import enroll_for_commands, run_agent
 from tests.server.test_reports import package
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -63,19 +61,7 @@ def server(database, tmp_path):
 @pytest.fixture
 def enrolled(server, tmp_path):
     """A real agent registered with the server; it only runs what the test queues."""
-    from redflag.models import ServerSettings
-    from tokens_app.services import token_create
-
-    row = ServerSettings.current()
-    row.heartbeat_before_operations = False
-    row.save()
-    _, secret = token_create(label="crash", max_seats=1, expires_in=timedelta(hours=1))
-    config_path = tmp_path / "agent" / "config.json"
-    registered = register(config_path, server.url, secret)
-    assert registered.returncode == 0, registered.stderr
-    agent = Agent.objects.get(pk=json.loads(config_path.read_text())["agent_id"])
-    AgentSubsystem.objects.filter(agent=agent).update(auto_run=False)
-    return agent, config_path
+    return enroll_for_commands(server.url, tmp_path, "crash")
 
 
 def start_agent(config_path: Path) -> subprocess.Popen:
