@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import sqlite3
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
@@ -104,6 +105,9 @@ class Outbox:
         self.max_items = max_items
         self.max_bytes = max_bytes
         self._initialized = False
+        # Threads of one agent (the loop, a command) may open a new outbox at once; switching it to
+        # WAL is not covered by SQLite's busy timeout, so one thread does that first.
+        self._init_lock = threading.Lock()
 
     @classmethod
     def beside(cls, config_path: Path, **kwargs: Any) -> "Outbox":
@@ -113,6 +117,18 @@ class Outbox:
 
     @contextlib.contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
+        if not self._initialized:
+            with self._init_lock:
+                if not self._initialized:
+                    with self._open() as connection:
+                        connection.execute("PRAGMA journal_mode=WAL")
+                        connection.execute(SCHEMA)
+                    self._initialized = True
+        with self._open() as connection:
+            yield connection
+
+    @contextlib.contextmanager
+    def _open(self) -> Iterator[sqlite3.Connection]:
         if not self._initialized:
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             # Create the file 0600 before SQLite does (it would honour the umask).
@@ -124,10 +140,6 @@ class Outbox:
             raise OutboxError(f"cannot open the outbox {self.path}: {exc}") from None
         try:
             connection.execute("PRAGMA synchronous=FULL")
-            if not self._initialized:
-                connection.execute("PRAGMA journal_mode=WAL")
-                connection.execute(SCHEMA)
-                self._initialized = True
             yield connection
         except sqlite3.DatabaseError as exc:
             raise OutboxError(f"outbox {self.path} is unusable: {exc}") from None
