@@ -4,7 +4,7 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test test-agent-py39
+.PHONY: run test lint test-agent-py39
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ run: $(VENV)/.runtime-installed
 
 test: $(VENV)/.test-installed
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Ruff: lint and import order (pyproject.toml). .ci/run runs it before the tests.
+lint: $(VENV)/.test-installed
+	$(BIN)/ruff check .
 
 # The agent's own tests under the oldest Python it supports (3.9), with only its
 # three dependencies installed: proof that agent_client/ needs no Django.

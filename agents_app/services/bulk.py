@@ -1,0 +1,161 @@
+"""Fleet-wide actions as django-q2 tasks with progress in a BulkOperation row.
+
+The admin creates the operation and enqueues the task on commit; the task does
+each agent's part through the same write paths as a single action, counting
+done and failed as it goes. Re-running a task is safe: each part is idempotent
+(an already-open command of the same kind counts as done).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+from django_q.tasks import async_task
+
+from agents_app.choices import SUBSYSTEM_SCAN, CommandSource, CommandType, UpdateStatus
+from agents_app.services.commands import CommandAlreadyOpen, command_create
+from agents_app.services.heartbeat import heartbeat_before_operation, heartbeat_enable
+from agents_app.models import Agent, BulkOperation, PackageUpdate
+from agents_app.services.agent_upgrade import agent_update_start
+from agents_app.services.package_updates import updates_approve, updates_install
+from agents_app.services.releases import ReleaseError, release_find
+from events_app.choices import Component, EventSubtype, EventType, Severity
+from events_app.services import SYSTEM_ACTOR, record_event
+
+MAX_RECORDED_ERRORS = 50
+
+
+def bulk_operation_start(*, kind: str, agent_ids: list, params: dict | None = None, user=None) -> BulkOperation:
+    """Create the operation and enqueue its task when the transaction commits."""
+
+    params = {**(params or {}), "agent_ids": [str(agent_id) for agent_id in agent_ids]}
+    with transaction.atomic():
+        operation = BulkOperation.objects.create(kind=kind, params=params, requested=len(agent_ids), created_by=user)
+        record_event(
+            event_type=EventType.BULK_OPERATION,
+            subtype=EventSubtype.INITIATED,
+            component=Component.SERVER,
+            message=f"{operation.get_kind_display()} requested for {len(agent_ids)} agent(s)",
+            metadata={"bulk_operation_id": str(operation.pk), "kind": kind, "agents": len(agent_ids),
+                      "source": CommandSource.WEB_UI_BULK},
+            actor=user.get_username() if user else SYSTEM_ACTOR,
+        )
+        transaction.on_commit(lambda: async_task("agents_app.tasks.bulk_operation_run", str(operation.pk),
+                                                 task_name=f"bulk-{operation.pk}"))
+    return operation
+
+
+def _scan(agent: Agent, operation: BulkOperation, actor: str) -> None:
+    for subsystem in agent.subsystems.filter(enabled=True):
+        command_type, params = SUBSYSTEM_SCAN[subsystem.name]
+        try:
+            command_create(agent=agent, command_type=command_type, params=dict(params),
+                           source=CommandSource.WEB_UI_BULK, actor=actor, bulk_operation=operation)
+        except CommandAlreadyOpen:
+            pass  # already queued: the agent will scan
+
+
+def _approve(agent: Agent, operation: BulkOperation, actor: str) -> None:
+    updates = PackageUpdate.objects.filter(agent=agent)
+    if operation.params.get("security_only"):
+        updates = updates.filter(is_security=True)
+    updates_approve(updates=updates, actor=actor, source=CommandSource.WEB_UI_BULK)
+
+
+def _install(agent: Agent, operation: BulkOperation, actor: str) -> None:
+    updates = PackageUpdate.objects.filter(agent=agent)
+    if operation.params.get("security_only"):
+        updates = updates.filter(is_security=True)
+    if operation.params.get("approved_only", True):
+        updates = updates.filter(status=UpdateStatus.APPROVED)
+    try:
+        updates_install(updates=updates, actor=actor, source=CommandSource.WEB_UI_BULK, bulk_operation=operation)
+    except CommandAlreadyOpen:
+        pass
+
+
+def _heartbeat(agent: Agent, operation: BulkOperation, actor: str) -> None:
+    minutes = operation.params.get("minutes")
+    if minutes:
+        heartbeat_enable(agent=agent, minutes=minutes, source=CommandSource.WEB_UI_BULK, actor=actor,
+                         bulk_operation=operation)
+    else:
+        try:
+            command_create(agent=agent, command_type=CommandType.DISABLE_HEARTBEAT, source=CommandSource.WEB_UI_BULK,
+                           actor=actor, bulk_operation=operation)
+        except CommandAlreadyOpen:
+            pass
+
+
+def _reboot(agent: Agent, operation: BulkOperation, actor: str) -> None:
+    heartbeat_before_operation(agent=agent, now=timezone.now(), source=CommandSource.WEB_UI_BULK, actor=actor)
+    try:
+        command_create(agent=agent, command_type=CommandType.REBOOT, source=CommandSource.WEB_UI_BULK, actor=actor,
+                       bulk_operation=operation)
+    except CommandAlreadyOpen:
+        pass
+
+
+def _update_agent(agent: Agent, operation: BulkOperation, actor: str) -> None:
+    release = release_find(version=operation.params["version"])
+    if release is None:
+        raise ReleaseError(f"release {operation.params['version']} no longer exists")
+    if agent.agent_version == release.version:
+        return  # already there
+    try:
+        agent_update_start(agent=agent, release=release, source=CommandSource.WEB_UI_BULK, actor=actor,
+                           bulk_operation=operation)
+    except CommandAlreadyOpen:
+        pass
+
+
+PARTS: dict[str, Callable[[Agent, BulkOperation, str], None]] = {
+    BulkOperation.Kind.SCAN: _scan,
+    BulkOperation.Kind.APPROVE: _approve,
+    BulkOperation.Kind.INSTALL: _install,
+    BulkOperation.Kind.HEARTBEAT: _heartbeat,
+    BulkOperation.Kind.REBOOT: _reboot,
+    BulkOperation.Kind.UPDATE_AGENT: _update_agent,
+}
+
+
+def bulk_operation_run(operation_id: str) -> None:
+    operation = BulkOperation.objects.select_related("created_by").get(pk=operation_id)
+    if operation.status == BulkOperation.Status.FINISHED:
+        return
+    BulkOperation.objects.filter(pk=operation.pk).update(status=BulkOperation.Status.RUNNING, done=0, failed=0,
+                                                         errors=[])
+    actor = operation.created_by.get_username() if operation.created_by else SYSTEM_ACTOR
+    part = PARTS[operation.kind]
+    errors = []
+    for agent in Agent.objects.filter(pk__in=operation.params["agent_ids"]).order_by("hostname"):
+        try:
+            with transaction.atomic():
+                part(agent, operation, actor)
+        except Exception as exc:  # one agent's failure must not stop the fleet's
+            BulkOperation.objects.filter(pk=operation.pk).update(failed=F("failed") + 1)
+            if len(errors) < MAX_RECORDED_ERRORS:
+                errors.append({"agent": agent.hostname, "error": str(exc)[:300]})
+                BulkOperation.objects.filter(pk=operation.pk).update(errors=errors)
+        else:
+            BulkOperation.objects.filter(pk=operation.pk).update(done=F("done") + 1)
+    missing = operation.requested - Agent.objects.filter(pk__in=operation.params["agent_ids"]).count()
+    if missing:
+        BulkOperation.objects.filter(pk=operation.pk).update(failed=F("failed") + missing)
+    with transaction.atomic():
+        BulkOperation.objects.filter(pk=operation.pk).update(status=BulkOperation.Status.FINISHED,
+                                                             finished_at=timezone.now())
+        operation.refresh_from_db()
+        record_event(
+            event_type=EventType.BULK_OPERATION,
+            subtype=EventSubtype.SUCCESS if not operation.failed else EventSubtype.WARNING,
+            severity=Severity.INFO if not operation.failed else Severity.WARNING,
+            component=Component.SERVER,
+            message=f"{operation.get_kind_display()}: {operation.done} done, {operation.failed} failed",
+            metadata={"bulk_operation_id": str(operation.pk), "done": operation.done, "failed": operation.failed,
+                      "source": CommandSource.WEB_UI_BULK},
+            actor=actor,
+        )
