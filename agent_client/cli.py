@@ -26,22 +26,23 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Optional
 
-from agent_client import __version__
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from agent_client import __version__, migrate
 from agent_client import config as config_module
 from agent_client.config import AgentConfig, ConfigError, ConfigNotFound, format_time, utc_now
-from agent_client.events import AGENT_REGISTRATION, AGENT_SCAN, AGENT_STARTUP, make_event
-from agent_client.machine import MachineIdError, host_facts, machine_id_hash
-from agent_client.outbox import KIND_EVENT, Channel, Outbox, OutboxError, describe
-from agent_client.executor import LEDGER_FILE_NAME, CommandExecutor, ExecutedLedger, executor_channels
-from agent_client.executor import schedule_reboot
-from agent_client.outbox import KIND_COMMAND_RESULT
-from agent_client.selfupdate import RESTART_EXIT_CODE, SelfUpdater
-from agent_client.machine import system_facts
+from agent_client.events import AGENT_REGISTRATION, AGENT_SCAN, AGENT_STARTUP, MIGRATION, make_event
+from agent_client.executor import LEDGER_FILE_NAME, CommandExecutor, ExecutedLedger, executor_channels, schedule_reboot
+from agent_client.machine import MachineIdError, host_facts, machine_id_hash, system_facts
+from agent_client.outbox import KIND_COMMAND_RESULT, KIND_EVENT, Channel, Outbox, OutboxError, describe
+from agent_client.protocol import Capability, PackageType
 from agent_client.runner import EVENTS_PER_REQUEST, Runner, describe_heartbeat
 from agent_client.scanners import build_scanners, capabilities
+from agent_client.selfupdate import RESTART_EXIT_CODE, SelfUpdater
 from agent_client.transport import (
     ApiError,
     Client,
@@ -60,7 +61,6 @@ EXIT_USAGE = 2
 EXIT_NOT_REGISTERED = 3
 EXIT_REFUSED = 4
 
-SCANNER_TYPES = ("apt", "dnf", "docker", "windows_update", "winget")
 TOKEN_ENVIRONMENT_VARIABLE = "REDFLAG_REGISTRATION_TOKEN"
 
 
@@ -122,14 +122,14 @@ def build_parser() -> argparse.ArgumentParser:
     register_parser.add_argument(
         "--capabilities", default=None, type=_capability_list, metavar="LIST",
         help="what the server may schedule here, comma-separated from "
-             f"{','.join(CAPABILITY_NAMES)} (default: every available package manager, storage and system)",
+             f"{','.join(Capability.ALL)} (default: every available package manager, storage and system)",
     )
 
     run_parser = commands.add_parser("run", help="poll the server (the service loop)")
     run_parser.add_argument("--once", action="store_true", help="one cycle: check in, flush the outbox, exit")
 
     scan_parser = commands.add_parser("scan", help="scan for updates locally (no server needed)")
-    scan_parser.add_argument("--type", choices=SCANNER_TYPES, default=None, help="only this package manager")
+    scan_parser.add_argument("--type", choices=PackageType.ALL, default=None, help="only this package manager")
     scan_parser.add_argument("--json", action="store_true", help="machine-readable output")
 
     migrate_parser = commands.add_parser("migrate", help="move an older install's config to the current layout")
@@ -147,7 +147,7 @@ def _outbox(config_path: Path) -> Outbox:
     return Outbox.beside(config_path)
 
 
-def _record_offline(config_path: Path, event: Dict[str, Any]) -> None:
+def _record_offline(config_path: Path, event: dict[str, Any]) -> None:
     """Keep an event for later when the agent cannot talk to the server now; best effort."""
     try:
         _outbox(config_path).add_event(event)
@@ -159,7 +159,8 @@ def _load_registered(config_path: Path) -> AgentConfig:
     try:
         config = config_module.load(config_path)
     except ConfigNotFound:
-        raise CliFailure(f"not registered: no config at {config_path}; run 'register' first", EXIT_NOT_REGISTERED) from None
+        raise CliFailure(f"not registered: no config at {config_path}; run 'register' first",
+                         EXIT_NOT_REGISTERED) from None
     except ConfigError as exc:
         raise CliFailure(str(exc), EXIT_NOT_REGISTERED) from None
     if not config.is_registered:
@@ -168,7 +169,7 @@ def _load_registered(config_path: Path) -> AgentConfig:
 
 
 def _client(config: AgentConfig, config_path: Path, machine_hash: str, outbox: Outbox, **kwargs: Any) -> Client:
-    def queue(event: Dict[str, Any]) -> None:
+    def queue(event: dict[str, Any]) -> None:
         try:
             outbox.add_event(event)
         except (OutboxError, OSError) as exc:
@@ -180,21 +181,16 @@ def _client(config: AgentConfig, config_path: Path, machine_hash: str, outbox: O
 # --- register ---------------------------------------------------------------------
 
 
-CAPABILITY_NAMES = ("apt", "dnf", "docker", "windows_update", "winget", "storage", "system")
-
-
-def _capability_list(text: str) -> List[str]:
+def _capability_list(text: str) -> list[str]:
     names = [name.strip() for name in text.split(",") if name.strip()]
-    unknown = sorted(set(names) - set(CAPABILITY_NAMES))
+    unknown = sorted(set(names) - set(Capability.ALL))
     if unknown:
         raise argparse.ArgumentTypeError(f"unknown capability {', '.join(unknown)}")
     return names
 
 
-def _pinned_keys(keys: Any) -> List[Dict[str, Any]]:
+def _pinned_keys(keys: Any) -> list[dict[str, Any]]:
     """Keep the signing keys that are well-formed Ed25519 public keys."""
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
     pinned = []
     for key in keys if isinstance(keys, list) else []:
         try:
@@ -229,7 +225,7 @@ def command_register(args: argparse.Namespace, config_path: Path) -> int:
     token = args.token or os.environ.get(TOKEN_ENVIRONMENT_VARIABLE, "")
     if not token:
         raise CliFailure(f"a registration token is required (--token or {TOKEN_ENVIRONMENT_VARIABLE})", EXIT_USAGE)
-    facts: Dict[str, Any] = dict(host_facts())
+    facts: dict[str, Any] = dict(host_facts())
     facts["capabilities"] = args.capabilities if args.capabilities is not None else capabilities(
         build_scanners(config_module.state_directory(config_path)))
 
@@ -373,7 +369,7 @@ def _attach_executor(runner: Runner, config_path: Path, outbox: Outbox) -> threa
         restart.set()
         runner.stop.set()
 
-    def queue_result(report: Optional[Dict[str, Any]]) -> None:
+    def queue_result(report: Optional[dict[str, Any]]) -> None:
         if report:
             outbox.add(KIND_COMMAND_RESULT, report, item_id=f"result-{report['command_id']}-{report['status']}")
 
@@ -384,7 +380,7 @@ def _attach_executor(runner: Runner, config_path: Path, outbox: Outbox) -> threa
         except OSError as exc:
             logger.warning("could not save heartbeat state: %s", exc.strerror or exc)
 
-    def save_keys(keys: List[Dict[str, Any]]) -> None:
+    def save_keys(keys: list[dict[str, Any]]) -> None:
         runner.config.signing_keys = keys
         try:
             config_module.save(runner.config, config_path)
@@ -421,19 +417,14 @@ def _attach_executor(runner: Runner, config_path: Path, outbox: Outbox) -> threa
 # --- scan ------------------------------------------------------------------------------
 
 
-def _scanner(kind: str, config_path: Path) -> Any:
-    from agent_client.scanners import build_scanners
-
-    return build_scanners(config_module.state_directory(config_path))[kind]
-
-
 def command_scan(args: argparse.Namespace, config_path: Path) -> int:
-    kinds = [args.type] if args.type else list(SCANNER_TYPES)
-    results: Dict[str, List[Dict[str, Any]]] = {}
-    failures: Dict[str, str] = {}
-    unavailable: List[str] = []
+    kinds = [args.type] if args.type else list(PackageType.ALL)
+    scanners = build_scanners(config_module.state_directory(config_path))
+    results: dict[str, list[dict[str, Any]]] = {}
+    failures: dict[str, str] = {}
+    unavailable: list[str] = []
     for kind in kinds:
-        scanner = _scanner(kind, config_path)
+        scanner = scanners[kind]
         if not scanner.is_available():
             unavailable.append(kind)
             continue
@@ -447,7 +438,8 @@ def command_scan(args: argparse.Namespace, config_path: Path) -> int:
                 _record_offline(
                     config_path,
                     make_event(AGENT_SCAN, "failed", f"{kind} scan failed: {failures[kind]}", severity="error",
-                               metadata={"package_type": kind, "duration_seconds": round(time.monotonic() - started, 2)}),
+                               metadata={"package_type": kind,
+                                         "duration_seconds": round(time.monotonic() - started, 2)}),
                 )
             continue
         results[kind] = [record.to_dict() for record in records]
@@ -455,7 +447,8 @@ def command_scan(args: argparse.Namespace, config_path: Path) -> int:
     if args.type and args.type in unavailable:
         raise CliFailure(f"{args.type} is not available on this host")
     if args.json:
-        print(json.dumps({"updates": results, "failed": failures, "unavailable": unavailable}, indent=2, sort_keys=True))
+        print(json.dumps({"updates": results, "failed": failures, "unavailable": unavailable}, indent=2,
+                         sort_keys=True))
     else:
         _print_scan(results, failures, unavailable)
     if failures:
@@ -463,7 +456,7 @@ def command_scan(args: argparse.Namespace, config_path: Path) -> int:
     return EXIT_OK
 
 
-def _print_scan(results: Dict[str, List[Dict[str, Any]]], failures: Dict[str, str], unavailable: List[str]) -> None:
+def _print_scan(results: dict[str, list[dict[str, Any]]], failures: dict[str, str], unavailable: list[str]) -> None:
     for kind, records in results.items():
         print(f"{kind}: {len(records)} update{'s' if len(records) != 1 else ''}")
         for record in records:
@@ -488,7 +481,7 @@ def _print_scan(results: Dict[str, List[Dict[str, Any]]], failures: Dict[str, st
 
 
 def command_status(args: argparse.Namespace, config_path: Path) -> int:
-    state: Dict[str, Any] = {"config_path": str(config_path), "agent_version": __version__, "registered": False}
+    state: dict[str, Any] = {"config_path": str(config_path), "agent_version": __version__, "registered": False}
     try:
         config: Optional[AgentConfig] = config_module.load(config_path)
     except ConfigNotFound:
@@ -536,14 +529,10 @@ def command_status(args: argparse.Namespace, config_path: Path) -> int:
     return EXIT_OK if state["registered"] else EXIT_NOT_REGISTERED
 
 
-# --- main ----------------------------------------------------------------------------------
-
 # --- migrate -----------------------------------------------------------------------------
 
 
-def _migration_plan(config_path: Path, source: Optional[Path]) -> Optional[Any]:
-    from agent_client import migrate
-
+def _migration_plan(config_path: Path, source: Optional[Path]) -> Optional[migrate.MigrationPlan]:
     source = source or migrate.find_source(config_path)
     if source is None:
         return None
@@ -557,10 +546,8 @@ def _migration_plan(config_path: Path, source: Optional[Path]) -> Optional[Any]:
         raise CliFailure(f"cannot migrate: {exc}") from None
 
 
-def _apply_migration(migration: Any, config_path: Path) -> AgentConfig:
-    from agent_client import migrate
-
-    def fetch_keys(config: AgentConfig) -> List[Dict[str, Any]]:
+def _apply_migration(migration: migrate.MigrationPlan, config_path: Path) -> AgentConfig:
+    def fetch_keys(config: AgentConfig) -> list[dict[str, Any]]:
         client = Client(config, machine_id_hash=config.machine_id_hash, retry=RetryPolicy(max_attempts=3))
         return _pinned_keys(client.signing_keys())
 
@@ -569,7 +556,7 @@ def _apply_migration(migration: Any, config_path: Path) -> AgentConfig:
                              record=lambda event: _record_offline(config_path, event))
     except migrate.MigrationError as exc:
         _record_offline(config_path, make_event(
-            "migration", "failed", f"Migration of {migration.source} failed: {exc}", severity="error",
+            MIGRATION, "failed", f"Migration of {migration.source} failed: {exc}", severity="error",
             component="migration", metadata={"source": str(migration.source), "layout": migration.layout}))
         raise CliFailure(f"migration failed: {exc}") from None
 
@@ -586,6 +573,9 @@ def command_migrate(args: argparse.Namespace, config_path: Path) -> int:
     _apply_migration(migration, config_path)
     print(f"migrated; the old config is backed up at {migration.backup}")
     return EXIT_OK
+
+
+# --- main ----------------------------------------------------------------------------------
 
 
 COMMANDS = {"register": command_register, "run": command_run, "scan": command_scan, "status": command_status,

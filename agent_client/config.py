@@ -36,7 +36,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Optional
 
 SCHEMA_VERSION = 1
 CONFIG_FILE_NAME = "config.json"
@@ -101,7 +101,7 @@ class AgentConfig:
     access_token_expires_at: Optional[str] = None
     refresh_token: str = dataclasses.field(default="", repr=False)
     refresh_token_expires_at: Optional[str] = None
-    signing_keys: List[Dict[str, Any]] = dataclasses.field(default_factory=list)
+    signing_keys: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     config_version: int = 0
     poll_interval_seconds: int = DEFAULT_POLL_INTERVAL_SECONDS
     heartbeat_until: Optional[str] = None
@@ -110,7 +110,7 @@ class AgentConfig:
     ca_bundle: Optional[str] = None
     schema_version: int = SCHEMA_VERSION
     # Unknown keys read from the file, written back untouched.
-    extra: Dict[str, Any] = dataclasses.field(default_factory=dict, repr=False)
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict, repr=False)
 
     @property
     def is_registered(self) -> bool:
@@ -120,12 +120,12 @@ class AgentConfig:
         until = parse_time(self.heartbeat_until)
         return bool(until and until > (now or utc_now()))
 
-    def to_dict(self) -> Dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         data = {field.name: getattr(self, field.name) for field in dataclasses.fields(self) if field.name != "extra"}
         return {**self.extra, **data}
 
     @classmethod
-    def from_dict(cls, data: Dict[str, Any]) -> "AgentConfig":
+    def from_dict(cls, data: dict[str, Any]) -> AgentConfig:
         known = {field.name for field in dataclasses.fields(cls)} - {"extra"}
         values = {key: value for key, value in data.items() if key in known}
         extra = {key: value for key, value in data.items() if key not in known}
@@ -145,7 +145,7 @@ _TYPES = {
 }
 
 
-def _validate(data: Any, path: Path) -> Dict[str, Any]:
+def _validate(data: Any, path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} is corrupt: expected a JSON object")
     version = data.get("schema_version")

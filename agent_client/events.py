@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from typing import Any, Dict, Optional
+from typing import Any, Optional
 
 from agent_client.config import format_time, utc_now
 
@@ -44,9 +44,9 @@ def make_event(
     *,
     severity: str = "info",
     component: str = "agent",
-    metadata: Optional[Dict[str, Any]] = None,
+    metadata: Optional[dict[str, Any]] = None,
     occurred_at: Optional[dt.datetime] = None,
-) -> Dict[str, Any]:
+) -> dict[str, Any]:
     if event_type not in EVENT_TYPES:
         raise ValueError(f"unknown event type {event_type!r}")
     if subtype not in SUBTYPES:

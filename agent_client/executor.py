@@ -19,18 +19,29 @@ import base64
 import datetime as dt
 import logging
 import sqlite3
+import sys
 import time
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Optional
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from agent_client.events import SECURITY_VIOLATION, make_event
-from agent_client.outbox import KIND_COMMAND_RESULT, KIND_SYSTEM_REPORT, KIND_UPDATES_REPORT, Outbox
-from agent_client.protocol import command_signing_bytes_from_wire, key_endorsement_bytes
-from agent_client.scanners.base import OperationResult, ScanError, Scanner, tail
+from agent_client.events import AGENT_CHECKIN, CONFIG_CHANGED, SECURITY_VIOLATION, make_event
+from agent_client.outbox import KIND_COMMAND_RESULT, KIND_SYSTEM_REPORT, KIND_UPDATES_REPORT, Channel, Outbox
+from agent_client.protocol import CommandType, ResultStatus, command_signing_bytes_from_wire, key_endorsement_bytes
+from agent_client.scanners.base import (
+    OperationResult,
+    PackageNamesRefused,
+    ScanError,
+    Scanner,
+    run_command,
+    tail,
+)
+from agent_client.selfupdate import UpdateRefused
+from agent_client.transport import ApiError
 
 logger = logging.getLogger("redflag.agent.executor")
 
@@ -39,7 +50,9 @@ LEDGER_FILE_NAME = "executed-commands.sqlite3"
 LEDGER_GRACE_SECONDS = 7 * 24 * 3600
 REQUIRED_FIELDS = {"id": str, "agent_id": str, "type": str, "params": dict, "issued_at": int,
                    "expires_at": int, "nonce": str, "key_id": str, "signature": str}
-PACKAGE_COMMANDS = ("dry_run_update", "install_updates", "confirm_dependencies")
+SCAN_COMMANDS = (CommandType.SCAN_UPDATES, CommandType.SCAN_DOCKER)
+SYSTEM_COMMANDS = (CommandType.SCAN_SYSTEM, CommandType.SCAN_STORAGE)
+PACKAGE_COMMANDS = (CommandType.DRY_RUN_UPDATE, CommandType.INSTALL_UPDATES, CommandType.CONFIRM_DEPENDENCIES)
 
 
 class CommandRefused(Exception):
@@ -84,12 +97,13 @@ class ExecutedLedger:
     def __contains__(self, command_id: str) -> bool:
         connection = self._connect()
         try:
-            return connection.execute("SELECT 1 FROM executed WHERE command_id = ?", (command_id,)).fetchone() is not None
+            row = connection.execute("SELECT 1 FROM executed WHERE command_id = ?", (command_id,)).fetchone()
+            return row is not None
         finally:
             connection.close()
 
 
-def pinned_keys(signing_keys: List[Mapping[str, Any]]) -> Dict[str, Ed25519PublicKey]:
+def pinned_keys(signing_keys: list[Mapping[str, Any]]) -> dict[str, Ed25519PublicKey]:
     keys = {}
     for key in signing_keys:
         try:
@@ -120,10 +134,6 @@ def verify_command(command: Mapping[str, Any], *, agent_id: str, keys: Mapping[s
 
 def schedule_reboot() -> OperationResult:
     """Ask the OS to reboot in a minute, so the result can still reach the server first."""
-    import sys
-
-    from agent_client.scanners.base import run_command
-
     if sys.platform == "win32":
         argv = ["shutdown", "/r", "/t", "60", "/c", "RedFlag: reboot requested by an administrator"]
     else:
@@ -136,10 +146,10 @@ def schedule_reboot() -> OperationResult:
                            outcome.duration_seconds)
 
 
-def endorsed_keys(pinned: List[Mapping[str, Any]], offered: List[Mapping[str, Any]]) -> List[Dict[str, Any]]:
+def endorsed_keys(pinned: list[Mapping[str, Any]], offered: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """The offered keys reachable by an endorsement chain from a pinned key (key rotation)."""
     trusted = pinned_keys(list(pinned))
-    learned: List[Dict[str, Any]] = []
+    learned: list[dict[str, Any]] = []
     progress = True
     while progress:
         progress = False
@@ -165,7 +175,7 @@ def _iso(timestamp: float) -> str:
     return dt.datetime.fromtimestamp(timestamp, dt.timezone.utc).isoformat()
 
 
-def system_report_body(facts: Mapping[str, Any]) -> Dict[str, Any]:
+def system_report_body(facts: Mapping[str, Any]) -> dict[str, Any]:
     """machine.system_facts() in the shape of POST /reports/system."""
     os_facts, cpu, memory = facts.get("os", {}), facts.get("cpu", {}), facts.get("memory", {})
     reboot = facts.get("reboot", {})
@@ -199,17 +209,17 @@ class CommandExecutor:
         self,
         *,
         agent_id: str,
-        signing_keys: List[Mapping[str, Any]],
+        signing_keys: list[Mapping[str, Any]],
         outbox: Outbox,
         ledger: ExecutedLedger,
         scanners: Mapping[str, Scanner],
-        system_facts: Callable[[], Dict[str, Any]],
-        record: Callable[[Dict[str, Any]], None],
+        system_facts: Callable[[], dict[str, Any]],
+        record: Callable[[dict[str, Any]], None],
         set_heartbeat: Callable[[Optional[dt.datetime]], None] = lambda until: None,
         reboot: Optional[Callable[[], OperationResult]] = None,
-        fetch_keys: Optional[Callable[[], List[Dict[str, Any]]]] = None,
+        fetch_keys: Optional[Callable[[], list[dict[str, Any]]]] = None,
         self_updater: Optional[Any] = None,
-        save_keys: Callable[[List[Dict[str, Any]]], None] = lambda keys: None,
+        save_keys: Callable[[list[dict[str, Any]]], None] = lambda keys: None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.agent_id = agent_id
@@ -227,11 +237,11 @@ class CommandExecutor:
         self.reboot = reboot
         self.clock = clock
 
-    def __call__(self, commands: List[Dict[str, Any]]) -> None:
+    def __call__(self, commands: list[dict[str, Any]]) -> None:
         for command in commands:
             self.handle(command)
 
-    def handle(self, command: Dict[str, Any]) -> Optional[str]:
+    def handle(self, command: dict[str, Any]) -> Optional[str]:
         """Verify, claim, run, queue. Returns the result status, or None when refused."""
         now = self.clock()
         try:
@@ -277,42 +287,45 @@ class CommandExecutor:
         for key in learned:
             logger.info("pinned signing key %s, endorsed by %s", key["key_id"], key["endorsed_by"])
             self.record(make_event(
-                "config_changed", "success", f"Pinned rotated signing key {key['key_id']}", component="security",
+                CONFIG_CHANGED, "success", f"Pinned rotated signing key {key['key_id']}", component="security",
                 metadata={"key_id": key["key_id"], "endorsed_by": key["endorsed_by"]},
             ))
         return True
 
     # -- running ---------------------------------------------------------------------
 
-    def run(self, command: Dict[str, Any]) -> Tuple[str, str, Dict[str, Any], List[Tuple[str, str, Dict[str, Any]]]]:
+    def run(self, command: dict[str, Any]) -> tuple[str, str, dict[str, Any], list[tuple[str, str, dict[str, Any]]]]:
         """(status, output, result details, reports) — never raises for a failed operation."""
         kind, params = command["type"], command["params"]
         try:
-            if kind in ("scan_updates", "scan_docker"):
+            if kind in SCAN_COMMANDS:
                 return self._scan(params)
-            if kind in ("scan_system", "scan_storage"):
+            if kind in SYSTEM_COMMANDS:
                 report = system_report_body(self.system_facts())
-                return "succeeded", "system facts collected", {}, [
+                return ResultStatus.SUCCEEDED, "system facts collected", {}, [
                     (KIND_SYSTEM_REPORT, f"system-{uuid.uuid4().hex}", report)]
             if kind in PACKAGE_COMMANDS:
                 return self._package_operation(kind, params)
-            if kind == "enable_heartbeat":
+            if kind == CommandType.ENABLE_HEARTBEAT:
                 minutes = int(params.get("duration_minutes") or 10)
                 self.set_heartbeat(dt.datetime.now(dt.timezone.utc) + dt.timedelta(minutes=minutes))
-                return "succeeded", f"heartbeat on for {minutes} min", {}, []
-            if kind == "disable_heartbeat":
+                return ResultStatus.SUCCEEDED, f"heartbeat on for {minutes} min", {}, []
+            if kind == CommandType.DISABLE_HEARTBEAT:
                 self.set_heartbeat(None)
-                return "succeeded", "heartbeat off", {}, []
-            if kind == "reboot":
+                return ResultStatus.SUCCEEDED, "heartbeat off", {}, []
+            if kind == CommandType.REBOOT:
                 return self._reboot()
-            if kind == "update_agent":
+            if kind == CommandType.UPDATE_AGENT:
                 return self._update(command)
+        except PackageNamesRefused as refusal:
+            logger.warning("command %s: %s", command["id"], refusal)
+            return ResultStatus.FAILED, str(refusal), {}, []
         except ScanError as exc:
-            return "failed", str(exc), {}, []
+            return ResultStatus.FAILED, str(exc), {}, []
         except Exception as exc:  # a bug in one handler must still produce a failed result
             logger.exception("command %s failed", command["id"])
-            return "failed", f"{type(exc).__name__}: {exc}", {}, []
-        return "failed", f"this agent does not support {kind!r} commands", {}, []
+            return ResultStatus.FAILED, f"{type(exc).__name__}: {exc}", {}, []
+        return ResultStatus.FAILED, f"this agent does not support {kind!r} commands", {}, []
 
     def _scanner(self, package_type: Any) -> Scanner:
         scanner = self.scanners.get(package_type)
@@ -338,23 +351,23 @@ class CommandExecutor:
         output = f"{len(updates)} update(s) found"
         if not_checked:
             output += f", {len(not_checked)} not checked"
-        return "succeeded", output, {"details": {"report_id": report_id, "updates": len(updates)}}, [
+        return ResultStatus.SUCCEEDED, output, {"details": {"report_id": report_id, "updates": len(updates)}}, [
             (KIND_UPDATES_REPORT, f"updates-{report_id}", report)]
 
     def _package_operation(self, kind: str, params: Mapping[str, Any]):
         scanner = self._scanner(params.get("package_type"))
-        names = [str(name) for name in params.get("packages", [])]
-        outcome = scanner.dry_run(names) if kind == "dry_run_update" else scanner.install(names)
+        packages = params.get("packages")
+        # Anything but a list of names is no names at all (a string must not become its letters).
+        names = [str(name) for name in packages] if isinstance(packages, list) else []
+        outcome = scanner.dry_run(names) if kind == CommandType.DRY_RUN_UPDATE else scanner.install(names)
         details = {"exit_code": outcome.exit_code, "duration_seconds": round(outcome.duration_seconds, 3),
                    "dependencies": list(outcome.dependencies), "packages": list(outcome.packages)}
-        return ("succeeded" if outcome.succeeded else "failed"), tail(outcome.output_tail), details, []
+        return ResultStatus.of(outcome.succeeded), tail(outcome.output_tail), details, []
 
-    def _update(self, command: Dict[str, Any]):
+    def _update(self, command: dict[str, Any]):
         """Self-update: the new version reports success after its first check-in (see selfupdate.py)."""
-        from agent_client.selfupdate import UpdateRefused
-
         if self.self_updater is None:
-            return "failed", "self-update is not set up on this agent", {}, []
+            return ResultStatus.FAILED, "self-update is not set up on this agent", {}, []
         try:
             progress = self.self_updater.apply(command["id"], command["params"])
         except UpdateRefused as refusal:
@@ -365,15 +378,14 @@ class CommandExecutor:
                     metadata={"reason": refusal.reason, "command_id": command["id"],
                               "version": str(command["params"].get("version", ""))[:32]},
                 ))
-            return "failed", f"update refused ({refusal.reason}): {refusal}", {}, []
-        return "running", progress, {}, []
+            return ResultStatus.FAILED, f"update refused ({refusal.reason}): {refusal}", {}, []
+        return ResultStatus.RUNNING, progress, {}, []
 
     def _reboot(self):
         if self.reboot is None:
-            return "failed", "rebooting is not set up on this agent", {}, []
+            return ResultStatus.FAILED, "rebooting is not set up on this agent", {}, []
         outcome = self.reboot()
-        return ("succeeded" if outcome.succeeded else "failed"), tail(outcome.output_tail), {
-            "exit_code": outcome.exit_code}, []
+        return ResultStatus.of(outcome.succeeded), tail(outcome.output_tail), {"exit_code": outcome.exit_code}, []
 
 
 # -- sending what commands produced (outbox channels) ----------------------------------
@@ -383,12 +395,12 @@ class CommandExecutor:
 PERMANENT_REFUSALS = (400, 404, 413)
 
 
-def _send_each(get_client: Callable[[], Any], record: Callable[[Dict[str, Any]], None], path_for: Callable[[Dict[str, Any]], str],
-               body_for: Callable[[Dict[str, Any]], Dict[str, Any]], what: str) -> Callable[[List[Dict[str, Any]]], None]:
-    from agent_client.events import AGENT_CHECKIN
-    from agent_client.transport import ApiError
+Payload = dict[str, Any]
 
-    def send(payloads: List[Dict[str, Any]]) -> None:
+
+def _send_each(get_client: Callable[[], Any], record: Callable[[Payload], None], path_for: Callable[[Payload], str],
+               body_for: Callable[[Payload], Payload], what: str) -> Callable[[list[Payload]], None]:
+    def send(payloads: list[Payload]) -> None:
         for payload in payloads:
             try:
                 get_client().request("POST", path_for(payload), body_for(payload))
@@ -401,13 +413,11 @@ def _send_each(get_client: Callable[[], Any], record: Callable[[Dict[str, Any]],
     return send
 
 
-def executor_channels(get_client: Callable[[], Any], record: Callable[[Dict[str, Any]], None]) -> Dict[str, Any]:
+def executor_channels(get_client: Callable[[], Any], record: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
     """Outbox channels for command results and reports (the runner's ``extra_channels``).
 
     ``get_client`` returns the runner's current client (it is replaced when the config reloads).
     """
-    from agent_client.outbox import Channel
-
     def agent_path(suffix: str) -> str:
         return get_client().agent_path(suffix)
 

@@ -14,8 +14,9 @@ import shutil
 import socket
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Optional
 
 import psutil
 
@@ -52,7 +53,7 @@ def hash_machine_id(raw: str) -> str:
 
 
 def _read_windows_machine_guid() -> Optional[str]:
-    import winreg  # type: ignore[import-not-found]  # Windows only
+    import winreg  # type: ignore[import-not-found]  # noqa: PLC0415  (Windows only)
 
     flags = winreg.KEY_READ | getattr(winreg, "KEY_WOW64_64KEY", 0)
     try:
@@ -63,7 +64,7 @@ def _read_windows_machine_guid() -> Optional[str]:
     return str(value).strip() or None
 
 
-def read_machine_id(paths: Sequence[str] = MACHINE_ID_PATHS, *, windows: Optional[bool] = None) -> Tuple[str, str]:
+def read_machine_id(paths: Sequence[str] = MACHINE_ID_PATHS, *, windows: Optional[bool] = None) -> tuple[str, str]:
     """(raw machine id, where it came from). Raises MachineIdError when there is none."""
     if windows is None:
         windows = sys.platform == "win32"
@@ -103,8 +104,8 @@ def os_family(system: Optional[str] = None) -> str:
     return "other"
 
 
-def read_os_release(path: str = "/etc/os-release") -> Dict[str, str]:
-    values: Dict[str, str] = {}
+def read_os_release(path: str = "/etc/os-release") -> dict[str, str]:
+    values: dict[str, str] = {}
     try:
         text = Path(path).read_text(encoding="utf-8", errors="replace")
     except OSError:
@@ -121,7 +122,7 @@ def read_os_release(path: str = "/etc/os-release") -> Dict[str, str]:
     return values
 
 
-def _os_name_version() -> Tuple[str, str]:
+def _os_name_version() -> tuple[str, str]:
     system = platform.system()
     if system == "Linux":
         release = read_os_release()
@@ -135,7 +136,7 @@ def _os_name_version() -> Tuple[str, str]:
     return system, platform.release()
 
 
-def host_facts() -> Dict[str, str]:
+def host_facts() -> dict[str, str]:
     """What registration sends: hostname, OS family/name/version, kernel, arch."""
     os_name, os_version = _os_name_version()
     facts = {
@@ -158,9 +159,9 @@ def _root_mount() -> str:
     return "/"
 
 
-def collect_metrics() -> Dict[str, Any]:
+def collect_metrics() -> dict[str, Any]:
     """The check-in's metrics; each value is left out when this host cannot give it."""
-    metrics: Dict[str, Any] = {}
+    metrics: dict[str, Any] = {}
     try:
         metrics["cpu_percent"] = _clamp_percent(psutil.cpu_percent(interval=0.2))
     except Exception:  # psutil raises platform-specific errors; a metric is never worth a failed check-in
@@ -194,7 +195,7 @@ def _clamp_percent(value: float) -> float:
 # --- system and storage facts (for reports/system) ----------------------------------
 
 
-def disks(partitions: Optional[List[Any]] = None) -> List[Dict[str, Any]]:
+def disks(partitions: Optional[list[Any]] = None) -> list[dict[str, Any]]:
     """Per-mount usage of real file systems; pseudo and duplicate mounts skipped."""
     if partitions is None:
         partitions = psutil.disk_partitions(all=False)
@@ -225,7 +226,7 @@ def disks(partitions: Optional[List[Any]] = None) -> List[Dict[str, Any]]:
     return result
 
 
-def ip_addresses() -> List[Dict[str, str]]:
+def ip_addresses() -> list[dict[str, str]]:
     """Non-loopback, non-link-local addresses per interface."""
     families = {socket.AF_INET: "ipv4", socket.AF_INET6: "ipv6"}
     result = []
@@ -245,15 +246,14 @@ def ip_addresses() -> List[Dict[str, str]]:
     return result
 
 
-def reboot_required(run_dir: str = REBOOT_REQUIRED_DIR) -> Dict[str, Any]:
+def reboot_required(run_dir: str = REBOOT_REQUIRED_DIR) -> dict[str, Any]:
     """{required, reason, packages}: Debian's flag file, else ``needs-restarting -r``, else Windows keys."""
     flag = Path(run_dir) / "reboot-required"
     if flag.exists():
-        packages: List[str] = []
+        packages: list[str] = []
         try:
-            packages = sorted(
-                {line.strip() for line in (Path(run_dir) / "reboot-required.pkgs").read_text().splitlines() if line.strip()}
-            )
+            listed = (Path(run_dir) / "reboot-required.pkgs").read_text().splitlines()
+            packages = sorted({line.strip() for line in listed if line.strip()})
         except OSError:
             pass
         reason = "reboot-required flag set"
@@ -273,8 +273,8 @@ def reboot_required(run_dir: str = REBOOT_REQUIRED_DIR) -> Dict[str, Any]:
     return {"required": False, "reason": "", "packages": []}
 
 
-def _windows_reboot_required() -> Dict[str, Any]:
-    import winreg  # type: ignore[import-not-found]
+def _windows_reboot_required() -> dict[str, Any]:
+    import winreg  # type: ignore[import-not-found]  # noqa: PLC0415  (Windows only)
 
     keys = (
         r"SOFTWARE\Microsoft\Windows\CurrentVersion\Component Based Servicing\RebootPending",
@@ -289,7 +289,7 @@ def _windows_reboot_required() -> Dict[str, Any]:
     return {"required": False, "reason": "", "packages": []}
 
 
-def system_facts() -> Dict[str, Any]:
+def system_facts() -> dict[str, Any]:
     """OS, kernel, CPU, memory, disks, uptime, IPs and reboot state, for the system report."""
     os_name, os_version = _os_name_version()
     memory = psutil.virtual_memory()

@@ -29,11 +29,12 @@ import shutil
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Optional
 
 from agent_client import config as config_module
-from agent_client.config import AgentConfig, ConfigError, format_time, utc_now
+from agent_client.config import AgentConfig, format_time, utc_now
 from agent_client.events import MIGRATION, make_event
+from agent_client.transport import normalize_server_url
 
 LEGACY_CONFIG_PATHS = (Path("/etc/aggregator/config.json"),)
 BACKUP_DIRECTORY = "backups"
@@ -52,7 +53,7 @@ class MigrationPlan:
     target: Path
     backup: Path
     config: AgentConfig
-    notes: List[str]
+    notes: list[str]
 
     def describe(self) -> str:
         lines = [
@@ -88,7 +89,7 @@ def find_source(target: Path, legacy_paths=LEGACY_CONFIG_PATHS) -> Optional[Path
     return None
 
 
-def _read(source: Path) -> Dict[str, Any]:
+def _read(source: Path) -> dict[str, Any]:
     try:
         data = json.loads(source.read_text(encoding="utf-8"))
     except OSError as exc:
@@ -100,7 +101,7 @@ def _read(source: Path) -> Dict[str, Any]:
     return data
 
 
-def _identify(data: Dict[str, Any], source: Path) -> str:
+def _identify(data: dict[str, Any], source: Path) -> str:
     if "schema_version" in data:
         raise MigrationError(
             f"{source} has schema version {data['schema_version']!r}, which is not a layout this agent knows"
@@ -110,9 +111,7 @@ def _identify(data: Dict[str, Any], source: Path) -> str:
     raise MigrationError(f"{source} is not a RedFlag config this agent knows; nothing was changed")
 
 
-def _from_aggregator(data: Dict[str, Any], machine_hash: str, notes: List[str]) -> AgentConfig:
-    from agent_client.transport import normalize_server_url
-
+def _from_aggregator(data: dict[str, Any], machine_hash: str, notes: list[str]) -> AgentConfig:
     try:
         agent_id = str(uuid.UUID(str(data["agent_id"])))
     except ValueError:
@@ -145,21 +144,22 @@ def _from_aggregator(data: Dict[str, Any], machine_hash: str, notes: List[str]) 
 def plan(source: Path, target: Path, *, machine_hash: str) -> MigrationPlan:
     data = _read(source)
     layout = _identify(data, source)
-    notes: List[str] = []
+    notes: list[str] = []
     config = _from_aggregator(data, machine_hash, notes)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     backup = config_module.state_directory(target) / BACKUP_DIRECTORY / f"config-{stamp}.json"
     return MigrationPlan(source=source, layout=layout, target=target, backup=backup, config=config, notes=notes)
 
 
-def apply(migration: MigrationPlan, *, fetch_signing_keys: Callable[[AgentConfig], List[Dict[str, Any]]],
-          record: Callable[[Dict[str, Any]], None]) -> AgentConfig:
+def apply(migration: MigrationPlan, *, fetch_signing_keys: Callable[[AgentConfig], list[dict[str, Any]]],
+          record: Callable[[dict[str, Any]], None]) -> AgentConfig:
     """Carry the plan out; on any failure the old config is exactly as it was."""
     config = migration.config
     try:
         config.signing_keys = fetch_signing_keys(config)
     except Exception as exc:
-        raise MigrationError(f"cannot fetch signing keys from {config.server_url}: {exc}; nothing was changed") from None
+        raise MigrationError(
+            f"cannot fetch signing keys from {config.server_url}: {exc}; nothing was changed") from None
     if not config.signing_keys:
         raise MigrationError(f"{config.server_url} offered no usable signing keys; nothing was changed")
     migration.backup.parent.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -29,8 +29,9 @@ import os
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Optional
 
 from agent_client.events import AGENT_CHECKIN, make_event
 
@@ -68,7 +69,7 @@ class OutboxItem:
     seq: int
     kind: str
     item_id: str
-    payload: Dict[str, Any]
+    payload: dict[str, Any]
     size: int
     created_at: float
     attempts: int
@@ -82,7 +83,7 @@ class Channel:
     server acknowledged all of them; anything it raises stops the flush.
     """
 
-    send: Callable[[List[Dict[str, Any]]], None]
+    send: Callable[[list[dict[str, Any]]], None]
     batch_size: int = 1
 
 
@@ -110,7 +111,7 @@ class Outbox:
         self._init_lock = threading.Lock()
 
     @classmethod
-    def beside(cls, config_path: Path, **kwargs: Any) -> "Outbox":
+    def beside(cls, config_path: Path, **kwargs: Any) -> Outbox:
         return cls(Path(config_path).parent / OUTBOX_FILE_NAME, **kwargs)
 
     # -- storage ---------------------------------------------------------------
@@ -159,7 +160,7 @@ class Outbox:
 
     # -- writing ---------------------------------------------------------------
 
-    def add(self, kind: str, payload: Dict[str, Any], *, item_id: str) -> bool:
+    def add(self, kind: str, payload: dict[str, Any], *, item_id: str) -> bool:
         """Store an item durably. False when an item with this id is already queued."""
         text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
         size = len(text.encode("utf-8"))
@@ -174,7 +175,7 @@ class Outbox:
                 self._enforce_cap(connection)
         return bool(inserted)
 
-    def add_event(self, event: Dict[str, Any]) -> bool:
+    def add_event(self, event: dict[str, Any]) -> bool:
         return self.add(KIND_EVENT, event, item_id=event["id"])
 
     def _enforce_cap(self, connection: sqlite3.Connection) -> None:
@@ -197,7 +198,7 @@ class Outbox:
             "SELECT seq, kind, size FROM outbox WHERE item_id NOT LIKE 'overflow:%' AND seq < ? ORDER BY seq",
             (newest_seq,),
         ).fetchall()
-        dropped: Dict[str, int] = {}
+        dropped: dict[str, int] = {}
         for seq, kind, size in rows:
             if count + room_for_warning <= self.max_items and total + reserve <= self.max_bytes:
                 break
@@ -228,7 +229,7 @@ class Outbox:
             (KIND_EVENT, "overflow:" + warning["id"], text, len(text.encode("utf-8")), time.time()),
         )
 
-    def _overflow_warning(self, dropped: Dict[str, int], event_id: Optional[str] = None) -> Dict[str, Any]:
+    def _overflow_warning(self, dropped: dict[str, int], event_id: Optional[str] = None) -> dict[str, Any]:
         number = sum(dropped.values())
         summary = ", ".join(f"{value} {key}" for key, value in sorted(dropped.items()))
         warning = make_event(
@@ -246,7 +247,7 @@ class Outbox:
 
     # -- reading ---------------------------------------------------------------
 
-    def pending(self, *, limit: Optional[int] = None, after_seq: int = 0) -> List[OutboxItem]:
+    def pending(self, *, limit: Optional[int] = None, after_seq: int = 0) -> list[OutboxItem]:
         query = "SELECT seq, kind, item_id, payload, size, created_at, attempts FROM outbox WHERE seq > ? ORDER BY seq"
         parameters: Sequence[Any] = (after_seq,)
         if limit is not None:
@@ -266,7 +267,7 @@ class Outbox:
         with self._connect() as connection:
             return int(connection.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
 
-    def counts_by_kind(self) -> Dict[str, int]:
+    def counts_by_kind(self) -> dict[str, int]:
         if not self.path.exists():
             return {}
         with self._connect() as connection:
@@ -297,7 +298,7 @@ class Outbox:
 
     # -- flushing -------------------------------------------------------------------
 
-    def flush(self, channels: Dict[str, Channel], *, page_size: int = 1000) -> FlushResult:
+    def flush(self, channels: dict[str, Channel], *, page_size: int = 1000) -> FlushResult:
         """Send everything a channel exists for, oldest first; stop at the first failure."""
         result = FlushResult()
         after_seq = 0

@@ -1,8 +1,12 @@
-"""The signed-command envelope, shared by the server and the agent.
+"""The protocol the server and the agent share: its vocabulary and the signed bytes.
 
 The server imports this module to sign; the agent imports it to verify. One
 definition of the canonical bytes means the two can never disagree. Standard
 library only (the agent runs on Python 3.9 without Django).
+
+The vocabulary (command types, result statuses, package types, capabilities)
+is the agent's one copy of the server's choices; tests/server/
+test_protocol_agreement.py fails the day the two drift apart.
 """
 
 from __future__ import annotations
@@ -10,9 +14,67 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from typing import Any, Dict, Mapping, Tuple
+from collections.abc import Mapping
+from typing import Any
 
 ENVELOPE_VERSION = 1
+
+
+# --- vocabulary -------------------------------------------------------------------
+
+
+class CommandType:
+    """What the server may ask an agent to do (the server's agents_app.choices.CommandType)."""
+
+    SCAN_UPDATES = "scan_updates"
+    SCAN_STORAGE = "scan_storage"
+    SCAN_SYSTEM = "scan_system"
+    SCAN_DOCKER = "scan_docker"
+    DRY_RUN_UPDATE = "dry_run_update"
+    INSTALL_UPDATES = "install_updates"
+    CONFIRM_DEPENDENCIES = "confirm_dependencies"
+    ENABLE_HEARTBEAT = "enable_heartbeat"
+    DISABLE_HEARTBEAT = "disable_heartbeat"
+    REBOOT = "reboot"
+    UPDATE_AGENT = "update_agent"
+    ALL = (SCAN_UPDATES, SCAN_STORAGE, SCAN_SYSTEM, SCAN_DOCKER, DRY_RUN_UPDATE, INSTALL_UPDATES,
+           CONFIRM_DEPENDENCIES, ENABLE_HEARTBEAT, DISABLE_HEARTBEAT, REBOOT, UPDATE_AGENT)
+
+
+class ResultStatus:
+    """How an agent reports a command it ran: exactly what the server's command-result endpoint accepts."""
+
+    RUNNING = "running"  # started, finishes later (a self-update confirms after its restart)
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    ALL = (RUNNING, SUCCEEDED, FAILED)
+
+    @classmethod
+    def of(cls, succeeded: bool) -> str:
+        return cls.SUCCEEDED if succeeded else cls.FAILED
+
+
+class PackageType:
+    """The package managers an agent scans and installs with (the server's agents_app.choices.PackageType)."""
+
+    APT = "apt"
+    DNF = "dnf"
+    DOCKER = "docker"
+    WINDOWS_UPDATE = "windows_update"
+    WINGET = "winget"
+    ALL = (APT, DNF, DOCKER, WINDOWS_UPDATE, WINGET)
+
+
+class Capability:
+    """What an agent can report: every package type plus storage and system facts (the server's SubsystemName)."""
+
+    STORAGE = "storage"
+    SYSTEM = "system"
+    ALWAYS_AVAILABLE = (STORAGE, SYSTEM)
+    ALL = PackageType.ALL + ALWAYS_AVAILABLE
+
+
+# --- signed bytes -----------------------------------------------------------------
 
 
 def canonical_json(value: Any) -> bytes:
@@ -38,7 +100,7 @@ def command_signing_bytes(
 
     Times are whole Unix seconds; ids are canonical lowercase UUID strings.
     """
-    envelope: Dict[str, Any] = {
+    envelope: dict[str, Any] = {
         "v": ENVELOPE_VERSION,
         "agent_id": agent_id,
         "command_id": command_id,
@@ -100,7 +162,7 @@ def update_nonce_bytes(*, agent_id: str, version: str, issued_at: int, expires_a
                            "downgrade": bool(downgrade), "nonce": nonce})
 
 
-def version_key(version: str) -> Tuple[int, ...]:
+def version_key(version: str) -> tuple[int, ...]:
     """Numeric order of agent versions, shared by server and agent: 0.1.23 < 0.1.23.5 < 0.1.24 < 0.10.
 
     Trailing ``.0`` parts do not count (1.0 == 1). ValueError for anything but dot-separated numbers.

@@ -12,6 +12,7 @@ import shutil
 import sys
 import tempfile
 import zipapp
+import zipfile
 from pathlib import Path
 from typing import Optional
 
@@ -53,8 +54,6 @@ def _stamp_version(init_file: Path, version: str) -> None:
 
 def _normalize_timestamps(path: Path) -> None:
     """Rewrite the archive with fixed member times and order, so the same sources give the same SHA-256."""
-    import zipfile
-
     with zipfile.ZipFile(path) as archive:
         members = sorted((info.filename, archive.read(info)) for info in archive.infolist() if not info.is_dir())
     with open(path, "rb") as handle:

@@ -5,8 +5,8 @@ One cycle:
 1. check in with metrics, agent version, config version and heartbeat state;
 2. adopt what the server answered (poll interval, heartbeat window, config
    version — fetched through ``config_fetcher`` when one is plugged in);
-3. give the commands to ``command_handler`` (verification and execution are
-   plugged in there; this build only records that it could not run them);
+3. give the commands to ``command_handler`` (the executor, which verifies and
+   runs them; a runner built without one runs nothing and says so);
 4. flush the outbox, oldest first, through its channels (events always;
    command results and reports once their senders are plugged in).
 
@@ -28,7 +28,7 @@ import random
 import sys
 import threading
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Optional
 
 from agent_client import __version__
 from agent_client import config as config_module
@@ -49,7 +49,7 @@ TERMINAL_RECHECK_SECONDS = 3600.0
 CONFIG_WATCH_SECONDS = 30.0
 EVENTS_PER_REQUEST = 500
 
-CommandHandler = Callable[[List[Dict[str, Any]]], None]
+CommandHandler = Callable[[list[dict[str, Any]]], None]
 ConfigFetcher = Callable[[int], bool]
 
 
@@ -83,17 +83,17 @@ class CycleOutcome:
 
 
 class DeferredCommands:
-    """Stand-in command handler: this build cannot verify or execute commands yet.
+    """The handler of a runner built without an executor (the CLI always plugs one in).
 
     It refuses to run anything and says so once per command id, so a command
     never silently vanishes and never runs unverified.
     """
 
-    def __init__(self, record: Callable[[Dict[str, Any]], None]) -> None:
+    def __init__(self, record: Callable[[dict[str, Any]], None]) -> None:
         self.record = record
         self.seen: set = set()
 
-    def __call__(self, commands: List[Dict[str, Any]]) -> None:
+    def __call__(self, commands: list[dict[str, Any]]) -> None:
         fresh = [command for command in commands if str(command.get("id")) not in self.seen]
         for command in fresh:
             self.seen.add(str(command.get("id")))
@@ -124,8 +124,8 @@ class Runner:
         wait: Optional[Callable[[float], bool]] = None,
         command_handler: Optional[CommandHandler] = None,
         config_fetcher: Optional[ConfigFetcher] = None,
-        extra_channels: Optional[Dict[str, Channel]] = None,
-        metrics: Callable[[], Dict[str, Any]] = collect_metrics,
+        extra_channels: Optional[dict[str, Channel]] = None,
+        metrics: Callable[[], dict[str, Any]] = collect_metrics,
         reload_client: Optional[Callable[[AgentConfig], Client]] = None,
     ) -> None:
         self.config = config
@@ -146,7 +146,7 @@ class Runner:
 
     # -- events ------------------------------------------------------------------
 
-    def record(self, event: Dict[str, Any]) -> None:
+    def record(self, event: dict[str, Any]) -> None:
         """Queue an event durably; an unwritable outbox is logged, never fatal."""
         try:
             self.outbox.add_event(event)
@@ -181,12 +181,12 @@ class Runner:
 
     # -- one cycle -----------------------------------------------------------------
 
-    def channels(self) -> Dict[str, Channel]:
+    def channels(self) -> dict[str, Channel]:
         channels = {KIND_EVENT: Channel(send=self.client.send_events, batch_size=EVENTS_PER_REQUEST)}
         channels.update(self.extra_channels)
         return channels
 
-    def checkin_payload(self) -> Dict[str, Any]:
+    def checkin_payload(self) -> dict[str, Any]:
         return {
             "agent_version": __version__,
             "config_version": self.config.config_version,
@@ -220,7 +220,7 @@ class Runner:
             outcome.error = outcome.flush.error
         return outcome
 
-    def _adopt(self, answer: Dict[str, Any]) -> None:
+    def _adopt(self, answer: dict[str, Any]) -> None:
         if not isinstance(answer, dict):
             raise TransportError("the server's check-in answer is not an object")
         interval = answer.get("poll_interval_seconds")

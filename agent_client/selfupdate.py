@@ -23,13 +23,14 @@ import sys
 import tempfile
 import time
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Callable, Dict, Mapping, Optional
+from typing import Any, Callable, Optional
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from agent_client.protocol import release_manifest_bytes, update_nonce_bytes, version_key
+from agent_client.protocol import ResultStatus, release_manifest_bytes, update_nonce_bytes, version_key
 
 logger = logging.getLogger("redflag.agent.selfupdate")
 
@@ -58,13 +59,13 @@ class UpdateState:
     def __init__(self, state_dir: Path) -> None:
         self.path = Path(state_dir) / STATE_FILE
 
-    def load(self) -> Dict[str, Any]:
+    def load(self) -> dict[str, Any]:
         try:
             return json.loads(self.path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return {}
 
-    def save(self, data: Dict[str, Any]) -> None:
+    def save(self, data: dict[str, Any]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, temporary = tempfile.mkstemp(prefix=".self-update.", dir=str(self.path.parent))
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
@@ -84,7 +85,7 @@ def _verify(key: Optional[Ed25519PublicKey], signature: str, signed: bytes, reas
 
 
 def verify_update(params: Mapping[str, Any], *, agent_id: str, keys: Mapping[str, Ed25519PublicKey],
-                  current_version: str, highest_accepted: str, now: float) -> Dict[str, Any]:
+                  current_version: str, highest_accepted: str, now: float) -> dict[str, Any]:
     """Check nonce and manifest; returns the manifest. Raises UpdateRefused naming the reason."""
     try:
         nonce, manifest = dict(params["update_nonce"]), dict(params["manifest"])
@@ -157,22 +158,22 @@ class SelfUpdater:
         self.request_restart()
         return f"installed {manifest['version']} at {target}; restarting"
 
-    def on_start(self) -> Optional[Dict[str, Any]]:
+    def on_start(self) -> Optional[dict[str, Any]]:
         """At start-up: what to report about an update in flight (None: nothing)."""
         state = self.state.load()
         if "rolled_back" in state:
             report = state.pop("rolled_back")
             self.state.save(state)
-            return {"command_id": report["command_id"], "status": "failed", "output": report["reason"]}
+            return {"command_id": report["command_id"], "status": ResultStatus.FAILED, "output": report["reason"]}
         pending = state.get("pending")
         if pending and pending["to"] != self.current_version:
             state.pop("pending")
             self.state.save(state)
-            return {"command_id": pending["command_id"], "status": "failed",
+            return {"command_id": pending["command_id"], "status": ResultStatus.FAILED,
                     "output": f"after the restart this agent runs {self.current_version}, not {pending['to']}"}
         return None
 
-    def after_cycle(self, checked_in: bool) -> Optional[Dict[str, Any]]:
+    def after_cycle(self, checked_in: bool) -> Optional[dict[str, Any]]:
         """The new version confirms after a check-in, or rolls back after repeated failures."""
         state = self.state.load()
         pending = state.get("pending")
@@ -182,7 +183,7 @@ class SelfUpdater:
             state.pop("pending")
             state["highest_accepted"] = max(self.current_version, state.get("highest_accepted", "0"), key=version_key)
             self.state.save(state)
-            return {"command_id": pending["command_id"], "status": "succeeded",
+            return {"command_id": pending["command_id"], "status": ResultStatus.SUCCEEDED,
                     "output": f"now running {self.current_version} (was {pending['from']})"}
         pending["attempts"] += 1
         if pending["attempts"] < MAX_START_ATTEMPTS:

@@ -22,13 +22,14 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import email.utils
+import hashlib
 import logging
 import random
 import secrets
 import time
 import urllib.parse
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Optional
 
 import requests
 
@@ -103,7 +104,7 @@ class RetryPolicy:
 class ApiResponse:
     status: int
     body: Any
-    headers: Dict[str, str]
+    headers: dict[str, str]
 
 
 def parse_retry_after(value: Optional[str], now: Optional[float] = None) -> Optional[float]:
@@ -128,7 +129,7 @@ def new_nonce() -> str:
     return secrets.token_urlsafe(24)  # 32 characters of [A-Za-z0-9_-]
 
 
-def _error_of(response: requests.Response) -> Tuple[str, str]:
+def _error_of(response: requests.Response) -> tuple[str, str]:
     try:
         error = response.json().get("error") or {}
         code = str(error.get("code") or f"http_{response.status_code}")
@@ -149,8 +150,8 @@ class Client:
         retry: Optional[RetryPolicy] = None,
         sleep: Callable[[float], None] = time.sleep,
         rng: Optional[random.Random] = None,
-        timeout: Tuple[float, float] = (10.0, 60.0),
-        on_event: Optional[Callable[[Dict[str, Any]], None]] = None,
+        timeout: tuple[float, float] = (10.0, 60.0),
+        on_event: Optional[Callable[[dict[str, Any]], None]] = None,
     ) -> None:
         self.config = config
         self.machine_id_hash = machine_id_hash
@@ -171,10 +172,10 @@ class Client:
 
     # -- public calls ------------------------------------------------------------
 
-    def checkin(self, payload: Dict[str, Any]) -> Dict[str, Any]:
+    def checkin(self, payload: dict[str, Any]) -> dict[str, Any]:
         return self.request("POST", self.agent_path("checkin"), payload).body
 
-    def send_events(self, events: List[Dict[str, Any]]) -> Dict[str, Any]:
+    def send_events(self, events: list[dict[str, Any]]) -> dict[str, Any]:
         body = self.request("POST", self.agent_path("events"), {"events": events}).body
         if not isinstance(body, dict) or body.get("received") != len(events):
             raise TransportError(f"server acknowledged {body!r} for {len(events)} events")
@@ -185,8 +186,6 @@ class Client:
 
         Refuses more than ``max_bytes`` (the size the signed manifest promised).
         """
-        import hashlib
-
         if self._access_token_expiring():
             self.renew()
         url = self.config.server_url.rstrip("/") + path
@@ -209,10 +208,10 @@ class Client:
                     handle.write(chunk)
         return digest.hexdigest()
 
-    def signing_keys(self) -> List[Dict[str, Any]]:
+    def signing_keys(self) -> list[dict[str, Any]]:
         return self.request("GET", f"{API_PREFIX}/signing-keys", auth=False).body.get("keys", [])
 
-    def health(self) -> Dict[str, Any]:
+    def health(self) -> dict[str, Any]:
         return self.request("GET", f"{API_PREFIX}/health", auth=False).body
 
     def agent_path(self, suffix: str) -> str:
@@ -222,7 +221,8 @@ class Client:
 
     # -- the request loop ------------------------------------------------------------
 
-    def request(self, method: str, path: str, payload: Optional[Dict[str, Any]] = None, *, auth: bool = True) -> ApiResponse:
+    def request(self, method: str, path: str, payload: Optional[dict[str, Any]] = None, *,
+                auth: bool = True) -> ApiResponse:
         if auth:
             self._save_pending_credentials()
             if self._access_token_expiring():
@@ -230,7 +230,8 @@ class Client:
                 self.renew()
         return self._exchange(method, path, payload, auth=auth, renewing=False)
 
-    def _exchange(self, method: str, path: str, payload: Optional[Dict[str, Any]], *, auth: bool, renewing: bool) -> ApiResponse:
+    def _exchange(self, method: str, path: str, payload: Optional[dict[str, Any]], *, auth: bool,
+                  renewing: bool) -> ApiResponse:
         url = self.config.server_url.rstrip("/") + path
         renewed = clock_adjusted = False
         attempt = 0
@@ -276,12 +277,13 @@ class Client:
     def _retry_or_raise(self, attempt: int, problem: str, retry_after: Optional[float]) -> None:
         too_long = retry_after is not None and retry_after > self.retry.max_retry_after_seconds
         if attempt >= self.retry.max_attempts or too_long:
-            raise ServerUnavailable(f"{problem}; gave up after {attempt} attempt{'s' if attempt > 1 else ''}", retry_after)
+            attempts = f"{attempt} attempt{'s' if attempt > 1 else ''}"
+            raise ServerUnavailable(f"{problem}; gave up after {attempts}", retry_after)
         delay = self.retry.delay(attempt, retry_after, self.rng)
         logger.warning("%s; retrying in %.1f s", problem, delay)
         self.sleep(delay)
 
-    def _headers(self, auth: bool) -> Dict[str, str]:
+    def _headers(self, auth: bool) -> dict[str, str]:
         headers = {
             "X-Machine-ID": self.machine_id_hash,
             "X-Request-Nonce": new_nonce(),
@@ -332,7 +334,8 @@ class Client:
         if not self.config.refresh_token:
             raise TerminalError("no_refresh_token", "the config holds no refresh token: register this agent again")
         response = self._exchange(
-            "POST", f"{API_PREFIX}/agents/renew", {"refresh_token": self.config.refresh_token}, auth=False, renewing=True
+            "POST", f"{API_PREFIX}/agents/renew", {"refresh_token": self.config.refresh_token}, auth=False,
+            renewing=True,
         )
         body = response.body if isinstance(response.body, dict) else {}
         fields = ("access_token", "access_token_expires_at", "refresh_token", "refresh_token_expires_at")
@@ -397,12 +400,12 @@ def register(
     *,
     registration_token: str,
     machine_id_hash: str,
-    facts: Dict[str, str],
+    facts: dict[str, str],
     agent_version: str = __version__,
     retry: Optional[RetryPolicy] = None,
     sleep: Callable[[float], None] = time.sleep,
     ca_bundle: Optional[str] = None,
-) -> Dict[str, Any]:
+) -> dict[str, Any]:
     """POST /agents/register; returns the server's answer (credentials, keys, config)."""
     client = Client(
         AgentConfig(server_url=server_url, ca_bundle=ca_bundle),

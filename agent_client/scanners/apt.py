@@ -36,9 +36,11 @@ import os
 import re
 import shutil
 import time
-from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
+from collections.abc import Iterable, Sequence
+from typing import Optional
 
-from .base import (
+from agent_client.protocol import PackageType
+from agent_client.scanners.base import (
     CommandOutput,
     OperationResult,
     ScanError,
@@ -84,7 +86,7 @@ HELD_CHANGE_HEADER = "The following held packages will be changed:"
 # --- parsing (pure functions, unit-tested on captured real output) ---------
 
 
-def parse_origins(text: str) -> List[Tuple[str, str]]:
+def parse_origins(text: str) -> list[tuple[str, str]]:
     """Split apt's release string into (label, suite) pairs.
 
     apt prints each source as ``Label:Version/Suite`` where label and version
@@ -110,7 +112,7 @@ def format_repository(label: str, suite: str) -> str:
     return f"{label}/{suite}" if label else suite
 
 
-def parse_simulation(output: str) -> Dict[str, object]:
+def parse_simulation(output: str) -> dict[str, object]:
     """Parse ``apt-get -s`` output.
 
     Returns ``{"inst": [...], "remv": [...], "kept_back": {name: (cur, cand)},
@@ -118,10 +120,10 @@ def parse_simulation(output: str) -> Dict[str, object]:
     with name, current (``""`` for a new package), candidate, arch and
     origins (list of (label, suite)).
     """
-    inst: List[Dict[str, object]] = []
-    remv: List[Dict[str, str]] = []
-    sections: Dict[str, Dict[str, Tuple[str, str]]] = {"kept_back": {}, "phased": {}}
-    held_changes: List[str] = []
+    inst: list[dict[str, object]] = []
+    remv: list[dict[str, str]] = []
+    sections: dict[str, dict[str, tuple[str, str]]] = {"kept_back": {}, "phased": {}}
+    held_changes: list[str] = []
     current_section: Optional[str] = None
     for line in output.splitlines():
         if current_section is not None and line.startswith(" "):
@@ -164,7 +166,7 @@ def parse_simulation(output: str) -> Dict[str, object]:
     }
 
 
-def _list_items(line: str) -> List[Tuple[str, Tuple[str, str]]]:
+def _list_items(line: str) -> list[tuple[str, tuple[str, str]]]:
     """Entries of an indented apt package list, with or without Show-Versions."""
     stripped = line.strip()
     match = SHOWN_VERSIONS.match(stripped)
@@ -173,11 +175,11 @@ def _list_items(line: str) -> List[Tuple[str, Tuple[str, str]]]:
     return [(name, ("", "")) for name in stripped.split()]
 
 
-def parse_cache_sizes(output: str) -> Dict[Tuple[str, str, str], int]:
+def parse_cache_sizes(output: str) -> dict[tuple[str, str, str], int]:
     """``apt-cache show`` records → {(package, version, arch): download size}."""
-    sizes: Dict[Tuple[str, str, str], int] = {}
+    sizes: dict[tuple[str, str, str], int] = {}
     for record in output.split("\n\n"):
-        fields: Dict[str, str] = {}
+        fields: dict[str, str] = {}
         for line in record.splitlines():
             if line[:1] in (" ", "\t") or ":" not in line:
                 continue
@@ -192,12 +194,12 @@ def parse_cache_sizes(output: str) -> Dict[Tuple[str, str, str], int]:
     return sizes
 
 
-def parse_policy(output: str) -> Dict[str, Dict[str, object]]:
+def parse_policy(output: str) -> dict[str, dict[str, object]]:
     """``apt-cache policy NAMES`` → {name: {installed, candidate, sources}}.
 
     ``sources`` are the (uri, "suite/component") pairs that serve the candidate.
     """
-    result: Dict[str, Dict[str, object]] = {}
+    result: dict[str, dict[str, object]] = {}
     name: Optional[str] = None
     in_candidate = False
     version_line = re.compile(r"^ (?:\*\*\*| {3}) (?P<version>\S+) (?P<priority>-?\d+)$")
@@ -227,7 +229,7 @@ def parse_policy(output: str) -> Dict[str, Dict[str, object]]:
     return result
 
 
-def parse_unpacked(output: str) -> List[Dict[str, str]]:
+def parse_unpacked(output: str) -> list[dict[str, str]]:
     """dpkg's "Unpacking name (new) over (old)" lines from a real install."""
     changed = []
     for line in output.splitlines():
@@ -244,9 +246,9 @@ def parse_unpacked(output: str) -> List[Dict[str, str]]:
     return changed
 
 
-def normalize_apt_options(options: Iterable[str]) -> List[str]:
+def normalize_apt_options(options: Iterable[str]) -> list[str]:
     """Accept ``"-o Key=Value"``, ``"-oKey=Value"`` or ``"Key=Value"``; return argv."""
-    argv: List[str] = []
+    argv: list[str] = []
     for option in options:
         text = option.strip()
         if text.startswith("-o"):
@@ -261,7 +263,7 @@ def normalize_apt_options(options: Iterable[str]) -> List[str]:
 
 
 class AptScanner(Scanner):
-    package_type = "apt"
+    package_type = PackageType.APT
 
     def __init__(
         self,
@@ -342,7 +344,7 @@ class AptScanner(Scanner):
             # The scan itself is still valid; the next one simply refreshes again.
             logger.warning("cannot record the apt lists refresh in %s: %s", self.refresh_stamp_path, exc)
 
-    def scan(self) -> List[UpdateRecord]:
+    def scan(self) -> list[UpdateRecord]:
         self.refresh_lists()
         simulation = self._apt_get(
             ["-s", "-o", "APT::Get::Show-Versions=true", "dist-upgrade"], lock=False
@@ -356,8 +358,8 @@ class AptScanner(Scanner):
         held = self._held_packages()
 
         upgrades = [entry for entry in parsed["inst"] if entry["current"]]  # type: ignore[union-attr]
-        held_back: Dict[str, Tuple[str, str]] = dict(parsed["kept_back"])  # type: ignore[arg-type]
-        phased: Dict[str, Tuple[str, str]] = dict(parsed["phased"])  # type: ignore[arg-type]
+        held_back: dict[str, tuple[str, str]] = dict(parsed["kept_back"])  # type: ignore[arg-type]
+        phased: dict[str, tuple[str, str]] = dict(parsed["phased"])  # type: ignore[arg-type]
         policy = self._policy(list(held_back) + list(phased))
 
         records = [self._record_from_inst(entry, held) for entry in upgrades]
@@ -367,11 +369,11 @@ class AptScanner(Scanner):
         self._add_sizes(records)
         return records
 
-    def _record_from_inst(self, entry: Dict[str, object], held: Set[str]) -> UpdateRecord:
-        origins: List[Tuple[str, str]] = entry["origins"]  # type: ignore[assignment]
+    def _record_from_inst(self, entry: dict[str, object], held: set[str]) -> UpdateRecord:
+        origins: list[tuple[str, str]] = entry["origins"]  # type: ignore[assignment]
         security = [origin for origin in origins if is_security_origin(*origin)]
         chosen = security[0] if security else (origins[0] if origins else ("", ""))
-        metadata: Dict[str, object] = {
+        metadata: dict[str, object] = {
             "arch": entry["arch"],
             "origins": [format_repository(*origin) for origin in origins],
         }
@@ -391,20 +393,20 @@ class AptScanner(Scanner):
     def _record_from_policy(
         self,
         name: str,
-        versions: Tuple[str, str],
-        policy: Optional[Dict[str, object]],
-        held: Set[str],
+        versions: tuple[str, str],
+        policy: Optional[dict[str, object]],
+        held: set[str],
         deferred_by_phasing: bool,
     ) -> UpdateRecord:
         current, candidate = versions
-        sources: List[Tuple[str, str]] = []
+        sources: list[tuple[str, str]] = []
         if policy is not None:
             current = current or str(policy["installed"])
             candidate = candidate or str(policy["candidate"])
             sources = policy["sources"]  # type: ignore[assignment]
         suites = [dist for _, dist in sources]
         security = [dist for dist in suites if is_security_origin("", dist.split("/", 1)[0])]
-        metadata: Dict[str, object] = {"held_back": True, "origins": suites}
+        metadata: dict[str, object] = {"held_back": True, "origins": suites}
         if name in held:
             metadata["held"] = True
         if deferred_by_phasing:
@@ -420,7 +422,7 @@ class AptScanner(Scanner):
             metadata=metadata,
         )
 
-    def _held_packages(self) -> Set[str]:
+    def _held_packages(self) -> set[str]:
         result = run_command(
             ["apt-mark", *self.apt_options, "showhold"], timeout=self.command_timeout_seconds
         )
@@ -428,7 +430,7 @@ class AptScanner(Scanner):
             raise ScanError(f"apt-mark showhold failed: {tail(_combined(result), 2000).strip()}")
         return {line.strip() for line in result.stdout.splitlines() if line.strip()}
 
-    def _policy(self, names: List[str]) -> Dict[str, Dict[str, object]]:
+    def _policy(self, names: list[str]) -> dict[str, dict[str, object]]:
         if not names:
             return {}
         result = run_command(
@@ -438,7 +440,7 @@ class AptScanner(Scanner):
             raise ScanError(f"apt-cache policy failed: {tail(_combined(result), 2000).strip()}")
         return parse_policy(result.stdout)
 
-    def _add_sizes(self, records: List[UpdateRecord]) -> None:
+    def _add_sizes(self, records: list[UpdateRecord]) -> None:
         """Download sizes from one ``apt-cache show``; best effort, as sizes are
         informational and a missing record must not fail the whole scan."""
         if not records:
@@ -450,7 +452,7 @@ class AptScanner(Scanner):
         if result.exit_code != 0:
             logger.info("apt-cache show exited %s; sizes may be missing", result.exit_code)
         sizes = parse_cache_sizes(result.stdout)
-        by_name_version: Dict[Tuple[str, str], int] = {}
+        by_name_version: dict[tuple[str, str], int] = {}
         for (package, version, _arch), size in sizes.items():
             by_name_version.setdefault((package, version), size)
         for record in records:
@@ -463,21 +465,24 @@ class AptScanner(Scanner):
 
     # -- dry-run and install ----------------------------------------------
 
-    def dry_run(self, names: List[str]) -> OperationResult:
+    def is_valid_name(self, name: str) -> bool:
+        return PACKAGE_NAME.match(name) is not None
+
+    def _dry_run(self, names: list[str]) -> OperationResult:
         started = time.monotonic()
-        refused = self._refuse_bad_names(names, started) or self._refresh_before_operation(started)
-        if refused is not None:
-            return refused
+        refresh_failed = self._refresh_before_operation(started)
+        if refresh_failed is not None:
+            return refresh_failed
         result = self._apt_get(["-s", "install", "--only-upgrade", *names], lock=False)
         output = _combined(result)
-        problems: List[str] = []
-        packages: List[Dict[str, str]] = []
-        dependencies: List[str] = []
+        problems: list[str] = []
+        packages: list[dict[str, str]] = []
+        dependencies: list[str] = []
         if result.exit_code == 0:
             parsed = parse_simulation(result.stdout)
             requested = set(names)
             for entry in parsed["inst"]:  # type: ignore[union-attr]
-                origins: List[Tuple[str, str]] = entry["origins"]
+                origins: list[tuple[str, str]] = entry["origins"]
                 packages.append(
                     {
                         "name": str(entry["name"]),
@@ -502,11 +507,11 @@ class AptScanner(Scanner):
                 )
         return _operation_result(result, output, problems, started, packages, dependencies)
 
-    def install(self, names: List[str]) -> OperationResult:
+    def _install(self, names: list[str]) -> OperationResult:
         started = time.monotonic()
-        refused = self._refuse_bad_names(names, started) or self._refresh_before_operation(started)
-        if refused is not None:
-            return refused
+        refresh_failed = self._refresh_before_operation(started)
+        if refresh_failed is not None:
+            return refresh_failed
         result = self._apt_get(
             [
                 "install",
@@ -524,13 +529,13 @@ class AptScanner(Scanner):
         packages = parse_unpacked(result.stdout)
         requested = set(names)
         dependencies = [entry["name"] for entry in packages if entry["name"] not in requested]
-        problems: List[str] = []
+        problems: list[str] = []
         if result.exit_code == 0:
             problems = _not_installed_problems(result.stdout)
             problems.extend(self._verify_installed(packages))
         return _operation_result(result, output, problems, started, packages, dependencies)
 
-    def _verify_installed(self, packages: List[Dict[str, str]]) -> List[str]:
+    def _verify_installed(self, packages: list[dict[str, str]]) -> list[str]:
         """Check with dpkg that what apt unpacked is now installed and configured."""
         if not packages:
             return []
@@ -539,7 +544,7 @@ class AptScanner(Scanner):
             + [entry["name"] for entry in packages],
             timeout=self.command_timeout_seconds,
         )
-        installed: Dict[str, Tuple[str, str]] = {}
+        installed: dict[str, tuple[str, str]] = {}
         for line in query.stdout.splitlines():
             parts = line.split()
             if len(parts) >= 3:
@@ -555,25 +560,9 @@ class AptScanner(Scanner):
                 )
         return problems
 
-    def _refuse_bad_names(self, names: List[str], started: float) -> Optional[OperationResult]:
-        if not names:
-            message = "redflag: no package names given; nothing was run"
-        else:
-            bad = [name for name in names if not PACKAGE_NAME.match(name)]
-            if not bad:
-                return None
-            message = f"redflag: refusing invalid package name(s) {bad!r}; nothing was run"
-        # No process ran, so there is no exit code; -1 says exactly that.
-        return OperationResult(
-            succeeded=False,
-            exit_code=-1,
-            output_tail=message,
-            duration_seconds=time.monotonic() - started,
-        )
-
     # -- helpers ------------------------------------------------------------
 
-    def _apt_get(self, args: List[str], *, lock: bool) -> CommandOutput:
+    def _apt_get(self, args: list[str], *, lock: bool) -> CommandOutput:
         argv = ["apt-get", "-q", *self.apt_options]
         if lock:
             argv += ["-o", f"DPkg::Lock::Timeout={int(self.lock_timeout_seconds)}"]
@@ -586,7 +575,7 @@ def _combined(result: CommandOutput) -> str:
     return result.stdout or result.stderr
 
 
-def _not_installed_problems(stdout: str) -> List[str]:
+def _not_installed_problems(stdout: str) -> list[str]:
     skipped = [match.group("name") for match in map(SKIPPING_LINE.match, stdout.splitlines()) if match]
     if not skipped:
         return []
@@ -596,10 +585,10 @@ def _not_installed_problems(stdout: str) -> List[str]:
 def _operation_result(
     result: CommandOutput,
     output: str,
-    problems: List[str],
+    problems: list[str],
     started: float,
-    packages: List[Dict[str, str]],
-    dependencies: List[str],
+    packages: list[dict[str, str]],
+    dependencies: list[str],
 ) -> OperationResult:
     succeeded = result.exit_code == 0 and not problems
     if problems:

@@ -26,13 +26,15 @@ import os
 import re
 import shutil
 import time
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from collections.abc import Iterable, Sequence
+from typing import Optional
 
+from agent_client.protocol import PackageType
 from agent_client.scanners.base import (
     CommandOutput,
     OperationResult,
-    Scanner,
     ScanError,
+    Scanner,
     UpdateRecord,
     run_command,
     tail,
@@ -100,8 +102,8 @@ class AdvisoryDetail:
     advisory_type: str = ""
     severity: str = "unknown"
     title: str = ""
-    cve_ids: List[str] = dataclasses.field(default_factory=list)
-    bug_ids: List[str] = dataclasses.field(default_factory=list)
+    cve_ids: list[str] = dataclasses.field(default_factory=list)
+    bug_ids: list[str] = dataclasses.field(default_factory=list)
 
 
 # ---------------------------------------------------------------------------
@@ -114,7 +116,7 @@ def format_evr(epoch: str, version: str, release: str) -> str:
     return f"{prefix}{version}-{release}"
 
 
-def split_nevra(nevra: str) -> Tuple[str, str, str]:
+def split_nevra(nevra: str) -> tuple[str, str, str]:
     """``name-[epoch:]version-release.arch`` → (name, version-with-epoch, arch).
 
     A zero epoch is dropped so versions compare equal to check-update's.
@@ -133,14 +135,14 @@ def split_nevra(nevra: str) -> Tuple[str, str, str]:
     return name, format_evr(epoch, version, release), arch
 
 
-def _split_name_arch(token: str) -> Tuple[str, str]:
+def _split_name_arch(token: str) -> tuple[str, str]:
     name, dot, arch = token.rpartition(".")
     if not dot or not name:
         return token, ""
     return name, arch
 
 
-def parse_check_update(stdout: str) -> List[AvailableUpdate]:
+def parse_check_update(stdout: str) -> list[AvailableUpdate]:
     """Rows of ``dnf check-update``: ``name.arch  [epoch:]version-release  repo``.
 
     Progress and "Last metadata expiration check" lines have other shapes and
@@ -148,7 +150,7 @@ def parse_check_update(stdout: str) -> List[AvailableUpdate]:
     packages already listed, so parsing stops there. Old dnf/yum wrapped a
     name too long for its column onto a line of its own; that is rejoined.
     """
-    updates: List[AvailableUpdate] = []
+    updates: list[AvailableUpdate] = []
     pending_name: Optional[str] = None
     for line in stdout.splitlines():
         if line.strip().lower().startswith("obsoleting packages"):
@@ -172,9 +174,9 @@ def parse_check_update(stdout: str) -> List[AvailableUpdate]:
     return updates
 
 
-def parse_repoquery_installed(stdout: str) -> Dict[Tuple[str, str], str]:
+def parse_repoquery_installed(stdout: str) -> dict[tuple[str, str], str]:
     """Our repoquery format → {(name, arch): [epoch:]version-release}."""
-    installed: Dict[Tuple[str, str], str] = {}
+    installed: dict[tuple[str, str], str] = {}
     for line in stdout.splitlines():
         fields = line.strip().split("|")
         if len(fields) != 6 or fields[0] != REPOQUERY_MARK:
@@ -184,13 +186,13 @@ def parse_repoquery_installed(stdout: str) -> Dict[Tuple[str, str], str]:
     return installed
 
 
-def parse_updateinfo_list(stdout: str) -> List[AdvisoryRef]:
+def parse_updateinfo_list(stdout: str) -> list[AdvisoryRef]:
     """dnf 4 ``updateinfo list``: ``ADVISORY-ID  LABEL  NEVRA`` per line.
 
     LABEL is ``<Severity>/Sec.`` for security advisories (the severity is only
     shown for those) or the type name for the others.
     """
-    refs: List[AdvisoryRef] = []
+    refs: list[AdvisoryRef] = []
     for line in stdout.splitlines():
         fields = line.split()
         if len(fields) == 4 and fields[0] in ("i", " "):
@@ -217,13 +219,13 @@ _INFO_RULE = re.compile(r"^={20,}\s*$")
 _INFO_FIELD = re.compile(r"^\s*(?P<key>[A-Za-z][A-Za-z ]*?)?\s*: ?(?P<value>.*)$")
 
 
-def parse_updateinfo_info(stdout: str) -> Dict[str, AdvisoryDetail]:
+def parse_updateinfo_info(stdout: str) -> dict[str, AdvisoryDetail]:
     """dnf 4 ``updateinfo info``: blocks of ``Key: value`` lines under a ruled title.
 
     Multi-valued keys (Bugs, CVEs, Description) continue on lines whose key is
     blank (``           : CVE-2024-0002``).
     """
-    details: Dict[str, AdvisoryDetail] = {}
+    details: dict[str, AdvisoryDetail] = {}
     title = ""
     current: Optional[AdvisoryDetail] = None
     key = ""
@@ -263,10 +265,10 @@ def parse_updateinfo_info(stdout: str) -> Dict[str, AdvisoryDetail]:
     return details
 
 
-def parse_advisory_json(list_stdout: str, cve_stdout: str) -> Tuple[List[AdvisoryRef], Dict[str, AdvisoryDetail]]:
+def parse_advisory_json(list_stdout: str, cve_stdout: str) -> tuple[list[AdvisoryRef], dict[str, AdvisoryDetail]]:
     """dnf 5 ``advisory list --json`` (basic) and ``--json --with-cve`` (extended)."""
-    refs: List[AdvisoryRef] = []
-    details: Dict[str, AdvisoryDetail] = {}
+    refs: list[AdvisoryRef] = []
+    details: dict[str, AdvisoryDetail] = {}
 
     def load(text: str) -> list:
         text = text.strip()
@@ -308,7 +310,7 @@ _SECTION_ACTIONS = (
 )
 
 
-def parse_transaction_table(stdout: str) -> List[Dict[str, str]]:
+def parse_transaction_table(stdout: str) -> list[dict[str, str]]:
     """The package table dnf prints before asking to proceed.
 
     Sections ("Upgrading:", "Installing dependencies:", "Removing dependent
@@ -316,7 +318,7 @@ def parse_transaction_table(stdout: str) -> List[Dict[str, str]]:
     table ends at "Transaction Summary". "replacing" sub-rows (obsoletes) and
     "Skipping ..." sections are not changes and are left out.
     """
-    packages: List[Dict[str, str]] = []
+    packages: list[dict[str, str]] = []
     action: Optional[str] = None
     in_table = False
     pending_name: Optional[str] = None
@@ -359,9 +361,9 @@ def parse_transaction_table(stdout: str) -> List[Dict[str, str]]:
     return packages
 
 
-def unmatched_names(output: str) -> List[str]:
+def unmatched_names(output: str) -> list[str]:
     """Names dnf could not act on ("No match for argument", "available, but not installed")."""
-    names: List[str] = []
+    names: list[str] = []
     for pattern in (_NO_MATCH, _NOT_INSTALLED):
         for match in pattern.finditer(output):
             if match.group("name") not in names:
@@ -369,14 +371,14 @@ def unmatched_names(output: str) -> List[str]:
     return names
 
 
-def _requested(package: Dict[str, str], names: Sequence[str]) -> bool:
+def _requested(package: dict[str, str], names: Sequence[str]) -> bool:
     candidates = (package["name"], f"{package['name']}.{package['arch']}")
     return any(fnmatch.fnmatchcase(candidate, pattern) for pattern in names for candidate in candidates)
 
 
-def dependencies_of(packages: Iterable[Dict[str, str]], names: Sequence[str]) -> List[str]:
+def dependencies_of(packages: Iterable[dict[str, str]], names: Sequence[str]) -> list[str]:
     """Packages a transaction installs or upgrades that the caller did not name."""
-    found: List[str] = []
+    found: list[str] = []
     for package in packages:
         if package["action"] in ("install", "upgrade") and not _requested(package, names):
             if package["name"] not in found:
@@ -396,7 +398,7 @@ class DnfScanner(Scanner):
     ``--config=FILE``, ``--noplugins`` or ``-C``.
     """
 
-    package_type = "dnf"
+    package_type = PackageType.DNF
 
     def __init__(
         self,
@@ -435,7 +437,7 @@ class DnfScanner(Scanner):
 
     # -- scan ---------------------------------------------------------------
 
-    def scan(self) -> List[UpdateRecord]:
+    def scan(self) -> list[UpdateRecord]:
         check = self._dnf("check-upgrade" if self.is_dnf5() else "check-update")
         if check.exit_code == 0:
             return []
@@ -453,7 +455,7 @@ class DnfScanner(Scanner):
         refs, details = self._advisories()
         return self._records(available, installed, refs, details)
 
-    def _installed_versions(self, names: List[str]) -> Dict[Tuple[str, str], str]:
+    def _installed_versions(self, names: list[str]) -> dict[tuple[str, str], str]:
         result = self._dnf(
             "repoquery", "--installed", "--latest-limit=1", "--qf", REPOQUERY_FORMAT, *names
         )
@@ -461,7 +463,7 @@ class DnfScanner(Scanner):
             raise ScanError(f"dnf repoquery --installed exited {result.exit_code}: {tail(_combined(result), 2000)}")
         return parse_repoquery_installed(result.stdout)
 
-    def _advisories(self) -> Tuple[List[AdvisoryRef], Dict[str, AdvisoryDetail]]:
+    def _advisories(self) -> tuple[list[AdvisoryRef], dict[str, AdvisoryDetail]]:
         if self.is_dnf5():
             listed = self._checked("advisory", "list", "--updates", "--json")
             with_cve = self._checked("advisory", "list", "--updates", "--json", "--with-cve")
@@ -484,19 +486,19 @@ class DnfScanner(Scanner):
 
     def _records(
         self,
-        available: List[AvailableUpdate],
-        installed: Dict[Tuple[str, str], str],
-        refs: List[AdvisoryRef],
-        details: Dict[str, AdvisoryDetail],
-    ) -> List[UpdateRecord]:
-        arches_by_name: Dict[str, set] = {}
+        available: list[AvailableUpdate],
+        installed: dict[tuple[str, str], str],
+        refs: list[AdvisoryRef],
+        details: dict[str, AdvisoryDetail],
+    ) -> list[UpdateRecord]:
+        arches_by_name: dict[str, set] = {}
         for update in available:
             arches_by_name.setdefault(update.name, set()).add(update.arch)
-        installed_by_name: Dict[str, str] = {}
+        installed_by_name: dict[str, str] = {}
         for (name, _arch), version in installed.items():
             installed_by_name.setdefault(name, version)
 
-        records: List[UpdateRecord] = []
+        records: list[UpdateRecord] = []
         for update in available:
             covering = [
                 ref for ref in refs
@@ -505,7 +507,7 @@ class DnfScanner(Scanner):
             advisories = []
             severity = "unknown"
             is_security = False
-            cve_ids: List[str] = []
+            cve_ids: list[str] = []
             for ref in covering:
                 detail = details.get(ref.advisory_id, AdvisoryDetail(advisory_id=ref.advisory_id))
                 advisory_type = detail.advisory_type or ref.advisory_type
@@ -550,8 +552,11 @@ class DnfScanner(Scanner):
         return records
 
     # -- operations ---------------------------------------------------------
+    # Scanner.check_names has already refused an empty list (``dnf upgrade``
+    # without names upgrades the whole machine) and option-like names. Globs,
+    # ``name.arch`` and NEVRAs are plain names, and dnf takes them.
 
-    def dry_run(self, names: List[str]) -> OperationResult:
+    def _dry_run(self, names: list[str]) -> OperationResult:
         """Resolve ``dnf upgrade NAMES`` and answer no at the prompt.
 
         dnf exits 1 with "Operation aborted." after a successful resolution
@@ -563,19 +568,11 @@ class DnfScanner(Scanner):
         declined = result.exit_code == 1 and "Operation aborted" in output
         return self._result(result, names, resolved=result.exit_code == 0 or declined)
 
-    def install(self, names: List[str]) -> OperationResult:
+    def _install(self, names: list[str]) -> OperationResult:
         result = self._operation(["upgrade", "-y"], names)
         return self._result(result, names, resolved=result.exit_code == 0)
 
-    def _operation(self, args: List[str], names: List[str]) -> CommandOutput:
-        names = list(names)
-        # Without names `dnf upgrade` upgrades everything; a leading dash would
-        # be read as an option. Neither is what a command for named packages means.
-        if not names:
-            raise ValueError("no package names given")
-        bad = [name for name in names if not name or name.startswith("-") or any(c.isspace() for c in name)]
-        if bad:
-            raise ValueError(f"invalid package names: {bad!r}")
+    def _operation(self, args: list[str], names: list[str]) -> CommandOutput:
         started = time.monotonic()
         try:
             return self._dnf(*args, *names)
@@ -586,7 +583,7 @@ class DnfScanner(Scanner):
                 duration_seconds=time.monotonic() - started,
             )
 
-    def _result(self, result: CommandOutput, names: List[str], *, resolved: bool) -> OperationResult:
+    def _result(self, result: CommandOutput, names: list[str], *, resolved: bool) -> OperationResult:
         output = _combined(result)
         packages = parse_transaction_table(result.stdout)
         # dnf 4 warns "No match for argument" but still acts on the other names;

@@ -35,11 +35,13 @@ import re
 import socket
 import time
 import urllib.parse
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from collections.abc import Iterable, Sequence
+from typing import Any, Optional
 
 import requests
 
-from .base import OperationResult, ScanError, Scanner, UpdateRecord, tail
+from agent_client.protocol import PackageType
+from agent_client.scanners.base import OperationResult, ScanError, Scanner, UpdateRecord, tail
 
 DEFAULT_SOCKET_PATH = "/var/run/docker.sock"
 DOCKER_HUB_DOMAIN = "docker.io"
@@ -55,6 +57,8 @@ MANIFEST_ACCEPT = ", ".join(
 )
 
 _DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+# The characters of an image reference (registry host[:port], path, :tag, @digest).
+_REFERENCE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$")
 
 
 class RegistryUnavailable(Exception):
@@ -78,7 +82,7 @@ class ImageReference:
         self.digest = digest
 
     @classmethod
-    def parse(cls, reference: str) -> "ImageReference":
+    def parse(cls, reference: str) -> ImageReference:
         ref = reference.strip()
         if not ref or " " in ref:
             raise ValueError(f"not an image reference: {reference!r}")
@@ -110,7 +114,7 @@ class ImageReference:
         return DOCKER_HUB_API_HOST if self.domain == DOCKER_HUB_DOMAIN else self.domain
 
     @property
-    def repo_key(self) -> Tuple[str, str]:
+    def repo_key(self) -> tuple[str, str]:
         return (self.domain, self.repository)
 
     @property
@@ -197,7 +201,7 @@ class EngineClient:
             conn.close()
         return response.status == 200
 
-    def pull(self, name: str, tag: str) -> Tuple[bool, List[str]]:
+    def pull(self, name: str, tag: str) -> tuple[bool, list[str]]:
         """``POST /images/create``; returns (succeeded, progress lines).
 
         The Engine streams one JSON object per line; an object with ``error``
@@ -209,7 +213,7 @@ class EngineClient:
             conn, response = self._request("POST", f"/images/create?{query}", timeout=3600)
         except (OSError, http.client.HTTPException) as exc:
             return False, [f"Docker Engine at {self.socket_path} did not answer: {exc}"]
-        lines: List[str] = []
+        lines: list[str] = []
         failed = response.status != 200
         try:
             if failed:
@@ -269,7 +273,7 @@ def _engine_message(body: bytes) -> str:
 # --- registry API v2 ----------------------------------------------------------
 
 
-def _parse_bearer_challenge(header: str) -> Optional[Dict[str, str]]:
+def _parse_bearer_challenge(header: str) -> Optional[dict[str, str]]:
     scheme, _, params = header.strip().partition(" ")
     if scheme.lower() != "bearer":
         return None
@@ -288,7 +292,7 @@ class RegistryClient:
         self.insecure_registries = {host.lower() for host in insecure_registries}
         self.timeout = timeout
         self.session = session or requests.Session()
-        self._tokens: Dict[Tuple[str, str, str], str] = {}
+        self._tokens: dict[tuple[str, str, str], str] = {}
 
     def _base_url(self, ref: ImageReference) -> str:
         host = ref.api_host
@@ -323,13 +327,13 @@ class RegistryClient:
             raise RegistryUnavailable(f"{ref.api_host} answered HTTP {response.status_code}")
         return response
 
-    def _send(self, method: str, url: str, headers: Dict[str, str]) -> requests.Response:
+    def _send(self, method: str, url: str, headers: dict[str, str]) -> requests.Response:
         try:
             return self.session.request(method, url, headers=headers, timeout=self.timeout, allow_redirects=True)
         except requests.RequestException as exc:
             raise RegistryUnavailable(f"network error talking to {urllib.parse.urlsplit(url).netloc}: {exc}") from exc
 
-    def _fetch_token(self, challenge: Dict[str, str], ref: ImageReference) -> str:
+    def _fetch_token(self, challenge: dict[str, str], ref: ImageReference) -> str:
         params = {}
         if challenge.get("service"):
             params["service"] = challenge["service"]
@@ -351,7 +355,7 @@ class RegistryClient:
             raise RegistryUnavailable("token service returned no token")
         return str(token)
 
-    def head_manifest(self, ref: ImageReference) -> Tuple[str, str]:
+    def head_manifest(self, ref: ImageReference) -> tuple[str, str]:
         """(digest, media type) of the manifest a tag points at."""
         reference = ref.digest or ref.tag
         response = self._request("HEAD", ref, reference)
@@ -364,7 +368,7 @@ class RegistryClient:
             media_type = response.headers.get("Content-Type", "").split(";")[0].strip() or media_type
         return digest, media_type
 
-    def get_index(self, ref: ImageReference, digest: str) -> Dict[str, Any]:
+    def get_index(self, ref: ImageReference, digest: str) -> dict[str, Any]:
         response = self._request("GET", ref, digest)
         try:
             body = response.json()
@@ -375,7 +379,7 @@ class RegistryClient:
         return body
 
 
-def pick_platform_digest(index: Dict[str, Any], os_name: str, arch: str, variant: str = "") -> Optional[str]:
+def pick_platform_digest(index: dict[str, Any], os_name: str, arch: str, variant: str = "") -> Optional[str]:
     """Digest of the index entry for this platform, or None when there is none.
 
     A missing variant on either side matches (Docker defaults arm64 to v8);
@@ -407,7 +411,7 @@ def _normal_variant(arch: str, variant: str) -> str:
 
 
 class DockerScanner(Scanner):
-    package_type = "docker"
+    package_type = PackageType.DOCKER
 
     def __init__(
         self,
@@ -420,27 +424,27 @@ class DockerScanner(Scanner):
         self.engine = EngineClient(socket_path, engine_timeout)
         self.registry = RegistryClient(insecure_registries, registry_timeout, session)
         # Images the last scan could not check, with the reason: never updates.
-        self.last_not_checked: List[Dict[str, str]] = []
+        self.last_not_checked: list[dict[str, str]] = []
 
     def is_available(self) -> bool:
         return self.engine.ping()
 
-    def _host_platform(self) -> Tuple[str, str, str]:
+    def _host_platform(self) -> tuple[str, str, str]:
         version = self.engine.get_json("/version")
         os_name = str(version.get("Os") or "linux")
         arch = str(version.get("Arch") or "amd64")
         variant = "v8" if arch == "arm64" else ("v7" if arch == "arm" else "")
         return os_name, arch, variant
 
-    def _local_images(self) -> List[Dict[str, Any]]:
+    def _local_images(self) -> list[dict[str, Any]]:
         images = self.engine.get_json("/images/json")
         if not isinstance(images, list):
             raise ScanError("Docker Engine /images/json did not return a list")
         return images
 
-    def scan(self) -> List[UpdateRecord]:
+    def scan(self) -> list[UpdateRecord]:
         platform = self._host_platform()
-        records: List[UpdateRecord] = []
+        records: list[UpdateRecord] = []
         self.last_not_checked = []
         for image in self._local_images():
             digests_by_repo = _repo_digests(image.get("RepoDigests") or [])
@@ -471,7 +475,7 @@ class DockerScanner(Scanner):
                 records.append(self._record(tagged, ref, image, local_digests, remote, platform))
         return records
 
-    def _resolve_remote(self, ref: ImageReference, platform: Tuple[str, str, str]) -> Dict[str, Any]:
+    def _resolve_remote(self, ref: ImageReference, platform: tuple[str, str, str]) -> dict[str, Any]:
         digest, media_type = self.registry.head_manifest(ref)
         platform_digest = None
         if media_type in INDEX_MEDIA_TYPES:
@@ -487,10 +491,10 @@ class DockerScanner(Scanner):
         self,
         tagged: str,
         ref: ImageReference,
-        image: Dict[str, Any],
-        local_digests: List[str],
-        remote: Dict[str, Any],
-        platform: Tuple[str, str, str],
+        image: dict[str, Any],
+        local_digests: list[str],
+        remote: dict[str, Any],
+        platform: tuple[str, str, str],
     ) -> UpdateRecord:
         return UpdateRecord(
             package_type=self.package_type,
@@ -512,17 +516,26 @@ class DockerScanner(Scanner):
             },
         )
 
-    def dry_run(self, names: List[str]) -> OperationResult:
+    def is_valid_name(self, name: str) -> bool:
+        if not _REFERENCE_RE.match(name):
+            return False
+        try:
+            ImageReference.parse(name)
+        except ValueError:
+            return False
+        return True
+
+    def _dry_run(self, names: list[str]) -> OperationResult:
         started = time.monotonic()
         platform = self._host_platform()
-        packages: List[Dict[str, str]] = []
-        lines: List[str] = []
+        packages: list[dict[str, str]] = []
+        lines: list[str] = []
         ok = True
         for name in names:
+            ref = ImageReference.parse(name)
             try:
-                ref = ImageReference.parse(name)
                 remote = self._resolve_remote(ref, platform)
-            except (ValueError, RegistryUnavailable) as exc:
+            except RegistryUnavailable as exc:
                 ok = False
                 lines.append(f"{name}: cannot check: {exc}")
                 continue
@@ -542,18 +555,13 @@ class DockerScanner(Scanner):
             packages=packages,
         )
 
-    def install(self, names: List[str]) -> OperationResult:
+    def _install(self, names: list[str]) -> OperationResult:
         started = time.monotonic()
-        packages: List[Dict[str, str]] = []
-        lines: List[str] = []
+        packages: list[dict[str, str]] = []
+        lines: list[str] = []
         ok = True
         for name in names:
-            try:
-                ref = ImageReference.parse(name)
-            except ValueError as exc:
-                ok = False
-                lines.append(f"{name}: {exc}")
-                continue
+            ref = ImageReference.parse(name)
             pulled, progress = self.engine.pull(ref.engine_name, ref.digest or ref.tag)
             lines.append(f"$ pull {ref}")
             lines.extend(progress)
@@ -575,8 +583,8 @@ class DockerScanner(Scanner):
         )
 
 
-def _repo_digests(repo_digests: Sequence[str]) -> Dict[Tuple[str, str], List[str]]:
-    by_repo: Dict[Tuple[str, str], List[str]] = {}
+def _repo_digests(repo_digests: Sequence[str]) -> dict[tuple[str, str], list[str]]:
+    by_repo: dict[tuple[str, str], list[str]] = {}
     for entry in repo_digests:
         try:
             ref = ImageReference.parse(entry)

@@ -27,9 +27,19 @@ import re
 import shutil
 import sys
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Optional
 
-from .base import CommandOutput, OperationResult, ScanError, Scanner, UpdateRecord, run_command, tail
+from agent_client.protocol import PackageType
+from agent_client.scanners.base import (
+    CommandOutput,
+    CommandRunner,
+    OperationResult,
+    ScanError,
+    Scanner,
+    UpdateRecord,
+    run_command,
+    tail,
+)
 
 POWERSHELL_ARGS = ["-NoProfile", "-NonInteractive", "-ExecutionPolicy", "Bypass", "-Command", "-"]
 
@@ -37,7 +47,8 @@ MSRC_SEVERITY = {"critical": "critical", "important": "important", "moderate": "
 SECURITY_CATEGORY = "Security Updates"
 
 # OperationResultCode of the Windows Update Agent API.
-RESULT_CODES = {0: "not started", 1: "in progress", 2: "succeeded", 3: "succeeded with errors", 4: "failed", 5: "aborted"}
+RESULT_CODES = {0: "not started", 1: "in progress", 2: "succeeded", 3: "succeeded with errors", 4: "failed",
+                5: "aborted"}
 RESULT_SUCCEEDED = 2
 
 _GUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
@@ -140,9 +151,6 @@ try {
 }
 """
 
-Runner = Callable[..., CommandOutput]
-
-
 def stdin_script(script: str) -> str:
     """The script as ``-Command -`` must receive it: no blank lines, one at the end."""
     return "\n".join(line for line in script.splitlines() if line.strip()) + "\n\n"
@@ -167,7 +175,7 @@ def parse_json_output(stdout: str, what: str) -> Any:
     raise ScanError(f"{what} printed something that is not JSON: {text[:200]!r}")
 
 
-def _as_list(value: Any) -> List[Any]:
+def _as_list(value: Any) -> list[Any]:
     """PowerShell gives a scalar (or null) where a one-item (or empty) array was meant."""
     if value is None:
         return []
@@ -186,20 +194,23 @@ def _kb(value: Any) -> str:
 
 
 class WindowsUpdateScanner(Scanner):
-    package_type = "windows_update"
+    package_type = PackageType.WINDOWS_UPDATE
 
-    def __init__(self, run: Optional[Runner] = None, powershell: Optional[str] = None, timeout: float = 3600) -> None:
+    def __init__(self, run: Optional[CommandRunner] = None, powershell: Optional[str] = None,
+                 timeout: float = 3600) -> None:
         self.run = run or run_command
         self.powershell = powershell or _default_powershell()
         self.timeout = timeout
 
     def is_available(self) -> bool:
-        return sys.platform == "win32" and (os.path.isfile(self.powershell) or shutil.which(self.powershell) is not None)
+        if sys.platform != "win32":
+            return False
+        return os.path.isfile(self.powershell) or shutil.which(self.powershell) is not None
 
     def _run_script(self, script: str) -> CommandOutput:
         return self.run([self.powershell] + POWERSHELL_ARGS, timeout=self.timeout, stdin=stdin_script(script))
 
-    def scan(self) -> List[UpdateRecord]:
+    def scan(self) -> list[UpdateRecord]:
         output = self._run_script(SEARCH_SCRIPT)
         data = parse_json_output(output.stdout, "Windows Update search")
         if isinstance(data, dict) and "error" in data:
@@ -241,16 +252,12 @@ class WindowsUpdateScanner(Scanner):
             },
         )
 
-    def _operation(self, names: List[str], dry_run: bool) -> OperationResult:
+    def is_valid_name(self, name: str) -> bool:
+        # The ids go into the PowerShell script's text: only a GUID may.
+        return _GUID_RE.match(name) is not None
+
+    def _operation(self, names: list[str], dry_run: bool) -> OperationResult:
         started = time.monotonic()
-        bad = [name for name in names if not _GUID_RE.match(name)]
-        if bad or not names:
-            return OperationResult(
-                succeeded=False,
-                exit_code=2,
-                output_tail=f"not Windows Update ids: {', '.join(bad)}" if bad else "no update ids given",
-                duration_seconds=time.monotonic() - started,
-            )
         ids = ",".join(f"'{name.lower()}'" for name in names)
         script = INSTALL_SCRIPT.replace("__IDS__", ids).replace("__DRY_RUN__", "$true" if dry_run else "$false")
         try:
@@ -266,7 +273,7 @@ class WindowsUpdateScanner(Scanner):
         missing = [str(m) for m in _as_list(data.get("missing"))]
         updates = [u for u in _as_list(data.get("updates")) if isinstance(u, dict)]
         lines = [f"not offered (installed, hidden or unknown): {m}" for m in missing]
-        packages: List[Dict[str, str]] = []
+        packages: list[dict[str, str]] = []
         ok = not missing and output.exit_code == 0
         if dry_run:
             for update in updates:
@@ -286,7 +293,8 @@ class WindowsUpdateScanner(Scanner):
                                  "hresult": str(update.get("hresult", "")),
                                  "reboot_required": "true" if reboot else "false"})
                 lines.append(f"{update.get('title')}: {RESULT_CODES.get(code, code)} ({update.get('hresult')})")
-            lines.append(f"download: {RESULT_CODES.get(data.get('download_result_code'), data.get('download_result_code'))}; "
+            download = data.get("download_result_code")
+            lines.append(f"download: {RESULT_CODES.get(download, download)}; "
                          f"install: {RESULT_CODES.get(overall, overall)}; reboot required: {reboot}")
         return OperationResult(
             succeeded=ok,
@@ -296,10 +304,10 @@ class WindowsUpdateScanner(Scanner):
             packages=packages,
         )
 
-    def dry_run(self, names: List[str]) -> OperationResult:
+    def _dry_run(self, names: list[str]) -> OperationResult:
         return self._operation(names, dry_run=True)
 
-    def install(self, names: List[str]) -> OperationResult:
+    def _install(self, names: list[str]) -> OperationResult:
         return self._operation(names, dry_run=False)
 
 

@@ -29,9 +29,19 @@ import re
 import shutil
 import time
 import unicodedata
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from collections.abc import Sequence
+from typing import Callable, Optional
 
-from .base import CommandOutput, OperationResult, ScanError, Scanner, UpdateRecord, run_command, tail
+from agent_client.protocol import PackageType
+from agent_client.scanners.base import (
+    CommandRunner,
+    OperationResult,
+    ScanError,
+    Scanner,
+    UpdateRecord,
+    run_command,
+    tail,
+)
 
 WINDOWSAPPS_GLOB = os.path.join("WindowsApps", "Microsoft.DesktopAppInstaller_*_x64__8wekyb3d8bbwe", "winget.exe")
 
@@ -45,7 +55,7 @@ PIN_COLUMNS = ("Name", "Id", "Version", "Source", "Pin type", "Pinned version")
 # winget return codes (winget-cli doc/windows/package-manager/winget/returnCodes.md).
 NO_PACKAGES_FOUND = 0x8A150014
 NO_APPLICABLE_UPDATE = 0x8A15002B
-EXIT_CODES: Dict[int, str] = {
+EXIT_CODES: dict[int, str] = {
     0x8A150001: "internal error",
     0x8A150002: "invalid command line arguments",
     0x8A150003: "executing command failed",
@@ -84,9 +94,6 @@ _SEPARATOR_RE = re.compile(r"^-{8,}\s*$")
 _FOOTER_RE = re.compile(r"^\d+ (upgrades? available|package\(s\))")
 _ELLIPSES = ("\u2026", "...")
 
-Runner = Callable[..., CommandOutput]
-
-
 def normalize_exit_code(code: int) -> int:
     """Windows exit codes are DWORDs; some callers see them negative."""
     return code & 0xFFFFFFFF
@@ -101,7 +108,7 @@ def describe_exit_code(code: int) -> str:
 # --- winget.exe discovery -----------------------------------------------------
 
 
-def _version_key(path: str) -> Tuple[int, ...]:
+def _version_key(path: str) -> tuple[int, ...]:
     folder = os.path.basename(os.path.dirname(path))
     match = re.match(r"Microsoft\.DesktopAppInstaller_([\d.]+)_", folder)
     if not match:
@@ -143,7 +150,7 @@ def repair_mojibake(text: str) -> str:
     return text
 
 
-def clean_lines(text: str) -> List[str]:
+def clean_lines(text: str) -> list[str]:
     """Lines as a terminal would show them: the last ``\\r``-overwrite wins."""
     lines = []
     for raw in repair_mojibake(text).replace("\r\n", "\n").split("\n"):
@@ -158,7 +165,7 @@ def _char_width(char: str) -> int:
     return 2 if unicodedata.east_asian_width(char) in ("W", "F") else 1
 
 
-def _slice(line: str, starts: Sequence[int], by_width: bool) -> List[str]:
+def _slice(line: str, starts: Sequence[int], by_width: bool) -> list[str]:
     """Cut a row at column starts, counting code points or display columns."""
     cells = [""] * len(starts)
     position = 0
@@ -171,7 +178,7 @@ def _slice(line: str, starts: Sequence[int], by_width: bool) -> List[str]:
     return cells
 
 
-def _locate_columns(header: str, names: Sequence[str], required: Sequence[str]) -> Optional[List[Tuple[str, int]]]:
+def _locate_columns(header: str, names: Sequence[str], required: Sequence[str]) -> Optional[list[tuple[str, int]]]:
     """(name, start) of each header column present, in order."""
     found = []
     position = 0
@@ -189,7 +196,7 @@ def _locate_columns(header: str, names: Sequence[str], required: Sequence[str]) 
     return None
 
 
-def _row_fits(cells: List[str], id_index: int) -> bool:
+def _row_fits(cells: list[str], id_index: int) -> bool:
     # Every non-empty cell after the first starts right after a separating space.
     for cell, following in zip(cells, cells[1:]):
         if following and not cell.endswith(" "):
@@ -199,17 +206,17 @@ def _row_fits(cells: List[str], id_index: int) -> bool:
 
 
 class Table:
-    def __init__(self, columns: List[str], rows: List[Dict[str, str]], unparsed: List[str], intro: str) -> None:
+    def __init__(self, columns: list[str], rows: list[dict[str, str]], unparsed: list[str], intro: str) -> None:
         self.columns = columns
         self.rows = rows
         self.unparsed = unparsed
         self.intro = intro
 
 
-def parse_tables(text: str, names: Sequence[str], required: Sequence[str] = ("Id",)) -> List[Table]:
+def parse_tables(text: str, names: Sequence[str], required: Sequence[str] = ("Id",)) -> list[Table]:
     """Every header/dashes/rows table in winget's output."""
     lines = clean_lines(text)
-    tables: List[Table] = []
+    tables: list[Table] = []
     index = 0
     while index < len(lines):
         if not _SEPARATOR_RE.match(lines[index].strip()) or index == 0:
@@ -230,8 +237,8 @@ def parse_tables(text: str, names: Sequence[str], required: Sequence[str] = ("Id
         starts = [start for _name, start in columns]
         column_names = [name for name, _start in columns]
         id_index = column_names.index("Id") if "Id" in column_names else 0
-        rows: List[Dict[str, str]] = []
-        unparsed: List[str] = []
+        rows: list[dict[str, str]] = []
+        unparsed: list[str] = []
         index += 1
         while index < len(lines):
             line = lines[index]
@@ -258,9 +265,9 @@ def is_truncated(value: str) -> bool:
     return value.endswith(_ELLIPSES)
 
 
-def parse_pins(text: str) -> Dict[str, str]:
+def parse_pins(text: str) -> dict[str, str]:
     """Id -> pin type from ``winget pin list`` ({} when there are no pins)."""
-    pins: Dict[str, str] = {}
+    pins: dict[str, str] = {}
     for table in parse_tables(text, PIN_COLUMNS):
         for row in table.rows:
             if row.get("Id"):
@@ -272,13 +279,14 @@ def parse_pins(text: str) -> Dict[str, str]:
 
 
 class WingetScanner(Scanner):
-    package_type = "winget"
+    package_type = PackageType.WINGET
 
-    def __init__(self, run: Optional[Runner] = None, winget: Optional[str] = None, timeout: float = 1800) -> None:
+    def __init__(self, run: Optional[CommandRunner] = None, winget: Optional[str] = None,
+                 timeout: float = 1800) -> None:
         self.run = run or run_command
         self._winget = winget
         self.timeout = timeout
-        self.last_unparsed: List[str] = []
+        self.last_unparsed: list[str] = []
         self.last_pins_known = False
 
     @property
@@ -296,7 +304,7 @@ class WingetScanner(Scanner):
             raise ScanError("winget.exe not found (App Installer missing?)")
         return exe
 
-    def _pins(self) -> Optional[Dict[str, str]]:
+    def _pins(self) -> Optional[dict[str, str]]:
         try:
             output = self.run([self._exe()] + PIN_LIST_ARGS, timeout=300)
         except ScanError:
@@ -305,7 +313,7 @@ class WingetScanner(Scanner):
             return None  # winget before 1.5 has no pins
         return parse_pins(output.stdout)
 
-    def scan(self) -> List[UpdateRecord]:
+    def scan(self) -> list[UpdateRecord]:
         output = self.run([self._exe()] + SCAN_ARGS, timeout=self.timeout)
         tables = parse_tables(output.stdout, UPGRADE_COLUMNS, required=("Name", "Id", "Version", "Available"))
         code = normalize_exit_code(output.exit_code)
@@ -324,7 +332,7 @@ class WingetScanner(Scanner):
         pins = self._pins()
         self.last_pins_known = pins is not None
         self.last_unparsed = [line for table in tables for line in table.unparsed]
-        records: List[UpdateRecord] = []
+        records: list[UpdateRecord] = []
         seen = set()
         for table in tables:
             explicit = _EXPLICIT_TABLE_INTRO in table.intro
@@ -335,7 +343,7 @@ class WingetScanner(Scanner):
                 records.append(self._record(row, pins, explicit))
         return records
 
-    def _record(self, row: Dict[str, str], pins: Optional[Dict[str, str]], explicit: bool) -> UpdateRecord:
+    def _record(self, row: dict[str, str], pins: Optional[dict[str, str]], explicit: bool) -> UpdateRecord:
         package_id = row["Id"]
         pin_type = (pins or {}).get(package_id, "")
         return UpdateRecord(
@@ -356,14 +364,18 @@ class WingetScanner(Scanner):
             },
         )
 
-    def dry_run(self, names: List[str]) -> OperationResult:
+    def is_valid_name(self, name: str) -> bool:
+        # A display-truncated Id ("Publisher.Pack…") names no package.
+        return not is_truncated(name)
+
+    def _dry_run(self, names: list[str]) -> OperationResult:
         started = time.monotonic()
         try:
             available = {record.name: record for record in self.scan()}
         except ScanError as exc:
             return OperationResult(False, 1, str(exc), time.monotonic() - started)
-        packages: List[Dict[str, str]] = []
-        lines: List[str] = []
+        packages: list[dict[str, str]] = []
+        lines: list[str] = []
         ok = True
         for name in names:
             record = available.get(name)
@@ -378,17 +390,13 @@ class WingetScanner(Scanner):
         return OperationResult(ok, 0 if ok else 1, tail("\n".join(lines)), time.monotonic() - started,
                                packages=packages)
 
-    def install(self, names: List[str]) -> OperationResult:
+    def _install(self, names: list[str]) -> OperationResult:
         started = time.monotonic()
-        lines: List[str] = []
-        packages: List[Dict[str, str]] = []
+        lines: list[str] = []
+        packages: list[dict[str, str]] = []
         ok = True
         last_code = 0
         for name in names:
-            if not name or is_truncated(name) or " " in name:
-                ok = False
-                lines.append(f"{name!r}: not a usable winget Id")
-                continue
             argv = [self._exe(), "upgrade", "--id", name, "--exact", "--silent", "--scope", "machine",
                     "--accept-package-agreements", "--accept-source-agreements", "--disable-interactivity"]
             output = self.run(argv, timeout=self.timeout)

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.agent.stub_server import StubServer
+
 # CI installs every system tool the scanner tests use and sets this, so that a
 # missing tool fails the run instead of silently skipping real coverage.
 REQUIRE_SYSTEM_TOOLS = os.environ.get("REDFLAG_REQUIRE_SYSTEM_TOOLS") == "1"
@@ -40,8 +42,6 @@ def require_root() -> None:
 @pytest.fixture
 def stub():
     """The loopback protocol stub server (tests/agent/stub_server.py), started and stopped around a test."""
-    from tests.agent.stub_server import StubServer
-
     with StubServer() as server:
         yield server
 

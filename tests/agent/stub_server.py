@@ -22,10 +22,13 @@ import socket
 import threading
 import time
 import uuid
-from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
+from typing import Any, Callable, Optional
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from agent_client import config as config_module
+from agent_client.protocol import command_signing_bytes
 
 NONCE = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
 SKEW_SECONDS = 300
@@ -35,7 +38,7 @@ SKEW_SECONDS = 300
 class Received:
     method: str
     path: str
-    headers: Dict[str, str]
+    headers: dict[str, str]
     body: Any
     endpoint: str
 
@@ -44,7 +47,7 @@ class Received:
 class Scripted:
     status: int
     body: Any
-    headers: Dict[str, str]
+    headers: dict[str, str]
     drop_connection: bool = False
 
 
@@ -57,10 +60,10 @@ class StubServer:
         self.registration_token = registration_token
         self.poll_interval_seconds = poll_interval_seconds
         self.lock = threading.Lock()
-        self.received: List[Received] = []
-        self.scripts: Dict[str, Deque[Scripted]] = collections.defaultdict(collections.deque)
-        self.events: Dict[str, Dict[str, Any]] = {}
-        self.event_posts: List[str] = []  # every event id received, repeats included
+        self.received: list[Received] = []
+        self.scripts: dict[str, collections.deque[Scripted]] = collections.defaultdict(collections.deque)
+        self.events: dict[str, dict[str, Any]] = {}
+        self.event_posts: list[str] = []  # every event id received, repeats included
         self.nonces: set = set()
         self.agent_id = str(uuid.uuid4())
         self.machine_id: Optional[str] = None
@@ -77,9 +80,9 @@ class StubServer:
         # When set, stores the events and then drops the connection without an answer (a lost ack).
         self.drop_events_ack_once = False
         # Commands the next check-ins hand out (signed with this stub's key), and what came back.
-        self.commands: List[Dict[str, Any]] = []
-        self.results: Dict[str, List[Any]] = collections.defaultdict(list)
-        self.reports: Dict[str, List[Any]] = collections.defaultdict(list)
+        self.commands: list[dict[str, Any]] = []
+        self.results: dict[str, list[Any]] = collections.defaultdict(list)
+        self.reports: dict[str, list[Any]] = collections.defaultdict(list)
         key = Ed25519PrivateKey.generate()
         self.private_key = key
         self.public_key = base64.b64encode(key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)).decode()
@@ -93,7 +96,7 @@ class StubServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> "StubServer":
+    def start(self) -> StubServer:
         handler = _make_handler(self)
         http.server.ThreadingHTTPServer.allow_reuse_address = True
         self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), handler)
@@ -112,7 +115,7 @@ class StubServer:
             self._thread.join(timeout=5)
             self._thread = None
 
-    def __enter__(self) -> "StubServer":
+    def __enter__(self) -> StubServer:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:
@@ -120,20 +123,18 @@ class StubServer:
 
     # -- test helpers ------------------------------------------------------------------
 
-    def script(self, endpoint: str, status: int, body: Any = None, *, headers: Optional[Dict[str, str]] = None,
+    def script(self, endpoint: str, status: int, body: Any = None, *, headers: Optional[dict[str, str]] = None,
                times: int = 1, drop_connection: bool = False) -> None:
         for _ in range(times):
             self.scripts[endpoint].append(Scripted(status, body, dict(headers or {}), drop_connection))
 
-    def calls(self, endpoint: str) -> List[Received]:
+    def calls(self, endpoint: str) -> list[Received]:
         with self.lock:
             return [entry for entry in self.received if entry.endpoint == endpoint]
 
-    def sign_command(self, command_type: str, params: Optional[Dict[str, Any]] = None, *,
-                     lifetime: int = 3600) -> Dict[str, Any]:
+    def sign_command(self, command_type: str, params: Optional[dict[str, Any]] = None, *,
+                     lifetime: int = 3600) -> dict[str, Any]:
         """A command for the enrolled agent, signed with key k1 the way the real server signs."""
-        from agent_client.protocol import command_signing_bytes
-
         now = int(time.time())
         command = {"id": str(uuid.uuid4()), "agent_id": self.agent_id, "type": command_type,
                    "params": params or {}, "issued_at": now, "expires_at": now + lifetime,
@@ -144,14 +145,14 @@ class StubServer:
         command["signature"] = base64.b64encode(self.private_key.sign(signed)).decode()
         return command
 
-    def enroll(self, machine_id: str) -> Dict[str, Any]:
+    def enroll(self, machine_id: str) -> dict[str, Any]:
         """Enroll directly (what a successful /register does), for tests that start registered."""
         with self.lock:
             return self._register_locked(machine_id)
 
     # -- the protocol ----------------------------------------------------------------------
 
-    def _issue_locked(self) -> Dict[str, Any]:
+    def _issue_locked(self) -> dict[str, Any]:
         self.generation += 1
         self.access_token = f"rf_acc_stub-{self.generation}-{uuid.uuid4().hex}"
         self.refresh_token = f"rf_ref_stub-{self.generation}-{uuid.uuid4().hex}"
@@ -164,7 +165,7 @@ class StubServer:
             "refresh_token_expires_at": _iso(now + dt.timedelta(days=90)),
         }
 
-    def _register_locked(self, machine_id: str) -> Dict[str, Any]:
+    def _register_locked(self, machine_id: str) -> dict[str, Any]:
         self.machine_id = machine_id
         self.revoked = False
         return {
@@ -175,11 +176,11 @@ class StubServer:
             "config": {"config_version": self.config_version, "poll_interval_seconds": self.poll_interval_seconds},
         }
 
-    def _keys(self) -> List[Dict[str, Any]]:
+    def _keys(self) -> list[dict[str, Any]]:
         return [{"key_id": "k1", "algorithm": "ed25519", "public_key": self.public_key, "primary": True,
                  "created_at": "2030-01-01T00:00:00Z"}]
 
-    def handle(self, method: str, path: str, headers: Dict[str, str], body: Any) -> Tuple[int, Any, Dict[str, str]]:
+    def handle(self, method: str, path: str, headers: dict[str, str], body: Any) -> tuple[int, Any, dict[str, str]]:
         endpoint = _endpoint(method, path)
         if endpoint == "result":  # the command id travels in the path
             headers = {**headers, "x-command-id": path.split("?", 1)[0].split("/")[-2]}
@@ -196,7 +197,7 @@ class StubServer:
                 return scripted.status, scripted.body, scripted.headers
             return self._answer_locked(endpoint, headers, body)
 
-    def _answer_locked(self, endpoint: str, headers: Dict[str, str], body: Any) -> Tuple[int, Any, Dict[str, str]]:
+    def _answer_locked(self, endpoint: str, headers: dict[str, str], body: Any) -> tuple[int, Any, dict[str, str]]:
         if endpoint == "health":
             return 200, {"status": "ok", "database": "ok"}, {}
         if endpoint == "signing-keys":
@@ -233,7 +234,8 @@ class StubServer:
                 return problem
             if endpoint == "result":
                 self.results[headers["x-command-id"]].append(body)
-                return 200, {"status": body.get("status"), "changed": len(self.results[headers["x-command-id"]]) == 1}, {}
+                first = len(self.results[headers["x-command-id"]]) == 1
+                return 200, {"status": body.get("status"), "changed": first}, {}
             if endpoint.startswith("reports/"):
                 key = body.get("report_id") or f"system-{len(self.reports)}"
                 self.reports[key].append(body)
@@ -265,7 +267,7 @@ class StubServer:
             return 200, {"received": len(events), "stored": stored}, {}
         return _error(404, "not_found", "No such API endpoint.")
 
-    def _check_nonce(self, headers: Dict[str, str]) -> Optional[Tuple[int, Any, Dict[str, str]]]:
+    def _check_nonce(self, headers: dict[str, str]) -> Optional[tuple[int, Any, dict[str, str]]]:
         nonce = headers.get("x-request-nonce", "")
         timestamp = headers.get("x-request-timestamp", "")
         if not NONCE.match(nonce) or not timestamp.isdigit():
@@ -279,7 +281,7 @@ class StubServer:
         return None
 
 
-def _error(status: int, code: str, message: str) -> Tuple[int, Any, Dict[str, str]]:
+def _error(status: int, code: str, message: str) -> tuple[int, Any, dict[str, str]]:
     return status, {"error": {"code": code, "message": message}}, {}
 
 
@@ -348,8 +350,6 @@ TEST_MACHINE_ID = "ab" * 32
 
 def enrolled_config(stub: StubServer, config_path: Any, machine_id: str = TEST_MACHINE_ID) -> Any:
     """Enroll with the stub and write the agent's config file as ``register`` would; returns the config."""
-    from agent_client import config as config_module
-
     answer = stub.enroll(machine_id)
     config = config_module.AgentConfig(
         server_url=stub.url,

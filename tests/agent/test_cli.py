@@ -15,12 +15,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import List
 
 import pytest
 
 from agent_client import cli
 from agent_client import config as config_module
+from agent_client.machine import MachineIdError, machine_id_hash
 from agent_client.outbox import Outbox
 from agent_client.runner import (
     CONFIG_WATCH_SECONDS,
@@ -28,6 +28,7 @@ from agent_client.runner import (
     Runner,
 )
 from agent_client.scanners.base import ScanError, UpdateRecord
+from agent_client.scanners.windows_update import WindowsUpdateScanner
 from agent_client.transport import Client, RetryPolicy
 from tests.agent.stub_server import TEST_MACHINE_ID, StubServer, enrolled_config
 
@@ -201,8 +202,6 @@ def test_status(stub, config_path):
 
 
 def test_scan_of_a_package_manager_this_host_lacks(config_path):
-    from agent_client.scanners.windows_update import WindowsUpdateScanner
-
     if WindowsUpdateScanner().is_available():
         pytest.skip("PowerShell is installed here")
     result = agent(config_path, "scan", "--type", "windows_update")
@@ -211,13 +210,13 @@ def test_scan_of_a_package_manager_this_host_lacks(config_path):
 
 
 class FakeScanner:
-    def __init__(self, kind: str, available: bool = True, records: List[UpdateRecord] = (), error: str = "") -> None:
+    def __init__(self, kind: str, available: bool = True, records: list[UpdateRecord] = (), error: str = "") -> None:
         self.package_type, self.available, self.records, self.error = kind, available, list(records), error
 
     def is_available(self) -> bool:
         return self.available
 
-    def scan(self) -> List[UpdateRecord]:
+    def scan(self) -> list[UpdateRecord]:
         if self.error:
             raise ScanError(self.error)
         return self.records
@@ -233,7 +232,7 @@ def test_scan_output_and_failure_events(config_path, monkeypatch, capsys):
         "windows_update": FakeScanner("windows_update", available=False),
         "winget": FakeScanner("winget", available=False),
     }
-    monkeypatch.setattr(cli, "_scanner", lambda kind, config_path: scanners[kind])
+    monkeypatch.setattr(cli, "build_scanners", lambda state_dir: scanners)
 
     code = cli.main(["--config", str(config_path), "scan", "--json"])
     report = json.loads(capsys.readouterr().out)
@@ -342,8 +341,6 @@ def test_commands_are_never_run_by_this_build(stub, config_path):
 
 
 def _host_machine_id() -> str:
-    from agent_client.machine import MachineIdError, machine_id_hash
-
     try:
         return machine_id_hash()
     except MachineIdError:

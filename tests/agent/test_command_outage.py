@@ -6,13 +6,9 @@ hands out commands signed with its key k1 (pinned by the agent at enrollment).
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import pytest
-
 from agent_client.machine import machine_id_hash
 from agent_client.outbox import KIND_COMMAND_RESULT, KIND_SYSTEM_REPORT, Outbox
-from tests.agent.stub_server import StubServer, enrolled_config
+from tests.agent.stub_server import enrolled_config
 from tests.agent.test_cli import agent
 
 

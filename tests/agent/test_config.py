@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from agent_client import config as config_module
-from agent_client.config import AgentConfig, ConfigError, ConfigNotFound, SCHEMA_VERSION
+from agent_client.config import SCHEMA_VERSION, AgentConfig, ConfigError, ConfigNotFound
 
 NOW = dt.datetime(2030, 5, 17, 12, 0, 0, tzinfo=dt.timezone.utc)
 

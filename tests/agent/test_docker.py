@@ -21,7 +21,7 @@ import threading
 import time
 import urllib.parse
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Optional
 
 import pytest
 import requests
@@ -82,7 +82,7 @@ class Registry:
         assert digest == "sha256:" + hashlib.sha256(body).hexdigest()
         return digest
 
-    def push_image(self, repo: str, tag: Optional[str], arch: str, marker: str, oci: bool = False) -> Tuple[str, int]:
+    def push_image(self, repo: str, tag: Optional[str], arch: str, marker: str, oci: bool = False) -> tuple[str, int]:
         """Push a one-layer image; returns (manifest digest, manifest size)."""
         layer = f"layer for {repo} {arch} {marker}".encode()
         config = json.dumps({
@@ -115,7 +115,7 @@ class Registry:
                                    manifest, media_type)
         return digest, body_size
 
-    def push_index(self, repo: str, tag: str, entries: List[Tuple[str, int, Dict[str, str]]], oci: bool) -> str:
+    def push_index(self, repo: str, tag: str, entries: list[tuple[str, int, dict[str, str]]], oci: bool) -> str:
         media_type = MEDIA_OCI_INDEX if oci else MEDIA_DOCKER_MANIFEST_LIST
         child_type = MEDIA_OCI_MANIFEST if oci else MEDIA_DOCKER_MANIFEST
         index = {
@@ -128,7 +128,7 @@ class Registry:
         }
         return self.put_manifest(repo, tag, index, media_type)
 
-    def push_multi(self, repo: str, tag: str, marker: str, oci: bool) -> Dict[str, str]:
+    def push_multi(self, repo: str, tag: str, marker: str, oci: bool) -> dict[str, str]:
         amd64 = self.push_image(repo, None, "amd64", marker, oci)
         arm64 = self.push_image(repo, None, "arm64", marker, oci)
         index = self.push_index(repo, tag, [
@@ -148,8 +148,8 @@ def registry(tmp_path, request) -> Registry:
     config.write_text(
         "version: 0.1\n"
         "log:\n  level: error\n  accesslog:\n    disabled: true\n"
-        "storage:\n  filesystem:\n    rootdirectory: %s\n  delete:\n    enabled: true\n"
-        "http:\n  addr: 127.0.0.1:%d\n" % (storage, port)
+        f"storage:\n  filesystem:\n    rootdirectory: {storage}\n  delete:\n    enabled: true\n"
+        f"http:\n  addr: 127.0.0.1:{port}\n"
     )
     log = open(tmp_path / "registry.log", "wb")
     process = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=log, stderr=subprocess.STDOUT)
@@ -193,7 +193,7 @@ class FakeEngine:
         self.images: list = []
         self.pull_status = 200
         self.pull_body = b""
-        self.requests: List[Tuple[str, str]] = []
+        self.requests: list[tuple[str, str]] = []
         engine = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -398,7 +398,7 @@ class _TinyRegistry:
     """A loopback HTTP server with a scripted handler (429s, token auth)."""
 
     def __init__(self, handler_factory) -> None:
-        self.seen: List[Tuple[str, str, Dict[str, str]]] = []
+        self.seen: list[tuple[str, str, dict[str, str]]] = []
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler_factory(self))
         self.host = f"127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)

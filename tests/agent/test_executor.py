@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import time
 import uuid
-from typing import List
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -13,8 +12,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent_client.executor import CommandExecutor, ExecutedLedger, system_report_body
 from agent_client.outbox import KIND_COMMAND_RESULT, KIND_SYSTEM_REPORT, KIND_UPDATES_REPORT, Outbox
-from agent_client.protocol import command_signing_bytes
+from agent_client.protocol import command_signing_bytes, key_endorsement_bytes
 from agent_client.scanners.base import OperationResult, ScanError, Scanner, UpdateRecord
+from agent_client.selfupdate import UpdateRefused
 
 AGENT_ID = str(uuid.uuid4())
 
@@ -43,7 +43,7 @@ class RecordingScanner(Scanner):
     package_type = "apt"
 
     def __init__(self, *, fail_install: bool = False, scan_error: str = ""):
-        self.calls: List[tuple] = []
+        self.calls: list[tuple] = []
         self.fail_install = fail_install
         self.scan_error = scan_error
 
@@ -57,12 +57,12 @@ class RecordingScanner(Scanner):
         return [UpdateRecord("apt", "openssl", "3.0.11", "3.0.13", severity="important", is_security=True,
                              repository="Debian-Security/bookworm-security", cve_ids=["CVE-2024-0727"])]
 
-    def dry_run(self, names):
+    def _dry_run(self, names):
         self.calls.append(("dry_run", tuple(names)))
         return OperationResult(True, 0, "Inst openssl ...", 0.5, dependencies=["libssl3"],
                                packages=[{"name": "openssl", "version": "3.0.13"}])
 
-    def install(self, names):
+    def _install(self, names):
         self.calls.append(("install", tuple(names)))
         if self.fail_install:
             return OperationResult(False, 100, "E: Unable to fetch some archives", 2.0)
@@ -164,6 +164,19 @@ def test_dry_run_reports_dependencies_and_install_failure_is_a_failure(setup, si
     assert "Unable to fetch" in install["output"]
 
 
+@pytest.mark.parametrize("command_type", ["dry_run_update", "install_updates", "confirm_dependencies"])
+def test_refused_package_names_are_a_failed_result_with_the_reason_and_nothing_runs(setup, signer, command_type):
+    executor, scanner, outbox, events, _ = setup()
+    assert executor.handle(signer.command(command_type, {"package_type": "apt",
+                                                         "packages": ["openssl", "foo;rm -rf /"]})) == "failed"
+    # Not a list of names (a string must not become its letters): no names.
+    assert executor.handle(signer.command(command_type, {"package_type": "apt", "packages": "openssl"})) == "failed"
+    (_, bad_name), (_, no_names) = queued(outbox)
+    assert bad_name["output"] == "refused: invalid apt package name(s): 'foo;rm -rf /'; nothing was run"
+    assert no_names["output"] == "refused: no apt package names given; nothing was run"
+    assert scanner.calls == [] and events == []
+
+
 def test_scan_failure_and_unknown_types_are_failed_results(setup, signer):
     executor, _, outbox, _, _ = setup(scanner=RecordingScanner(scan_error="apt-get update failed: 404"))
     executor.handle(signer.command("scan_updates", {"package_type": "apt"}))
@@ -202,8 +215,6 @@ def test_system_scan_queues_a_system_report(setup, signer):
 
 
 def endorse(old: Signer, new: Signer) -> dict:
-    from agent_client.protocol import key_endorsement_bytes
-
     signed = key_endorsement_bytes(key_id=new.key_id, public_key=new.public["public_key"])
     return {**new.public, "endorsed_by": old.key_id, "endorsement": base64.b64encode(old.private.sign(signed)).decode()}
 
@@ -230,8 +241,6 @@ def test_a_forged_endorsement_is_not_pinned(setup, signer):
 
 
 def test_a_refused_update_is_a_security_violation_and_a_failed_result(setup, signer):
-    from agent_client.selfupdate import UpdateRefused
-
     class RefusingUpdater:
         def apply(self, command_id, params):
             raise UpdateRefused("downgrade", "0.1.22 is older than 0.1.23")

@@ -9,7 +9,7 @@ import pytest
 
 from agent_client.machine import machine_id_hash
 from agent_client.outbox import Outbox
-from tests.agent.stub_server import StubServer
+from tests.agent.stub_server import StubServer, enrolled_config
 from tests.agent.test_cli import agent, one_error_line
 
 
@@ -124,8 +124,6 @@ def test_unusable_old_configs_are_refused_with_a_reason(tmp_path, config_path, c
 
 
 def test_nothing_to_migrate(stub, config_path):
-    from tests.agent.stub_server import enrolled_config
-
     config_path.parent.mkdir(parents=True)
     enrolled_config(stub, config_path)
     result = agent(config_path, "migrate")

@@ -9,10 +9,11 @@ from __future__ import annotations
 import random
 import stat
 import threading
-from typing import Any, Dict, List
+from typing import Any
 
 import pytest
 
+from agent_client import config as config_module
 from agent_client.events import AGENT_SCAN, make_event
 from agent_client.outbox import (
     KIND_COMMAND_RESULT,
@@ -27,7 +28,7 @@ from agent_client.transport import Client, RetryPolicy
 from tests.agent.stub_server import TEST_MACHINE_ID, StubServer, enrolled_config
 
 
-def event(number: int) -> Dict[str, Any]:
+def event(number: int) -> dict[str, Any]:
     return make_event(AGENT_SCAN, "failed", f"scan {number} failed", severity="error", metadata={"n": number})
 
 
@@ -81,7 +82,8 @@ def test_cap_on_items_drops_the_oldest_with_one_warning_event(tmp_path):
     warning = warnings[0]
     assert warning["metadata"]["dropped"] == {"event": 8}
     assert "dropped the 8 oldest unsent items" in warning["message"]
-    assert (warning["event_type"], warning["event_subtype"], warning["severity"]) == ("agent_checkin", "warning", "warning")
+    assert (warning["event_type"], warning["event_subtype"], warning["severity"]) == (
+        "agent_checkin", "warning", "warning")
 
 
 def test_cap_on_bytes(tmp_path):
@@ -97,10 +99,10 @@ def test_cap_on_bytes(tmp_path):
 
 class Recorder:
     def __init__(self, fail_on_call: int = 0) -> None:
-        self.batches: List[List[Dict[str, Any]]] = []
+        self.batches: list[list[dict[str, Any]]] = []
         self.fail_on_call = fail_on_call
 
-    def __call__(self, payloads: List[Dict[str, Any]]) -> None:
+    def __call__(self, payloads: list[dict[str, Any]]) -> None:
         if self.fail_on_call and len(self.batches) + 1 == self.fail_on_call:
             self.fail_on_call = 0
             raise ConnectionError("server went away")
@@ -163,8 +165,6 @@ def test_a_corrupt_outbox_is_a_clear_error(tmp_path):
 
 
 def make_runner(stub: StubServer, config_path, config=None) -> Runner:
-    from agent_client import config as config_module
-
     config = config or config_module.load(config_path)
     outbox = Outbox.beside(config_path)
     client = Client(config, machine_id_hash=TEST_MACHINE_ID, config_path=config_path,
@@ -179,7 +179,7 @@ def test_server_down_keeps_everything_and_each_event_arrives_exactly_once(tmp_pa
         enrolled_config(stub, config_path)
         port = stub.port
     # The server is down: two agent runs (a restart between them), each with its own events.
-    queued: List[Dict[str, Any]] = []
+    queued: list[dict[str, Any]] = []
     for run in range(2):
         runner = make_runner(stub, config_path)
         runner.record_startup("once")

@@ -11,7 +11,7 @@ import logging
 import random
 import re
 import time
-from typing import Any, Dict, List
+from typing import Any
 
 import pytest
 
@@ -27,7 +27,7 @@ from agent_client.transport import (
     parse_retry_after,
     register,
 )
-from tests.agent.stub_server import TEST_MACHINE_ID, StubServer, enrolled_config
+from tests.agent.stub_server import TEST_MACHINE_ID, enrolled_config
 
 
 class Sleeps(list):
@@ -35,7 +35,7 @@ class Sleeps(list):
         self.append(seconds)
 
 
-def make_client(stub, config_path, *, events: List[Dict[str, Any]] = None, attempts: int = 4, **kwargs) -> Client:
+def make_client(stub, config_path, *, events: list[dict[str, Any]] = None, attempts: int = 4, **kwargs) -> Client:
     config = enrolled_config(stub, config_path)
     sleeps = Sleeps()
     client = Client(
@@ -104,7 +104,7 @@ def test_access_token_past_its_expiry_is_renewed_before_the_request(stub, config
 
 
 def test_refused_refresh_is_terminal_and_reported(stub, config_path):
-    events: List[Dict[str, Any]] = []
+    events: list[dict[str, Any]] = []
     client = make_client(stub, config_path, events=events)
     stub.access_expired = True
     stub.refresh_token = "rf_ref_someone-else-rotated-it"
@@ -118,7 +118,7 @@ def test_refused_refresh_is_terminal_and_reported(stub, config_path):
 
 
 def test_renewed_credentials_that_cannot_be_saved_are_never_used(stub, config_path, monkeypatch):
-    events: List[Dict[str, Any]] = []
+    events: list[dict[str, Any]] = []
     client = make_client(stub, config_path, events=events)
     before = config_path.read_text()
     stub.access_expired = True

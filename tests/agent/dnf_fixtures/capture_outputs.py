@@ -85,7 +85,8 @@ def main() -> None:
         save("updateinfo_info", dnf(sandbox, "updateinfo", "info", "--updates"))
         save("upgrade_assumeno", dnf(sandbox, "upgrade", "--assumeno", "redflag-test-pkg", LONG_NAME))
         save("upgrade_nonexistent", dnf(sandbox, "upgrade", "-y", "redflag-test-no-such-package"))
-        save("upgrade_partial_match", dnf(sandbox, "upgrade", "--assumeno", "redflag-test-no-such-package", "redflag-test-sec"))
+        save("upgrade_partial_match",
+             dnf(sandbox, "upgrade", "--assumeno", "redflag-test-no-such-package", "redflag-test-sec"))
         save("upgrade_install", dnf(sandbox, "upgrade", "-y", "redflag-test-pkg", "redflag-test-epoch"))
         save("upgrade_nothing_to_do", dnf(sandbox, "upgrade", "--assumeno", "redflag-test-pkg"))
         save("check_update_none", dnf(sandbox, "check-update", "redflag-test-pkg"))

@@ -15,9 +15,12 @@ parser fixtures in this directory).
 from __future__ import annotations
 
 import dataclasses
+import os
+import shutil
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Optional
 from xml.sax.saxutils import escape, quoteattr
 
 C_LOCALE = {"LC_ALL": "C", "LANG": "C"}
@@ -29,7 +32,7 @@ class RpmSpec:
     version: str
     release: str = "1"
     epoch: Optional[int] = None
-    requires: Tuple[str, ...] = ()
+    requires: tuple[str, ...] = ()
 
     @property
     def filename(self) -> str:
@@ -42,15 +45,13 @@ class Advisory:
     advisory_type: str  # security / bugfix / enhancement
     severity: str  # as written in updateinfo.xml: Critical, Important, ..., None
     title: str
-    packages: Tuple[RpmSpec, ...]
-    cves: Tuple[str, ...] = ()
-    bugs: Tuple[Tuple[str, str], ...] = ()  # (id, title)
+    packages: tuple[RpmSpec, ...]
+    cves: tuple[str, ...] = ()
+    bugs: tuple[tuple[str, str], ...] = ()  # (id, title)
     description: str = "Test advisory."
 
 
 def _run(argv: Sequence[str], **kwargs) -> subprocess.CompletedProcess:
-    import os
-
     env = dict(os.environ)
     env.update(C_LOCALE)
     completed = subprocess.run(list(argv), capture_output=True, text=True, env=env, **kwargs)
@@ -90,12 +91,12 @@ def _spec_text(spec: RpmSpec) -> str:
     return "\n".join(lines)
 
 
-def build_rpms(workdir: Path, specs: Sequence[RpmSpec]) -> Dict[str, Path]:
+def build_rpms(workdir: Path, specs: Sequence[RpmSpec]) -> dict[str, Path]:
     """Build each spec into a noarch RPM; returns {filename: path}."""
     topdir = workdir / "rpmbuild"
     for sub in ("SPECS", "SOURCES", "BUILD", "RPMS", "SRPMS"):
         (topdir / sub).mkdir(parents=True, exist_ok=True)
-    built: Dict[str, Path] = {}
+    built: dict[str, Path] = {}
     for spec in specs:
         spec_path = topdir / "SPECS" / f"{spec.name}-{spec.version}-{spec.release}.spec"
         spec_path.write_text(_spec_text(spec))
@@ -159,8 +160,6 @@ def updateinfo_xml(advisories: Sequence[Advisory]) -> str:
 
 def make_repository(repo_dir: Path, rpm_paths: Sequence[Path], advisories: Sequence[Advisory]) -> None:
     """createrepo_c a directory of RPMs, then add updateinfo with modifyrepo_c."""
-    import shutil
-
     repo_dir.mkdir(parents=True, exist_ok=True)
     for path in rpm_paths:
         shutil.copy2(path, repo_dir / path.name)
@@ -195,7 +194,7 @@ class DnfSandbox:
         )
         _run(["rpm", "--root", str(self.root), "--initdb"])
 
-    def dnf_options(self) -> List[str]:
+    def dnf_options(self) -> list[str]:
         # With --installroot, dnf 4 puts logs and persistdir inside the root
         # and prefixes cachedir with it; either way the cache stays under base.
         return [
@@ -210,14 +209,14 @@ class DnfSandbox:
     def rpm_install(self, rpm_paths: Sequence[Path]) -> None:
         _run(["rpm", "--root", str(self.root), "-i", *[str(p) for p in rpm_paths]])
 
-    def installed(self, *names: str) -> Dict[str, str]:
+    def installed(self, *names: str) -> dict[str, str]:
         """{name: version-release} for the named packages installed in the root."""
         completed = subprocess.run(
             ["rpm", "--root", str(self.root), "-q", "--qf", "%{NAME} %{VERSION}-%{RELEASE}\\n", *names],
             capture_output=True,
             text=True,
         )
-        found: Dict[str, str] = {}
+        found: dict[str, str] = {}
         for line in completed.stdout.splitlines():
             parts = line.split()
             if len(parts) == 2:
