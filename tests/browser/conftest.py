@@ -9,10 +9,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from django.conf import settings
+from django.db import connection
+from playwright.sync_api import sync_playwright
 
 from tests.agent.conftest import require_tools
 
@@ -32,8 +34,6 @@ def chromium():
     Playwright is alive, and only then.
     """
     require_tools(CHROMIUM)
-    from playwright.sync_api import sync_playwright
-
     previous = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
     os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
     try:
@@ -67,9 +67,6 @@ def qcluster(live_server, tmp_path):
     Stopped (SIGTERM to its own process group, then SIGKILL) before the test
     database is flushed.
     """
-    from django.conf import settings
-    from django.db import connection
-
     env = {key: value for key, value in os.environ.items() if key != "DJANGO_ALLOW_ASYNC_UNSAFE"}
     env.update(DJANGO_SETTINGS_MODULE="tests.browser.qcluster_settings", PYTHONUNBUFFERED="1",
                REDFLAG_DATA_DIR=str(settings.DATA_DIR),  # the same signing key file as the live server
@@ -88,9 +85,10 @@ def qcluster(live_server, tmp_path):
                 os.killpg(process.pid, stop_signal)  # the cluster and its worker processes
             except ProcessLookupError:
                 break
-            deadline = time.monotonic() + grace
-            while process.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.1)
+            try:
+                process.wait(timeout=grace)  # returns as soon as the cluster has exited
+            except subprocess.TimeoutExpired:
+                pass  # still running: on to the next, harder signal
         process.wait(timeout=5)
         try:
             os.killpg(process.pid, signal.SIGKILL)  # any worker of this cluster that outlived it

@@ -9,6 +9,7 @@ from datetime import timedelta
 
 import pytest
 from django.utils import timezone
+from playwright.sync_api import expect
 
 from agents_app.choices import UpdateStatus
 from agents_app.models import Agent, AgentSubsystem, BulkOperation, Command, PackageUpdate
@@ -59,8 +60,6 @@ def run_action(page, name: str) -> None:
 
 def wait_for_bulk_operation_to_finish(page, requested: int) -> BulkOperation:
     """The page reloads itself (meta refresh, 2 s) until the cluster has finished the operation."""
-    from playwright.sync_api import expect
-
     expect(page).to_have_url(re.compile(r"/admin/agents_app/bulkoperation/[0-9a-f-]{36}/change/$"))
     expect(page.locator(".field-status_label .readonly")).to_have_text("Finished", timeout=BULK_TIMEOUT_MS)
     expect(page.locator(".rf-progress-text").first).to_have_text(f"{requested} / {requested}")
@@ -70,8 +69,6 @@ def wait_for_bulk_operation_to_finish(page, requested: int) -> BulkOperation:
 
 
 def test_admin_dashboard_approve_bulk_scan_and_heartbeat(page, live_server, fleet, qcluster):
-    from playwright.sync_api import expect
-
     # Log in.
     page.goto("/admin/login/?next=/admin/")
     page.fill("#id_username", "admin")

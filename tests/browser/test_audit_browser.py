@@ -6,45 +6,122 @@ from __future__ import annotations
 import csv
 import io
 import re
+import threading
 import time
+from datetime import timedelta
 
 import pytest
+from django.core.signals import request_finished, request_started
+from django.db import transaction
+from django.urls import reverse
+from playwright.sync_api import expect
 
 from events_app.choices import Component, EventSubtype, EventType, Severity
 from events_app.services import record_event
-from tests.server.test_audit_helpers import PASSWORD, make_user
+from redflag.models import ServerSettings
+from tests.server.events_app.helpers import PASSWORD, make_user
+from tokens_app.models import RegistrationToken
+from tokens_app.services import token_create
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 STREAM_SECONDS = 4
 LIVE_TIMEOUT_MS = 20_000  # SQLite streams poll every second; PostgreSQL ones wake on NOTIFY
+# From the filtered page's load to its EventSource's reconnect: one stream lifetime, the 2 s retry, and the
+# live and mallory steps that run meanwhile.
+RECONNECT_TIMEOUT_MS = 2 * LIVE_TIMEOUT_MS
+STREAMS_END_TIMEOUT = 3 * STREAM_SECONDS  # a stream ends at its lifetime; SQLite ones look every second
+
+
+def committed_event(**fields):
+    """An event as the server records one: in its own transaction, visible to the streams once committed."""
+    with transaction.atomic():
+        return record_event(**fields)
 
 
 def failed_login(name: str):
-    return record_event(event_type=EventType.AUTH_FAILURE, subtype=EventSubtype.FAILED, severity=Severity.WARNING,
-                        component=Component.SECURITY, message=f"Failed log-in for {name!r}",
-                        metadata={"username": name})
+    return committed_event(event_type=EventType.AUTH_FAILURE, subtype=EventSubtype.FAILED, severity=Severity.WARNING,
+                           component=Component.SECURITY, message=f"Failed log-in for {name!r}",
+                           metadata={"username": name})
+
+
+def wait_until(condition, timeout: float, what: str, interval: float = 0.1):
+    """Poll ``condition()`` until it returns something truthy (returned); fail naming ``what`` at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"not within {timeout} s: {what}")
+        time.sleep(interval)  # the polling interval, not a wait for the condition
+
+
+def nth_stream_response(count: int, url_part: str):
+    """A predicate for ``page.expect_response``: true from the ``count``-th response of an event stream whose
+    URL contains ``url_part`` (the first is the page's EventSource connecting, the next ones its reconnects)."""
+    stream_path = reverse("events:stream")
+    seen = 0
+
+    def predicate(response) -> bool:
+        nonlocal seen
+        if stream_path in response.url and url_part in response.url:
+            seen += 1
+        return seen >= count
+
+    return predicate
+
+
+class StreamRequests:
+    """The event-stream requests of the live server (threads of this process): how many started, and the
+    threads serving one right now.
+
+    Django sends request_started and, when the server closes the response (its body ended or the client
+    went away), request_finished, both from the thread that serves the request.
+    """
+
+    def __init__(self):
+        self.path = reverse("events:stream")
+        self.lock = threading.Lock()
+        self.started = 0
+        self.serving: set[int] = set()
+
+    def on_started(self, sender, environ, **kwargs):
+        if environ.get("PATH_INFO") == self.path:
+            with self.lock:
+                self.started += 1
+                self.serving.add(threading.get_ident())
+
+    def on_finished(self, sender, **kwargs):
+        with self.lock:
+            self.serving.discard(threading.get_ident())
+
+
+@pytest.fixture
+def stream_requests():
+    requests = StreamRequests()
+    request_started.connect(requests.on_started, dispatch_uid="browser-stream-requests")
+    request_finished.connect(requests.on_finished, dispatch_uid="browser-stream-requests")
+    try:
+        yield requests
+    finally:
+        request_started.disconnect(dispatch_uid="browser-stream-requests")
+        request_finished.disconnect(dispatch_uid="browser-stream-requests")
 
 
 @pytest.fixture
 def history(settings):
-    from redflag.models import ServerSettings
-
     ServerSettings.forget()
     # Short-lived streams: the page reconnects by itself (Last-Event-ID) during the test, and the
     # last stream has ended (and returned its connection) soon after the page leaves.
     settings.REDFLAG_EVENT_STREAM_SECONDS = STREAM_SECONDS
     make_user("audrey", auditor=True)
     failed_login("bob")
-    record_event(event_type=EventType.CONFIG_CHANGED, subtype=EventSubtype.SUCCESS, component=Component.CONFIG,
-                 message="poll interval changed")
+    committed_event(event_type=EventType.CONFIG_CHANGED, subtype=EventSubtype.SUCCESS, component=Component.CONFIG,
+                    message="poll interval changed")
 
 
-def test_auditor_filters_watches_live_exports_and_is_refused_elsewhere(page, live_server, history):
-    from tokens_app.models import RegistrationToken
-    from tokens_app.services import token_create
-    from datetime import timedelta
-
+def test_auditor_filters_watches_live_exports_and_is_refused_elsewhere(page, live_server, history, stream_requests):
     # Log in: the history page sends an anonymous visitor to the admin log-in, and back.
     page.goto("/audit/events/")
     assert "/admin/login/" in page.url
@@ -54,23 +131,30 @@ def test_auditor_filters_watches_live_exports_and_is_refused_elsewhere(page, liv
     page.wait_for_url(re.compile(r"/audit/events/$"))
     assert page.locator("#event-rows").inner_text().count("poll interval changed") == 1
 
-    # Filter by type: the filter lands in the URL (shareable) and only matching rows show.
+    # Filter by type: the filter lands in the URL (shareable) and only matching rows show. The filtered page's
+    # stream connections are counted from its first one on: the second is EventSource reconnecting after the
+    # first stream's end (STREAM_SECONDS), whenever that comes during the steps below.
     page.select_option("#id_event_type", "auth_failure")
-    page.click("form.filters button[type=submit]")
-    page.wait_for_url(re.compile(r"event_type=auth_failure"))
-    rows = page.locator("#event-rows")
-    assert "Failed log-in for 'bob'" in rows.inner_text()
-    assert "poll interval changed" not in rows.inner_text()
+    with page.expect_response(nth_stream_response(2, "event_type=auth_failure"),
+                              timeout=RECONNECT_TIMEOUT_MS) as reconnected:
+        page.click("form.filters button[type=submit]")
+        page.wait_for_url(re.compile(r"event_type=auth_failure"))
+        rows = page.locator("#event-rows")
+        assert "Failed log-in for 'bob'" in rows.inner_text()
+        assert "poll interval changed" not in rows.inner_text()
 
-    # Live: a new matching event appears without reload; a non-matching one does not.
-    page.wait_for_function("document.getElementById('live-status').textContent === 'live'")
-    record_event(event_type=EventType.CONFIG_CHANGED, subtype=EventSubtype.SUCCESS, component=Component.CONFIG,
-                 message="not for this filter")
-    failed_login("mallory")
-    page.locator("#event-rows tr.live", has_text="Failed log-in for 'mallory'").wait_for(timeout=LIVE_TIMEOUT_MS)
+        # Live: a new matching event appears without reload; a non-matching one does not.
+        page.wait_for_function("document.getElementById('live-status').textContent === 'live'")
+        committed_event(event_type=EventType.CONFIG_CHANGED, subtype=EventSubtype.SUCCESS,
+                        component=Component.CONFIG, message="not for this filter")
+        failed_login("mallory")
+        page.locator("#event-rows tr.live", has_text="Failed log-in for 'mallory'").wait_for(timeout=LIVE_TIMEOUT_MS)
 
-    # Across the stream's end: EventSource reconnects by itself and the next event still arrives.
-    time.sleep(STREAM_SECONDS + 1)
+    # Across the stream's end: EventSource reconnected by itself, resuming after the last event it was sent,
+    # and the next event still arrives.
+    assert reconnected.value.ok
+    assert reconnected.value.request.header_value("last-event-id"), "the reconnect resumes (Last-Event-ID)"
+    expect(page.locator("#live-status")).to_have_text("live")
     failed_login("trudy")
     page.locator("#event-rows tr.live", has_text="Failed log-in for 'trudy'").wait_for(timeout=LIVE_TIMEOUT_MS)
     assert rows.inner_text().count("Failed log-in for 'mallory'") == 1, "a resumed stream repeats no row"
@@ -91,6 +175,7 @@ def test_auditor_filters_watches_live_exports_and_is_refused_elsewhere(page, liv
     assert response.status == 403
     assert RegistrationToken.objects.filter(pk=token.pk, revoked_at__isnull=True).exists()
 
-    # Leave the history page; its stream (a live-server thread) ends within its lifetime.
+    # Leave the history page; every stream it opened (each a live-server thread) ends within its lifetime.
     page.goto("about:blank")
-    time.sleep(STREAM_SECONDS + 2)
+    assert stream_requests.started >= 3, "the unfiltered page's stream, the filtered one's, and its reconnect"
+    wait_until(lambda: not stream_requests.serving, STREAMS_END_TIMEOUT, "the live server's event streams end")
