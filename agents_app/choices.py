@@ -53,9 +53,6 @@ class CommandStatus(models.TextChoices):
 
 # Not finished: counts against max_pending_commands, blocks a duplicate.
 OPEN_COMMAND_STATUSES = (CommandStatus.PENDING, CommandStatus.SENT, CommandStatus.RUNNING)
-FINISHED_COMMAND_STATUSES = (
-    CommandStatus.SUCCEEDED, CommandStatus.FAILED, CommandStatus.TIMED_OUT, CommandStatus.CANCELLED,
-)
 
 
 class CommandSource(models.TextChoices):

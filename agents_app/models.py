@@ -1,8 +1,11 @@
 import uuid
+from pathlib import Path
 
 from django.conf import settings
+from django.core.files.storage import FileSystemStorage
 from django.db import models
 from django.utils import timezone
+from django.utils.deconstruct import deconstructible
 
 from agents_app.choices import (
     OPEN_COMMAND_STATUSES,
@@ -16,6 +19,7 @@ from agents_app.choices import (
     UpdateStatus,
 )
 from agents_app.querysets import AgentQuerySet, AgentSubsystemQuerySet, CommandQuerySet, PackageUpdateQuerySet
+from redflag.models import ServerSettings
 
 
 class Agent(models.Model):
@@ -73,21 +77,49 @@ class Agent(models.Model):
 
     @property
     def is_online(self) -> bool:
-        from redflag.models import ServerSettings
-
         if self.last_seen_at is None:
             return False
         return self.last_seen_at >= timezone.now() - ServerSettings.current().offline_threshold
 
     @property
     def effective_poll_interval_seconds(self) -> int:
-        from redflag.models import ServerSettings
-
         return self.poll_interval_seconds or ServerSettings.current().default_poll_interval_seconds
 
 
+class RefreshToken(models.Model):
+    """One link in an agent's refresh-token chain (a "family").
+
+    Each renew marks the presented token rotated and issues its successor in the
+    same family. Presenting a rotated token again means it was copied: the whole
+    family is revoked (see agents_app.services.credentials.credentials_renew).
+    """
+
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="refresh_tokens")
+    family = models.UUIDField(db_index=True)
+    token_hash = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField()
+    rotated_at = models.DateTimeField(null=True, blank=True)
+    replaced_by = models.OneToOneField(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="replaces"
+    )
+    # The single tolerated retry of this token after it was rotated (README: "Refresh tokens").
+    retry_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"refresh token {self.pk} of {self.agent_id}"
+
+
 class AgentSubsystem(models.Model):
-    """One thing an agent can scan, with its schedule. Config changes bump the agent's config_version."""
+    """One thing an agent can scan, with its schedule.
+
+    Changed only through agents_app.services.subsystems, which bumps the agent's config_version
+    and records the change.
+    """
 
     CONFIG_FIELDS = ("enabled", "auto_run", "interval_minutes")
 
@@ -112,19 +144,6 @@ class AgentSubsystem(models.Model):
 
     def __str__(self) -> str:
         return f"{self.agent} / {self.name}"
-
-    def save(self, *args, **kwargs):
-        """Any change of a config field bumps the agent's config_version, in the same transaction."""
-        from django.db import transaction
-
-        with transaction.atomic():
-            changed = self._state.adding
-            if not changed:
-                stored = type(self).objects.filter(pk=self.pk).values(*self.CONFIG_FIELDS).first()
-                changed = stored is None or any(stored[field] != getattr(self, field) for field in self.CONFIG_FIELDS)
-            super().save(*args, **kwargs)
-            if changed:
-                Agent.objects.filter(pk=self.agent_id).update(config_version=models.F("config_version") + 1)
 
 
 class BulkOperation(models.Model):
@@ -163,7 +182,7 @@ class BulkOperation(models.Model):
 
 
 class Command(models.Model):
-    """Work for one agent, Ed25519-signed at creation (see agents_app.signing)."""
+    """Work for one agent, Ed25519-signed at creation (agents_app.services.commands.command_build)."""
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="commands")
@@ -294,11 +313,6 @@ class IngestedReport(models.Model):
 
 
 # --- agent releases -----------------------------------------------------------------------------
-# Imported here rather than at the top: this section was appended with the releases feature.
-from pathlib import Path  # noqa: E402
-
-from django.core.files.storage import FileSystemStorage  # noqa: E402
-from django.utils.deconstruct import deconstructible  # noqa: E402
 
 
 @deconstructible
@@ -325,8 +339,8 @@ class AgentRelease(models.Model):
     """One built agent artifact with its signed manifest.
 
     The latest release of a platform is computed, never stored: the highest
-    version (numeric order, agents_app.releases.version_key) among its
-    non-revoked releases — ``agents_app.releases.latest_release`` is the one rule.
+    version (numeric order, agents_app.services.releases.version_key) among its
+    non-revoked releases — ``agents_app.services.releases.latest_release`` is the one rule.
     """
 
     class Platform(models.TextChoices):
@@ -351,14 +365,3 @@ class AgentRelease(models.Model):
 
     def __str__(self) -> str:
         return f"redflag-agent {self.version} ({self.platform})"
-
-    @property
-    def is_revoked(self) -> bool:
-        return self.revoked_at is not None
-
-    @property
-    def is_latest(self) -> bool:
-        from agents_app.releases import latest_release
-
-        latest = latest_release(platform=self.platform)
-        return latest is not None and latest.pk == self.pk

@@ -1,3 +1,5 @@
+"""Reusable reads of the fleet (each rule defined once; model properties reuse them)."""
+
 from __future__ import annotations
 
 import datetime
@@ -5,11 +7,12 @@ import datetime
 from django.db import models
 from django.utils import timezone
 
+from agents_app.choices import OPEN_COMMAND_STATUSES, CommandStatus, UpdateStatus
+from redflag.models import ServerSettings
+
 
 class AgentQuerySet(models.QuerySet):
     def online(self, now: datetime.datetime | None = None):
-        from redflag.models import ServerSettings
-
         now = now or timezone.now()
         return self.filter(last_seen_at__gte=now - ServerSettings.current().offline_threshold)
 
@@ -28,19 +31,13 @@ class AgentSubsystemQuerySet(models.QuerySet):
 
 class CommandQuerySet(models.QuerySet):
     def open(self):
-        from agents_app.choices import OPEN_COMMAND_STATUSES
-
         return self.filter(status__in=OPEN_COMMAND_STATUSES)
 
     def pending(self):
-        from agents_app.choices import CommandStatus
-
         return self.filter(status=CommandStatus.PENDING)
 
 
 class PackageUpdateQuerySet(models.QuerySet):
     def outstanding(self):
         """Updates still to act on: not installed, closed or ignored."""
-        from agents_app.choices import UpdateStatus
-
         return self.exclude(status__in=(UpdateStatus.INSTALLED, UpdateStatus.CLOSED, UpdateStatus.IGNORED))

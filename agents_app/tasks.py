@@ -1,9 +1,9 @@
 """django-q2 entry points (schedules in migration 0003, bulk operations enqueued by the admin)."""
 
-from agents_app.bulk import bulk_operation_run  # noqa: F401  (enqueued by name)
-from agents_app.commands import commands_time_out
-from agents_app.presence import presence_sweep
-from agents_app.scheduling import schedule_due_scans
+from agents_app.services.bulk import bulk_operation_run  # noqa: F401  (enqueued by name)
+from agents_app.services.presence import presence_sweep
+from agents_app.services.results import commands_time_out
+from agents_app.services.scheduling import schedule_due_scans
 
 
 def sweep_due_scans() -> int:

@@ -2,7 +2,7 @@
 """Agent footprint: idle memory and CPU of ``python -m agent_client run``, and one APT scan (JSON on stdout).
 
     DATABASE_URL=postgresql://postgres@127.0.0.1:5432/postgres .venv/bin/python bench/agent.py
-    .venv/bin/python bench/agent.py --seconds 8 --apt-runs 0     # smoke run (tests/server/test_bench_agent.py)
+    .venv/bin/python bench/agent.py --seconds 8 --apt-runs 0     # smoke run (tests/server/bench/test_agent.py)
 
 1. Create a scratch database, migrate it, set the server's default poll interval to ``--poll``
    seconds (5 by default, the agent's minimum, so it really polls), create a one-seat registration
@@ -38,7 +38,6 @@ import time
 from pathlib import Path
 
 import psutil
-
 from events import drop_database, scratch_database  # bench/events.py: scratch DB helpers
 from serving import manage, start_server, stop_group, uvicorn_argv
 
@@ -171,7 +170,7 @@ def count_checkins(server_log: Path) -> int:
 def apt_scan(runs: int) -> dict:
     """The agent's APT scanner vs ``apt-get -s upgrade``, under the APT tests' lock; read-only."""
     sys.path.insert(0, str(ROOT))  # bench/ is on the path, the repository root is not
-    from agent_client.scanners.apt import AptScanner
+    from agent_client.scanners.apt import AptScanner  # noqa: PLC0415  (the root is on sys.path only now)
 
     with tempfile.TemporaryDirectory(prefix="redflag-bench-apt-") as state, open(APT_LOCK, "w") as lock:
         waited = time.perf_counter()

@@ -2,7 +2,7 @@
 """Auditor history at scale: server time vs. bare SQL time, measured in the same run (JSON on stdout).
 
     DATABASE_URL=postgresql://postgres@127.0.0.1:5432/postgres .venv/bin/python bench/events.py
-    .venv/bin/python bench/events.py --rows 1000        # smoke run (tests/server/test_audit_bench.py)
+    .venv/bin/python bench/events.py --rows 1000        # smoke run (tests/server/bench/test_events.py)
 
 1. Create a scratch database on the server DATABASE_URL points at, migrate it.
 2. Load ``--rows`` events with one INSERT ... SELECT over generate_series (seconds for a million),
@@ -29,7 +29,15 @@ import statistics
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
+
+import django
+import psycopg
+from django.core.management import call_command
+from django.db import connection
+from django.test import Client
+from django.test.utils import CaptureQueriesContext
 
 ROOT = Path(__file__).resolve().parents[1]
 AGENTS = 50
@@ -48,8 +56,6 @@ def parse_args() -> argparse.Namespace:
 
 
 def scratch_database(server_url: str) -> tuple[str, str]:
-    import psycopg
-
     base = server_url.rsplit("/", 1)[0]
     name = f"redflag_bench_{secrets.token_hex(4)}"
     with psycopg.connect(f"{base}/postgres", autocommit=True) as conn:
@@ -58,8 +64,6 @@ def scratch_database(server_url: str) -> tuple[str, str]:
 
 
 def drop_database(base: str, name: str) -> None:
-    import psycopg
-
     with psycopg.connect(f"{base}/postgres", autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
@@ -71,20 +75,12 @@ def setup_django(url: str) -> None:
     os.environ["REDFLAG_ALLOWED_HOSTS"] = "testserver"
     os.environ["DJANGO_SETTINGS_MODULE"] = "redflag.settings"
     sys.path.insert(0, str(ROOT))
-    import django
-
     django.setup()
-    from django.core.management import call_command
-
     call_command("migrate", verbosity=0)
 
 
 def load(rows: int) -> list[str]:
-    import uuid
-
-    from django.db import connection
-
-    from agents_app.models import Agent
+    from agents_app.models import Agent  # noqa: PLC0415  (needs setup_django())
 
     agents = Agent.objects.bulk_create(
         Agent(id=uuid.uuid4(), hostname=f"host-{i:02d}", machine_id_hash=secrets.token_hex(32)) for i in range(AGENTS))
@@ -116,8 +112,7 @@ def load(rows: int) -> list[str]:
 
 
 def auditor_client():
-    from django.contrib.auth.models import Group, User
-    from django.test import Client
+    from django.contrib.auth.models import Group, User  # noqa: PLC0415  (needs setup_django())
 
     user = User.objects.create_user("bench-auditor", password=secrets.token_urlsafe(), is_staff=True)
     user.groups.add(Group.objects.get(name="Auditors"))
@@ -133,9 +128,6 @@ def page_query(queries: list[dict]) -> str:
 
 
 def measure(fetch, repeat: int) -> tuple[float, list[dict]]:
-    from django.db import connection
-    from django.test.utils import CaptureQueriesContext
-
     fetch()  # warm-up
     times = []
     for _ in range(repeat):
@@ -147,8 +139,6 @@ def measure(fetch, repeat: int) -> tuple[float, list[dict]]:
 
 
 def bare_sql(sql: str, repeat: int) -> float:
-    from django.db import connection
-
     times = []
     with connection.cursor() as cursor:
         cursor.execute(sql)
@@ -162,8 +152,8 @@ def bare_sql(sql: str, repeat: int) -> float:
 
 
 def run_cases(rows: int, agent_ids: list[str], repeat: int) -> dict:
-    from events_app.models import SystemEvent
-    from events_app.querysets import encode_cursor
+    from events_app.models import SystemEvent  # noqa: PLC0415  (needs setup_django())
+    from events_app.querysets import encode_cursor  # noqa: PLC0415  (needs setup_django())
 
     _, client = auditor_client()
     middle = SystemEvent.objects.newest_first().values("created_at", "id")[rows // 2]
@@ -179,7 +169,7 @@ def run_cases(rows: int, agent_ids: list[str], repeat: int) -> dict:
     }
     out = {}
     for name, query in cases.items():
-        out[name] = figures(*measure(lambda: client.get(f"/audit/events/?{query}"), repeat), repeat)
+        out[name] = figures(*measure(lambda query=query: client.get(f"/audit/events/?{query}"), repeat), repeat)
     out.update(api_cases(agent_ids, deep, repeat))
     return out
 
@@ -191,17 +181,16 @@ def figures(server_ms: float, queries: list[dict], repeat: int) -> dict:
 
 
 def api_cases(agent_ids: list[str], deep: str, repeat: int) -> dict:
-    from django.contrib.auth.models import User
-    from django.test import Client
+    from django.contrib.auth.models import User  # noqa: PLC0415  (needs setup_django())
 
-    from events_app.services import audit_token_issue
+    from events_app.services import audit_token_issue  # noqa: PLC0415  (needs setup_django())
 
     _, secret = audit_token_issue(user=User.objects.get(username="bench-auditor"), label="bench", issued_by="bench")
     client = Client(HTTP_AUTHORIZATION=f"Bearer {secret}")
     out = {}
     for name, query in (("api_first_page", "limit=50"), ("api_deep_page", f"limit=50&cursor={deep}"),
                         ("api_by_agent", f"limit=50&agent={agent_ids[7]}")):
-        out[name] = figures(*measure(lambda: client.get(f"/api/v1/audit/events?{query}"), repeat), repeat)
+        out[name] = figures(*measure(lambda query=query: client.get(f"/api/v1/audit/events?{query}"), repeat), repeat)
     return out
 
 
@@ -217,7 +206,6 @@ def main() -> int:
         agent_ids = load(args.rows)
         load_seconds = time.perf_counter() - started
         cases = run_cases(args.rows, agent_ids, args.repeat)
-        from django.db import connection
 
         connection.close()
     finally:

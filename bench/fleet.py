@@ -55,7 +55,8 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 import aiohttp
-
+import psutil
+import psycopg
 from events import drop_database, scratch_database  # bench/events.py: scratch DB helpers
 from serving import manage, start_server, stop_group, uvicorn_argv
 
@@ -142,8 +143,6 @@ def server_argv(kind: str, workers: int, port: int) -> list[str]:
 def spread_fleet(database_url: str, heartbeat_ids: list[str], scans: str) -> None:
     """Some agents in heartbeat mode; with scans="spread", a fleet that has been running: each
     subsystem's next scan somewhere in its interval."""
-    import psycopg
-
     with psycopg.connect(database_url, autocommit=True) as conn:
         if scans == "spread":
             conn.execute("UPDATE agents_app_agentsubsystem SET next_run_at = now() + "
@@ -160,8 +159,6 @@ class CpuMeter:
         self.server_pid = server_pid
 
     def sample(self) -> dict:
-        import psutil
-
         def cpu(process) -> float:
             try:
                 times = process.cpu_times()
@@ -271,7 +268,7 @@ class Fleet:
         self.system_report = system_report
         self.session: aiohttp.ClientSession | None = None
 
-    async def __aenter__(self) -> "Fleet":
+    async def __aenter__(self) -> Fleet:
         connector = aiohttp.TCPConnector(limit=0, force_close=True)
         self.session = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60))
         return self
@@ -410,8 +407,8 @@ async def simulate(args: argparse.Namespace, url: str, secret: str, database_url
     checkin = steady.get("checkin", {})
     errors = sum(sum(kind["errors_by_status"].values()) for kind in steady.values())
     return {
-        "registration": {**recorder.summary("register", register_seconds)["register"], "seconds": round(register_seconds, 1),
-                         "failed_agents": failed},
+        "registration": {**recorder.summary("register", register_seconds)["register"],
+                         "seconds": round(register_seconds, 1), "failed_agents": failed},
         "target_checkins_per_second": round(target, 2),
         "steady_seconds": round(steady_seconds, 1),
         "steady": steady,
@@ -429,8 +426,6 @@ async def simulate(args: argparse.Namespace, url: str, secret: str, database_url
 
 
 def machine() -> dict:
-    import psutil
-
     return {"cpus": os.cpu_count(), "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
             "python": platform.python_version(), "platform": platform.platform()}
 
@@ -443,8 +438,6 @@ def main() -> int:
     base, name = scratch_database(args.database_url)
     database_url = f"{base}/{name}"
     if args.synchronous_commit == "off":
-        import psycopg
-
         with psycopg.connect(database_url, autocommit=True) as conn:
             conn.execute(f'ALTER DATABASE "{name}" SET synchronous_commit = off')
     data_dir = tempfile.mkdtemp(prefix="redflag-fleet-")

@@ -18,6 +18,11 @@ import statistics
 import time
 import uuid
 
+from django.conf import settings
+from django.db import connection, connections, transaction
+from django.test import Client
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 from events import drop_database, scratch_database, setup_django  # bench/events.py: scratch DB helpers
 
 
@@ -40,9 +45,7 @@ def report_rows(count: int, version: str) -> list[dict]:
 
 
 def enrolled_client():
-    from django.test import Client
-
-    from tokens_app.services import token_create
+    from tokens_app.services import token_create  # noqa: PLC0415  (needs setup_django())
 
     _, secret = token_create(label="bench", max_seats=10_000, expires_in=__import__("datetime").timedelta(hours=1))
     client = Client()
@@ -62,9 +65,6 @@ def enrolled_client():
 
 
 def timed_report(post, rows) -> tuple[float, int]:
-    from django.db import connection
-    from django.test.utils import CaptureQueriesContext
-
     with CaptureQueriesContext(connection) as context:
         started = time.perf_counter()
         response = post(rows)
@@ -75,10 +75,7 @@ def timed_report(post, rows) -> tuple[float, int]:
 
 def baseline_copy(rows: list[dict]) -> float:
     """COPY the same rows into the same table for a fresh agent, in one transaction."""
-    from django.db import connection, transaction
-    from django.utils import timezone
-
-    from agents_app.models import Agent
+    from agents_app.models import Agent  # noqa: PLC0415  (needs setup_django())
 
     agent = Agent.objects.create(hostname="baseline", machine_id_hash=uuid.uuid4().hex * 2)
     now = timezone.now()
@@ -104,12 +101,11 @@ def main() -> int:
     try:
         setup_django(f"{base}/{name}")
         os.environ["REDFLAG_RATE_LIMIT_ENABLED"] = "false"
-        from django.conf import settings
 
         settings.REDFLAG_RATE_LIMIT_ENABLED = False
         settings.DEBUG = False
         first, repeated, baseline, first_statements, repeat_statements = [], [], [], set(), set()
-        for run in range(args.repeat):
+        for _ in range(args.repeat):
             post = enrolled_client()
             ms, statements = timed_report(post, report_rows(args.packages, "1"))
             first.append(ms)
@@ -134,8 +130,6 @@ def main() -> int:
         }
         print(json.dumps(result, indent=2))
     finally:
-        from django.db import connections
-
         connections.close_all()
         drop_database(base, name)
     return 0

@@ -2,7 +2,7 @@
 """Scheduling at fleet scale: the due-scan sweep over 50,000 agents × 4 subsystems (JSON on stdout).
 
     DATABASE_URL=postgresql://postgres@127.0.0.1:5432/postgres .venv/bin/python bench/schedule.py
-    .venv/bin/python bench/schedule.py --agents 50      # smoke run (tests/server/test_bench_schedule.py)
+    .venv/bin/python bench/schedule.py --agents 50      # smoke run (tests/server/bench/test_schedule.py)
 
 1. Create a scratch database on the server DATABASE_URL points at, migrate it.
 2. Load ``--agents`` agents and 4 subsystems each (apt, docker, storage, system; never run, so all
@@ -28,7 +28,10 @@ import os
 import statistics
 import sys
 import time
+import uuid
 
+from django.db import connection, connections, transaction
+from django.utils import timezone
 from events import drop_database, scratch_database, setup_django  # bench/events.py: scratch DB helpers
 
 DEFAULT_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"  # as bench/events.py documents
@@ -48,9 +51,7 @@ def parse_args() -> argparse.Namespace:
 
 
 def load(agents: int) -> None:
-    from django.db import connection
-
-    from agents_app.choices import SUBSYSTEM_SCAN
+    from agents_app.choices import SUBSYSTEM_SCAN  # noqa: PLC0415  (needs setup_django())
 
     assert set(SUBSYSTEMS) <= set(SUBSYSTEM_SCAN), "every benchmarked subsystem must have a scan command"
     with connection.cursor() as cursor:
@@ -90,8 +91,6 @@ def timed(function) -> tuple[float, object]:
 
 def baseline_select_due() -> tuple[float, int]:
     """Read every due row once: the sweep's input, with nothing done to it."""
-    from django.db import connection
-
     with connection.cursor() as cursor:
         def select():
             cursor.execute(
@@ -110,10 +109,8 @@ def baseline_select_due() -> tuple[float, int]:
 
 def baseline_insert_select() -> tuple[float, int]:
     """One INSERT ... SELECT of a command per due subsystem (dummy signature), then rolled back."""
-    from django.db import connection, transaction
-
-    from agents_app.choices import SUBSYSTEM_SCAN
-    from agents_app.commands import dedupe_key
+    from agents_app.choices import SUBSYSTEM_SCAN  # noqa: PLC0415  (needs setup_django())
+    from agents_app.services.commands import dedupe_key  # noqa: PLC0415  (needs setup_django())
 
     kinds = {name: (str(SUBSYSTEM_SCAN[name][0]), json.dumps({k: str(v) for k, v in SUBSYSTEM_SCAN[name][1].items()}),
                     dedupe_key(*SUBSYSTEM_SCAN[name])) for name in SUBSYSTEMS}
@@ -146,13 +143,9 @@ def baseline_insert_select() -> tuple[float, int]:
 def baseline_signing(count: int) -> dict:
     """Signing ``count`` commands: bare Ed25519 with the loaded key, and the whole command_build
     (signature plus the unsaved Command) as the sweep runs it, with the key it fetched once."""
-    import uuid
-
-    from django.utils import timezone
-
-    from agent_client.protocol import command_signing_bytes
-    from agents_app.commands import command_build
-    from tokens_app.signing import primary_key
+    from agent_client.protocol import command_signing_bytes  # noqa: PLC0415  (root on sys.path by setup_django())
+    from agents_app.services.commands import command_build  # noqa: PLC0415  (needs setup_django())
+    from tokens_app.signing import primary_key  # noqa: PLC0415  (needs setup_django())
 
     now = timezone.now()
     agent_id = uuid.uuid4()
@@ -187,9 +180,7 @@ class StatementMeter:
 
 
 def metered_sweep() -> tuple[int, float, StatementMeter]:
-    from django.db import connection
-
-    from agents_app.tasks import sweep_due_scans
+    from agents_app.tasks import sweep_due_scans  # noqa: PLC0415  (needs setup_django())
 
     meter = StatementMeter()
     with connection.execute_wrapper(meter):
@@ -199,7 +190,7 @@ def metered_sweep() -> tuple[int, float, StatementMeter]:
 
 def full_sweep() -> dict:
     """Call the scheduled task until it creates nothing, as repeated django-q2 runs would."""
-    from agents_app.scheduling import SWEEP_LIMIT
+    from agents_app.services.scheduling import SWEEP_LIMIT  # noqa: PLC0415  (needs setup_django())
 
     calls = []
     while True:
@@ -243,10 +234,9 @@ def main() -> int:
     base, name = scratch_database(args.database_url)
     try:
         setup_django(f"{base}/{name}")
-        from django.db import connection
 
-        from agents_app.choices import CommandSource
-        from agents_app.models import Command
+        from agents_app.choices import CommandSource  # noqa: PLC0415  (needs setup_django())
+        from agents_app.models import Command  # noqa: PLC0415  (needs setup_django())
 
         load_seconds, _ = timed(lambda: load(args.agents))
         expected = args.agents * len(SUBSYSTEMS)
@@ -262,8 +252,6 @@ def main() -> int:
         connection.close()
     finally:
         if not args.keep:
-            from django.db import connections
-
             connections.close_all()
             drop_database(base, name)
     total = sweep["total_seconds"]

@@ -16,8 +16,8 @@ from events_app.services import audit_token_issue, audit_token_revoke
 class SystemEventAdmin(admin.ModelAdmin):
     """Read-only history: events are append-only, for admins and auditors alike."""
 
-    list_display = ("created_at", "event_type", "event_subtype", "severity", "component", "hostname", "actor", "message",
-                    "history_link")
+    list_display = ("created_at", "event_type", "event_subtype", "severity", "component", "hostname", "actor",
+                    "message", "history_link")
     list_filter = ("event_type", "event_subtype", "severity", "component", "created_at")
     search_fields = ("message", "hostname")
     date_hierarchy = "created_at"

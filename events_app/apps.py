@@ -6,5 +6,5 @@ class EventsAppConfig(AppConfig):
     verbose_name = "System events"
 
     def ready(self):
-        from events_app import signals  # noqa: F401  (connects the log-in receivers)
-        from events_app.api import schema  # noqa: F401  (registers the audit API's OpenAPI security scheme)
+        # Receivers connect on import, and only once the app registry is ready.
+        from events_app import signals  # noqa: F401, PLC0415

@@ -10,11 +10,12 @@ import base64
 import binascii
 import json
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Iterator
+from typing import Any
 
-from django.db import models
+from django.db import connections, models
 from django.db.models import Q
 from django.db.models.fields.json import KeyTransform
 from django.utils.dateparse import parse_datetime
@@ -125,8 +126,6 @@ class SystemEventQuerySet(models.QuerySet):
             Q.create([(alias, candidate) for candidate in candidates], connector=Q.OR))
 
     def _db_vendor(self) -> str:
-        from django.db import connections
-
         return connections[self.db].vendor
 
     def before_cursor(self, cursor: str | None) -> SystemEventQuerySet:

@@ -19,6 +19,10 @@ if TYPE_CHECKING:
 SYSTEM_ACTOR = "system"
 
 
+class EventOutsideTransaction(RuntimeError):
+    """A programming error: an event that records a change must commit with that change."""
+
+
 def agent_actor(agent: Agent) -> str:
     return f"agent:{agent.hostname}"
 
@@ -34,13 +38,17 @@ def record_event(
     hostname: str = "",
     metadata: dict[str, Any] | None = None,
     actor: str = SYSTEM_ACTOR,
+    standalone: bool = False,
 ) -> SystemEvent:
     """Write one SystemEvent.
 
-    Call it inside the transaction of the change it records, so the change and
-    its audit row commit or roll back together. Never pass a secret in
-    ``message`` or ``metadata``.
+    Call it inside the transaction of the change it records, so the change and its audit row
+    commit or roll back together; outside one it refuses (EventOutsideTransaction). An event that
+    records no change of its own (start-up, a refused registration, a replayed nonce) says so
+    with ``standalone=True``. Never pass a secret in ``message`` or ``metadata``.
     """
+    if not standalone and not transaction.get_connection().in_atomic_block:
+        raise EventOutsideTransaction(f"{event_type} event outside a transaction: {message[:80]!r}")
     return SystemEvent.objects.create(
         agent=agent,
         hostname=(hostname or (agent.hostname if agent else ""))[:255],
@@ -54,6 +62,27 @@ def record_event(
     )
 
 
+def _security_event(event_type: EventType, subtype: EventSubtype, severity: Severity, message: str, *,
+                    agent: Agent | None, metadata: dict[str, Any], standalone: bool) -> SystemEvent:
+    return record_event(event_type=event_type, subtype=subtype, component=Component.SECURITY, severity=severity,
+                        message=message, agent=agent, metadata=metadata,
+                        actor=agent_actor(agent) if agent else SYSTEM_ACTOR, standalone=standalone)
+
+
+def security_violation(message: str, *, agent: Agent | None, metadata: dict[str, Any],
+                       standalone: bool = False) -> SystemEvent:
+    """Someone tried what the rules forbid (another machine's credentials, a reused refresh token...)."""
+    return _security_event(EventType.SECURITY_VIOLATION, EventSubtype.CRITICAL, Severity.CRITICAL, message,
+                           agent=agent, metadata=metadata, standalone=standalone)
+
+
+def auth_failure(message: str, *, agent: Agent | None = None, metadata: dict[str, Any],
+                 standalone: bool = False) -> SystemEvent:
+    """Credentials that do not hold (unknown, expired, revoked): a warning, not an attack by itself."""
+    return _security_event(EventType.AUTH_FAILURE, EventSubtype.FAILED, Severity.WARNING, message,
+                           agent=agent, metadata=metadata, standalone=standalone)
+
+
 def event_export_record(*, actor: str, export_format: str, filters: dict[str, Any], via: str) -> SystemEvent:
     """Record that ``actor`` exported the history matching ``filters`` (as ``export_format``)."""
     return record_event(
@@ -63,6 +92,7 @@ def event_export_record(*, actor: str, export_format: str, filters: dict[str, An
         message=f"{actor} exported event history as {export_format}",
         metadata={"format": export_format, "filters": filters, "via": via},
         actor=actor,
+        standalone=True,  # an export changes nothing
     )
 
 
@@ -95,6 +125,7 @@ def events_purge(*, now: datetime, retention_days: int, batch_size: int = 5000) 
         message=f"Retention removed {removed} events created before {cutoff:%Y-%m-%d %H:%M} UTC",
         metadata={"removed": removed, "cutoff": cutoff.isoformat(), "retention_days": retention_days,
                   "oldest_removed": oldest.isoformat() if oldest else None},
+        standalone=True,  # the batches committed one by one; this sums them up
     )
     return removed
 

@@ -5,13 +5,12 @@ from django.dispatch import receiver
 
 from events_app.choices import Component, EventSubtype, EventType, Severity
 from events_app.services import record_event
+from redflag.api.throttling import AdminLoginThrottle
 
 
 def _client_ip(request) -> str:
     if request is None:
         return ""
-    from redflag.api.throttling import AdminLoginThrottle
-
     return AdminLoginThrottle().get_ident(request)
 
 
@@ -24,6 +23,7 @@ def record_login(sender, request, user, **kwargs):
         message=f"{user.get_username()} logged in",
         metadata={"client_ip": _client_ip(request)},
         actor=user.get_username(),
+        standalone=True,  # Django's log-in, not a change of ours
     )
 
 
@@ -38,4 +38,5 @@ def record_login_failure(sender, credentials, request=None, **kwargs):
         message=f"Failed log-in for {username!r}",
         metadata={"username": username, "client_ip": _client_ip(request)},
         actor=username or "anonymous",
+        standalone=True,  # a refusal changes nothing
     )

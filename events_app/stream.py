@@ -25,8 +25,10 @@ import json
 import logging
 import time
 import weakref
-from typing import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
+from typing import Callable
 
+import psycopg
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import connection
@@ -150,8 +152,6 @@ class Notifier:
             self.task = asyncio.get_running_loop().create_task(self._listen())
 
     async def _listen(self) -> None:
-        import psycopg
-
         params = connection.get_connection_params()
         params.pop("cursor_factory", None)
         params.pop("context", None)

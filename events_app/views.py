@@ -42,7 +42,7 @@ def history(request):
     """Newest first, 50 a page; ``cursor`` continues after the last row of the previous page.
 
     Queries: the session, the user, their permissions, and one page query (LIMIT 51) — the same
-    on page 1 and page 500 (tests/server/test_audit_history.py counts them). The first page, which
+    on page 1 and page 500 (tests/server/events_app/test_views.py counts them). The first page, which
     goes live, also reads the newest seq (one index lookup), so the stream starts exactly where the
     rendered page ends.
     """

@@ -7,9 +7,6 @@ class RedflagConfig(AppConfig):
     verbose_name = "Server"
     default = True
 
-    def ready(self):
-        from redflag.api import schema  # noqa: F401  (registers the OpenAPI security scheme)
-
 
 class RedFlagAdminConfig(admin_apps.AdminConfig):
     """Django's admin app, with RedFlag's site (rate-limited log-in) as admin.site."""

@@ -10,7 +10,7 @@ os.environ.setdefault("REDFLAG_DB_POOL", "true")
 
 application = get_asgi_application()
 
-from redflag.startup import record_server_startup  # noqa: E402  (needs Django set up)
+from events_app.startup import record_server_startup  # noqa: E402  (needs Django set up)
 
 # uvicorn --workers imports this module inside a running event loop, where Django
 # refuses database calls: the start-up event is written from a thread of its own.

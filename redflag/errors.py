@@ -1,7 +1,8 @@
-"""Domain errors that map to one HTTP status and error code each.
+"""The one error family of the server: domain errors that map to one HTTP status and code each.
 
-Services raise these; redflag.api.errors turns them into the JSON error body
-``{"error": {"code": ..., "message": ...}}``. They carry no secrets.
+Services raise these and nothing else for a refusal; redflag.api.errors turns them into the JSON
+error body ``{"error": {"code": ..., "message": ...}}``, the admin shows ``str(error)`` as a
+message, and management commands print it. Messages carry no secrets.
 """
 
 from rest_framework import status
@@ -12,6 +13,14 @@ class ApiError(APIException):
     status_code = status.HTTP_400_BAD_REQUEST
     default_code = "bad_request"
     default_detail = "The request was refused."
+
+
+class InvalidRequest(ApiError):
+    """Bad input to a write path (an unknown setting, a bad version, an expiry in the past)."""
+
+    status_code = status.HTTP_400_BAD_REQUEST
+    default_code = "invalid"
+    default_detail = "The request is not valid."
 
 
 class InvalidCredentials(ApiError):
@@ -62,7 +71,6 @@ class Conflict(ApiError):
     status_code = status.HTTP_409_CONFLICT
     default_code = "conflict"
     default_detail = "The request conflicts with the current state; retry."
-
 
 
 class ServiceUnavailable(ApiError):

@@ -30,7 +30,8 @@ class ServerSettings(models.Model):
     default_poll_interval_seconds = models.PositiveIntegerField(default=300)
     heartbeat_duration_minutes = models.PositiveIntegerField(default=10)
     heartbeat_before_operations = models.BooleanField(
-        default=True, help_text="Switch an agent to heartbeat mode before dry-runs, installs, reboots and agent updates."
+        default=True,
+        help_text="Switch an agent to heartbeat mode before dry-runs, installs, reboots and agent updates.",
     )
     offline_threshold_seconds = models.PositiveIntegerField(
         default=900, help_text="An agent not seen for this long counts as offline."

@@ -6,6 +6,6 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "redflag.settings")
 
 application = get_wsgi_application()
 
-from redflag.startup import record_server_startup  # noqa: E402  (needs Django set up)
+from events_app.startup import record_server_startup  # noqa: E402  (needs Django set up)
 
 record_server_startup(server="wsgi")

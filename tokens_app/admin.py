@@ -10,7 +10,7 @@ from django.utils.html import format_html
 from redflag.models import ServerSettings
 from tokens_app.choices import TokenStatus
 from tokens_app.models import RegistrationToken, SigningKey
-from tokens_app.services import token_create, token_revoke
+from tokens_app.services import token_create, token_revoke, token_update
 
 STATUS_COLOURS = {
     TokenStatus.ACTIVE: "#2e7d32",
@@ -95,8 +95,8 @@ class RegistrationTokenAdmin(admin.ModelAdmin):
         return f"{token.seats_used} / {token.max_seats}"
 
     def save_model(self, request, obj, form, change):
-        if change:
-            super().save_model(request, obj, form, change)
+        if change:  # the label is the only editable field
+            token_update(token=obj, label=form.cleaned_data["label"], actor=request.user.get_username())
             return
         token, secret = token_create(
             label=form.cleaned_data["label"],

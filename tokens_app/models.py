@@ -38,34 +38,6 @@ class RegistrationToken(models.Model):
         return token_status(self, timezone.now())
 
 
-class RefreshToken(models.Model):
-    """One link in an agent's refresh-token chain (a "family").
-
-    Each renew marks the presented token rotated and issues its successor in the
-    same family. Presenting a rotated token again means it was copied: the whole
-    family is revoked (see tokens_app.services.credentials_renew).
-    """
-
-    agent = models.ForeignKey("agents_app.Agent", on_delete=models.CASCADE, related_name="refresh_tokens")
-    family = models.UUIDField(db_index=True)
-    token_hash = models.CharField(max_length=64, unique=True)
-    created_at = models.DateTimeField(default=timezone.now)
-    expires_at = models.DateTimeField()
-    rotated_at = models.DateTimeField(null=True, blank=True)
-    replaced_by = models.OneToOneField(
-        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="replaces"
-    )
-    # The single tolerated retry of this token after it was rotated (README: "Refresh tokens").
-    retry_used_at = models.DateTimeField(null=True, blank=True)
-    revoked_at = models.DateTimeField(null=True, blank=True)
-
-    class Meta:
-        ordering = ["-created_at"]
-
-    def __str__(self) -> str:
-        return f"refresh token {self.pk} of {self.agent_id}"
-
-
 class SigningKey(models.Model):
     """The public half of an Ed25519 signing key. The private key lives in a file only."""
 

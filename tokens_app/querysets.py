@@ -4,7 +4,7 @@ A registration token's validity has one rule: not revoked, not expired, seats
 left. ``STATUS_RULES`` states it once, in precedence order, as a pair per
 status: the SQL condition and the same condition on a loaded row. The model's
 ``status`` property, ``with_status()``, ``active()`` and the atomic redemption
-UPDATE all read from this table; tests/test_tokens.py proves both halves agree
+UPDATE all read from this table; tests/server/tokens_app/test_querysets.py proves both halves agree
 for every combination.
 """
 
@@ -20,6 +20,7 @@ from django.db.models import Case, F, Q, Value, When
 from django.utils import timezone
 
 from tokens_app.choices import TokenStatus
+from tokens_app.hashing import hash_secret
 
 
 class StatusRule(NamedTuple):
@@ -73,7 +74,5 @@ class RegistrationTokenQuerySet(models.QuerySet):
         return self.filter(active_condition(now or timezone.now()))
 
     def by_secret(self, secret: str):
-        from tokens_app.hashing import hash_secret
-
         return self.filter(token_hash=hash_secret(secret))
 

@@ -19,12 +19,14 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from agent_client.protocol import key_endorsement_bytes
 from events_app.choices import Component, EventSubtype, EventType, Severity
 from events_app.services import SYSTEM_ACTOR, record_event
+from redflag.errors import Conflict
 from tokens_app.models import SigningKey
 
 
@@ -82,7 +84,7 @@ def _read_key_file(path: Path) -> LoadedKey:
     if cache_key not in _loaded:
         private_key = serialization.load_pem_private_key(path.read_bytes(), password=None)
         if not isinstance(private_key, Ed25519PrivateKey):
-            raise ValueError(f"{path} does not hold an Ed25519 private key")
+            raise ImproperlyConfigured(f"{path} does not hold an Ed25519 private key")
         raw = _public_raw(private_key)
         _loaded.clear()
         _loaded[cache_key] = LoadedKey(key_id_for(raw), private_key, base64.b64encode(raw).decode())
@@ -169,7 +171,7 @@ def signing_key_retire(*, key_id: str, actor: str = SYSTEM_ACTOR) -> SigningKey:
     with transaction.atomic():
         row = SigningKey.objects.select_for_update().get(key_id=key_id)
         if row.is_primary:
-            raise ValueError("the primary signing key cannot be retired; rotate first")
+            raise Conflict("the primary signing key cannot be retired; rotate first")
         if row.retired_at is None:
             row.retired_at = timezone.now()
             row.save(update_fields=["retired_at"])

@@ -30,14 +30,16 @@ from agents_app.admin.common import (
     table,
     usage_bar,
 )
-from agents_app.bulk import bulk_operation_start
-from agents_app.heartbeat import heartbeat_active
-from agents_app.models import Agent, AgentSubsystem, BulkOperation, Command, PackageUpdate
-from agents_app.services import agent_allow_rebind, agent_revoke
-from events_app.choices import Component, EventSubtype, EventType
+from agents_app.choices import CommandSource
+from agents_app.models import Agent, AgentRelease, AgentSubsystem, BulkOperation, Command, PackageUpdate
+from agents_app.services.agent_upgrade import agent_update_start
+from agents_app.services.agents import agent_allow_rebind, agent_revoke, agent_settings_update
+from agents_app.services.bulk import bulk_operation_start
+from agents_app.services.heartbeat import heartbeat_active
+from agents_app.services.releases import latest_release
+from agents_app.services.subsystems import subsystems_update
 from events_app.models import SystemEvent
-from events_app.services import record_event
-from redflag.errors import Conflict
+from redflag.errors import ApiError
 
 # --- agents -------------------------------------------------------------------
 
@@ -93,7 +95,7 @@ def _outstanding_count(**filters) -> Coalesce:
 
 
 class AgentSubsystemInline(admin.TabularInline):
-    """Editable schedule; AgentSubsystem.save() bumps the agent's config_version."""
+    """Editable schedule, saved through agents_app.services.subsystems (config_version and the event)."""
 
     model = AgentSubsystem
     extra = 0
@@ -265,28 +267,26 @@ class AgentAdmin(admin.ModelAdmin):
         )
         return format_html("{}{}", table(("When", "Kind", "What", "Detail"), rows, "Nothing yet."), links)
 
-    # -- configuration changes are audited in the admin's transaction
+    # -- edits go through the write paths, which record them in the same transaction
 
     def save_model(self, request, obj, form, change):
-        super().save_model(request, obj, form, change)
-        if change and form.changed_data:
-            record_event(
-                event_type=EventType.CONFIG_CHANGED, subtype=EventSubtype.SUCCESS, component=Component.CONFIG,
-                message=f"Agent {obj.hostname} changed: {', '.join(form.changed_data)}", agent=obj,
-                metadata={field: form.cleaned_data[field] for field in form.changed_data}, actor=actor_of(request),
-            )
+        changes = {field: form.cleaned_data[field] for field in form.changed_data}
+        agent_settings_update(agent=obj, changes=changes, actor=actor_of(request))
 
     def save_formset(self, request, form, formset, change):
-        """Subsystem edits: save() bumps config_version; the event goes in the same transaction."""
-        super().save_formset(request, form, formset, change)
-        if formset.model is AgentSubsystem and formset.changed_objects:
-            changes = {subsystem.name: {field: getattr(subsystem, field) for field in fields}
-                       for subsystem, fields in formset.changed_objects}
-            record_event(
-                event_type=EventType.CONFIG_CHANGED, subtype=EventSubtype.SUCCESS, component=Component.CONFIG,
-                message=f"Subsystems of {form.instance.hostname} changed: {', '.join(sorted(changes))}",
-                agent=form.instance, metadata={"subsystems": changes}, actor=actor_of(request),
-            )
+        """The subsystem inline: only the changed rows, through the one subsystem write path."""
+        if formset.model is not AgentSubsystem:
+            return super().save_formset(request, form, formset, change)
+        changed = [inline_form for inline_form in formset.forms if inline_form.has_changed()]
+        subsystems_update(
+            changes={inline_form.instance.pk: {field: getattr(inline_form.instance, field)
+                                               for field in AgentSubsystem.CONFIG_FIELDS} for inline_form in changed},
+            actor=actor_of(request),
+        )
+        # What formset.save() would have set: the admin's history message reads it.
+        formset.new_objects, formset.deleted_objects = [], []
+        formset.changed_objects = [(inline_form.instance, inline_form.changed_data) for inline_form in changed]
+        return None
 
     # -- fleet actions: each one is a BulkOperation run by a django-q2 task
 
@@ -336,10 +336,6 @@ class AgentAdmin(admin.ModelAdmin):
     @admin.action(description="Update the agent to the latest release", permissions=["change"])
     def update_agent(self, request, queryset):
         """One agent: the signed update_agent command at once (source web_ui); several: a bulk task."""
-        from agents_app.agent_updates import agent_update_start
-        from agents_app.models import AgentRelease
-        from agents_app.releases import ReleaseError, latest_release
-
         release = latest_release(platform=AgentRelease.Platform.ANY)
         if release is None:
             self.message_user(request, "No agent release yet: build one with manage.py build_agent_release.",
@@ -350,9 +346,10 @@ class AgentAdmin(admin.ModelAdmin):
             return self._start_bulk(request, queryset, BulkOperation.Kind.UPDATE_AGENT, {"version": release.version},
                                     f"Update to {release.version}")
         try:
-            command = agent_update_start(agent=agents[0], release=release, source="web_ui", actor=actor_of(request),
+            command = agent_update_start(agent=agents[0], release=release, source=CommandSource.WEB_UI,
+                                         actor=actor_of(request),
                                          created_by=request.user)
-        except (ReleaseError, Conflict) as exc:
+        except ApiError as exc:
             self.message_user(request, f"{agents[0].hostname}: {exc}", messages.ERROR)
             return None
         self.message_user(request, f"{agents[0].hostname} will update to {release.version} at its next check-in.",

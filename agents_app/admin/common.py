@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from datetime import datetime, timedelta
-from typing import Any, Iterable
+from typing import Any
+from urllib.parse import urlencode
 
 from django.urls import reverse
 from django.utils import timezone
@@ -100,8 +102,6 @@ def admin_link(obj, label: Any) -> SafeString:
 
 
 def changelist_url(model, **query) -> str:
-    from urllib.parse import urlencode
-
     url = reverse(f"admin:{model._meta.app_label}_{model._meta.model_name}_changelist")
     return f"{url}?{urlencode(query)}" if query else url
 

@@ -27,8 +27,9 @@ from agents_app.admin.common import (
     pretty_json,
     table,
 )
-from agents_app.commands import CommandAlreadyOpen, command_retry, commands_cancel
 from agents_app.models import BulkOperation, Command, UpdateLog
+from agents_app.services.commands import CommandAlreadyOpen, command_retry
+from agents_app.services.results import commands_cancel
 from redflag.errors import Conflict
 
 # --- live operations ----------------------------------------------------------

@@ -10,7 +10,7 @@ from django.template.defaultfilters import filesizeformat
 from django.utils.html import format_html
 
 from agents_app.models import AgentRelease
-from agents_app.releases import (
+from agents_app.services.releases import (
     ReleaseError,
     latest_release_ids,
     release_create_from_upload,
@@ -47,7 +47,7 @@ class AgentReleaseUploadForm(forms.ModelForm):
 
 @admin.register(AgentRelease)
 class AgentReleaseAdmin(admin.ModelAdmin):
-    """Releases, newest first per platform, with the latest one (agents_app.releases.latest_release) marked.
+    """Releases, newest first per platform, with the latest one (agents_app.services.releases.latest_release) marked.
 
     Build with ``manage.py build_agent_release --version V`` or upload here; revoke instead of deleting.
     """

@@ -10,7 +10,7 @@ from agents_app.admin.common import (
 from agents_app.models import AgentSubsystem
 
 # --- subsystems across the fleet --------------------------------------------------------------
-from agents_app.subsystems import subsystems_configure
+from agents_app.services.subsystems import subsystems_configure
 
 
 @admin.register(AgentSubsystem)

@@ -11,9 +11,9 @@ from agents_app.admin.common import (
     severity_badge,
 )
 from agents_app.choices import UpdateStatus
-from agents_app.commands import CommandAlreadyOpen
 from agents_app.models import Agent, PackageUpdate
-from agents_app.updates import (
+from agents_app.services.commands import CommandAlreadyOpen
+from agents_app.services.package_updates import (
     updates_approve,
     updates_confirm_dependencies,
     updates_ignore,

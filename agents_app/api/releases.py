@@ -20,14 +20,13 @@ from rest_framework.permissions import BasePermission
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from agents_app.api.serializers import ErrorSerializer
+from agents_app.api.authentication import SECURITY_HEADERS, AgentPrincipal, AgentTokenAuthentication
 from agents_app.models import AgentRelease
-from agents_app.releases import latest_release, manifest_wire, release_find
-from redflag.api.security import AgentPrincipal, AgentTokenAuthentication
+from agents_app.services.releases import latest_release, manifest_wire, release_find
+from redflag.api.schema import ERRORS, ErrorSerializer
 from redflag.api.throttling import ReportsThrottle
 from redflag.errors import ApiError
 from redflag.models import ServerSettings
-from tokens_app.api.views import ERRORS, SECURITY_HEADERS
 
 
 class ReleaseRevoked(ApiError):
@@ -94,7 +93,8 @@ class LatestReleaseView(ReleaseEndpoint):
         """The signed manifest of the latest non-revoked release of a platform."""
         platform = request.query_params.get("platform", AgentRelease.Platform.ANY)
         if platform not in AgentRelease.Platform.values:
-            raise serializers.ValidationError({"platform": [f"Choose one of: {', '.join(AgentRelease.Platform.values)}."]})
+            choices = ", ".join(AgentRelease.Platform.values)
+            raise serializers.ValidationError({"platform": [f"Choose one of: {choices}."]})
         release = latest_release(platform=platform)
         if release is None:
             raise NotFound(f"No agent release for platform {platform}.")

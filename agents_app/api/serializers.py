@@ -3,6 +3,8 @@ from rest_framework import serializers
 
 from agents_app.choices import CommandStatus, PackageType, SubsystemName, UpdateSeverity
 from events_app.choices import AGENT_REPORTABLE_TYPES, Component, EventSubtype, Severity
+from tokens_app.api.serializers import SigningKeySerializer
+
 
 class Text(serializers.CharField):
     """Agent text is taken as sent: DRF's default trimming would turn a schema-valid " " into a blank error."""
@@ -48,21 +50,6 @@ class RegisterSerializer(serializers.Serializer):
         child=serializers.ChoiceField(choices=SubsystemName.choices), required=False, default=list, max_length=16,
         help_text="What this agent can scan; each becomes a subsystem.",
     )
-
-
-class SigningKeySerializer(serializers.Serializer):
-    key_id = Text()
-    algorithm = Text(default="ed25519")
-    public_key = Text(help_text="Raw 32-byte Ed25519 public key, base64.")
-    primary = serializers.BooleanField(source="is_primary")
-    created_at = serializers.DateTimeField()
-    endorsed_by = Text(help_text="Key id of the previous primary key that signed this one (empty for the first).")
-    endorsement = Text(help_text="Base64 Ed25519 signature by endorsed_by over agent_client.protocol."
-                                 "key_endorsement_bytes(key_id, public_key).")
-
-
-class SigningKeysSerializer(serializers.Serializer):
-    keys = SigningKeySerializer(many=True)
 
 
 class CredentialsSerializer(serializers.Serializer):
@@ -275,13 +262,3 @@ class AgentConfigResponseSerializer(serializers.Serializer):
     config_version = serializers.IntegerField()
     poll_interval_seconds = serializers.IntegerField()
     subsystems = SubsystemConfigSerializer(many=True)
-
-
-class ErrorDetailSerializer(serializers.Serializer):
-    code = Text()
-    message = Text()
-    fields = serializers.DictField(child=serializers.ListField(child=Text()), required=False)
-
-
-class ErrorSerializer(serializers.Serializer):
-    error = ErrorDetailSerializer()

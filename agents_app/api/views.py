@@ -1,3 +1,5 @@
+"""The agent API: thin views that validate with a serializer, call one service, serialise its answer."""
+
 from django.shortcuts import get_object_or_404
 from django.utils import timezone
 from django.utils.http import quote_etag
@@ -8,33 +10,39 @@ from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from agents_app.api.authentication import (
+    SECURITY_HEADERS,
+    AgentTokenAuthentication,
+    IsPathAgent,
+    request_machine_id,
+    request_nonce_check,
+)
 from agents_app.api.serializers import (
     AgentConfigResponseSerializer,
     CheckinResponseSerializer,
+    CheckinSerializer,
     CommandResultResponseSerializer,
     CommandResultSerializer,
-    SystemReportSerializer,
-    UpdatesReportResponseSerializer,
-    UpdatesReportSerializer,
-    CheckinSerializer,
     CredentialsSerializer,
-    ErrorSerializer,
     EventsResponseSerializer,
     EventsSerializer,
     RegisterResponseSerializer,
     RegisterSerializer,
-    SigningKeySerializer,
+    RenewSerializer,
+    SystemReportSerializer,
+    UpdatesReportResponseSerializer,
+    UpdatesReportSerializer,
 )
-from agents_app.commands import commands_deliver, wire_format
-from agents_app.heartbeat import HEARTBEAT_POLL_SECONDS, heartbeat_active, heartbeat_reconcile
 from agents_app.models import Command
-from agents_app.reports import system_report_ingest, updates_report_ingest
-from agents_app.results import command_result_record
-from agents_app.scheduling import schedule_due_scans
-from agents_app.services import agent_checkin, agent_events_ingest, agent_register
-from redflag.api.security import AgentTokenAuthentication, IsPathAgent
-from redflag.api.throttling import CheckinThrottle, RegistrationThrottle, ReportsThrottle
-from tokens_app.api.views import ERRORS, SECURITY_HEADERS
+from agents_app.services.agents import agent_register
+from agents_app.services.checkin import checkin_handle
+from agents_app.services.commands import wire_format
+from agents_app.services.credentials import credentials_renew
+from agents_app.services.reports import agent_events_ingest, system_report_ingest, updates_report_ingest
+from agents_app.services.results import command_result_record
+from redflag.api.schema import ERRORS, ErrorSerializer
+from redflag.api.throttling import BucketThrottle, CheckinThrottle, RegistrationThrottle, ReportsThrottle
+from tokens_app.api.serializers import SigningKeySerializer
 from tokens_app.signing import active_public_keys
 
 AGENT_ID = OpenApiParameter("agent_id", OpenApiTypes.UUID, OpenApiParameter.PATH, description="The agent's UUID.")
@@ -83,6 +91,37 @@ class RegisterView(APIView):
         return Response(body, status=status.HTTP_201_CREATED)
 
 
+class RenewThrottle(BucketThrottle):
+    """Per client IP, at the check-in rate: a renew comes before the agent is known."""
+
+    bucket = "checkin"
+
+    def identity(self, request) -> str:
+        return "renew-" + super().identity(request)
+
+
+class RenewView(APIView):
+    """Exchange a refresh token for a new access token and a rotated refresh token."""
+
+    authentication_classes: list = []
+    permission_classes = [AllowAny]
+    throttle_classes = [RenewThrottle]
+
+    @extend_schema(
+        operation_id="agents_renew",
+        parameters=SECURITY_HEADERS,
+        request=RenewSerializer,
+        responses={200: CredentialsSerializer, **ERRORS},
+    )
+    def post(self, request):
+        serializer = RenewSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        machine_id_hash = request_machine_id(request)
+        request_nonce_check(request, None)
+        issued = credentials_renew(secret=serializer.validated_data["refresh_token"], machine_id_hash=machine_id_hash)
+        return Response(CredentialsSerializer(issued).data)
+
+
 class AgentEndpoint(APIView):
     """Base for /agents/{id}/...: bearer token, machine binding, nonce, path agent."""
 
@@ -109,20 +148,15 @@ class CheckinView(AgentEndpoint):
         serializer = CheckinSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
-        now = timezone.now()
-        agent = self.agent
-        agent_checkin(agent=agent, agent_version=data.get("agent_version"), metrics=data["metrics"], now=now)
-        heartbeat_reconcile(agent=agent, reported_active=data.get("heartbeat_active"), now=now)
-        schedule_due_scans(now=now, agent_ids=[agent.pk])
-        commands = commands_deliver(agent=agent, now=now)
-        active = heartbeat_active(agent, now)
+        reply = checkin_handle(agent=self.agent, agent_version=data.get("agent_version"), metrics=data["metrics"],
+                               heartbeat_reported=data.get("heartbeat_active"))
         return Response(
             {
-                "commands": [wire_format(command) for command in commands],
-                "config_version": agent.config_version,
-                "poll_interval_seconds": HEARTBEAT_POLL_SECONDS if active else agent.effective_poll_interval_seconds,
-                "heartbeat": {"active": active, "until": agent.heartbeat_until if active else None},
-                "server_time": now,
+                "commands": [wire_format(command) for command in reply.commands],
+                "config_version": reply.config_version,
+                "poll_interval_seconds": reply.poll_interval_seconds,
+                "heartbeat": {"active": reply.heartbeat_active, "until": reply.heartbeat_until},
+                "server_time": reply.server_time,
             }
         )
 

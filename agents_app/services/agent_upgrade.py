@@ -16,9 +16,9 @@ from django.utils import timezone
 
 from agent_client.protocol import update_nonce_bytes
 from agents_app.choices import CommandType
+from agents_app.models import Agent, AgentRelease, Command
 from agents_app.services.commands import command_create
 from agents_app.services.heartbeat import heartbeat_before_operation
-from agents_app.models import Agent, AgentRelease, Command
 from agents_app.services.releases import ReleaseError, manifest_wire, version_key
 from events_app.choices import Component, EventSubtype, EventType, Severity
 from events_app.services import SYSTEM_ACTOR, record_event

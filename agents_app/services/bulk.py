@@ -16,10 +16,10 @@ from django.utils import timezone
 from django_q.tasks import async_task
 
 from agents_app.choices import SUBSYSTEM_SCAN, CommandSource, CommandType, UpdateStatus
-from agents_app.services.commands import CommandAlreadyOpen, command_create
-from agents_app.services.heartbeat import heartbeat_before_operation, heartbeat_enable
 from agents_app.models import Agent, BulkOperation, PackageUpdate
 from agents_app.services.agent_upgrade import agent_update_start
+from agents_app.services.commands import CommandAlreadyOpen, command_create
+from agents_app.services.heartbeat import heartbeat_before_operation, heartbeat_enable
 from agents_app.services.package_updates import updates_approve, updates_install
 from agents_app.services.releases import ReleaseError, release_find
 from events_app.choices import Component, EventSubtype, EventType, Severity

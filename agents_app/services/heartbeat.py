@@ -12,8 +12,8 @@ from datetime import datetime, timedelta
 from django.db import transaction
 
 from agents_app.choices import CommandStatus, CommandType
-from agents_app.services.commands import CommandAlreadyOpen, command_create
 from agents_app.models import Agent, Command
+from agents_app.services.commands import CommandAlreadyOpen, command_create
 from events_app.choices import Component, EventSubtype, EventType, Severity
 from events_app.services import SYSTEM_ACTOR, record_event
 from redflag.models import ServerSettings

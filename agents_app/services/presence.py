@@ -28,7 +28,8 @@ def _transition(agent: Agent, old: str, new: str) -> bool:
                 component=Component.SCHEDULER,
                 message=f"{agent.hostname} went offline" if went_offline else f"{agent.hostname} came back online",
                 agent=agent,
-                metadata={"presence": new, "last_seen_at": agent.last_seen_at.isoformat() if agent.last_seen_at else None},
+                metadata={"presence": new,
+                          "last_seen_at": agent.last_seen_at.isoformat() if agent.last_seen_at else None},
             )
     return True
 

@@ -13,12 +13,12 @@ Write paths (each records its SystemEvent in the same transaction):
 from __future__ import annotations
 
 import hashlib
-from datetime import datetime
-from datetime import timezone as dt_timezone
 import re
 import tempfile
-from pathlib import Path
 from collections.abc import Iterable
+from datetime import datetime
+from datetime import timezone as dt_timezone
+from pathlib import Path
 from typing import IO
 
 from django.core.files import File
@@ -26,8 +26,8 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from agent_client.protocol import release_manifest_bytes
-from agent_client.pyz import build
 from agent_client.protocol import version_key as protocol_version_key
+from agent_client.pyz import build
 from agents_app.models import AgentRelease
 from events_app.choices import Component, EventSubtype, EventType, Severity
 from events_app.services import SYSTEM_ACTOR, record_event

@@ -7,16 +7,16 @@ path for the asking agent (so heartbeat agents get due work at once).
 from __future__ import annotations
 
 from collections import defaultdict
-from datetime import datetime, timedelta
 from collections.abc import Iterable
+from datetime import datetime, timedelta
 
 from django.db import connection, transaction
 from django.db.models import Count, F
 from django.utils import timezone
 
 from agents_app.choices import SUBSYSTEM_SCAN, CommandSource
-from agents_app.services.commands import command_build, dedupe_key
 from agents_app.models import Agent, AgentSubsystem, Command
+from agents_app.services.commands import command_build, dedupe_key
 from events_app.choices import Component, EventSubtype, EventType
 from events_app.services import record_event
 from redflag.models import ServerSettings

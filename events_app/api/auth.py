@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from django.utils import timezone
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework.authentication import BaseAuthentication, get_authorization_header
 from rest_framework.exceptions import AuthenticationFailed
 from rest_framework.permissions import BasePermission
@@ -53,3 +54,14 @@ class CanReadEvents(BasePermission):
 
     def has_permission(self, request, view) -> bool:
         return can_read_events(request.user)
+
+
+class AuditTokenAuthenticationScheme(OpenApiAuthenticationExtension):
+    """The audit API's security scheme in the OpenAPI schema (registered by being defined)."""
+
+    target_class = AuditTokenAuthentication
+    name = "AuditToken"
+
+    def get_security_definition(self, auto_schema):
+        return {"type": "http", "scheme": "bearer",
+                "description": "A per-user audit API token (rfa_...), issued and revoked by an admin."}

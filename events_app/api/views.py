@@ -9,13 +9,13 @@ from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from agents_app.api.serializers import ErrorSerializer
 from events_app.api.auth import AuditTokenAuthentication, CanReadEvents
 from events_app.api.serializers import AuditEventPageSerializer
 from events_app.choices import Component, EventSubtype, EventType, Severity
 from events_app.filters import EventFilterForm
 from events_app.models import SystemEvent
 from events_app.rendering import event_record
+from redflag.api.schema import ErrorSerializer
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 500

@@ -1,16 +1,18 @@
-"""drf-spectacular extensions: how agents authenticate, in the OpenAPI schema."""
+"""The error body every API answers with, as an OpenAPI schema (redflag.api.errors writes it)."""
 
-from drf_spectacular.extensions import OpenApiAuthenticationExtension
+from drf_spectacular.utils import OpenApiResponse
+from rest_framework import serializers
 
 
-class AgentTokenAuthenticationScheme(OpenApiAuthenticationExtension):
-    target_class = "redflag.api.security.AgentTokenAuthentication"
-    name = "AgentBearer"
+class ErrorDetailSerializer(serializers.Serializer):
+    code = serializers.CharField()
+    message = serializers.CharField()
+    fields = serializers.DictField(child=serializers.ListField(child=serializers.CharField()), required=False)
 
-    def get_security_definition(self, auto_schema):
-        return {
-            "type": "http",
-            "scheme": "bearer",
-            "description": "The agent's access token (renew it at /api/v1/agents/renew). Every request also "
-                           "carries X-Machine-ID, X-Request-Nonce and X-Request-Timestamp.",
-        }
+
+class ErrorSerializer(serializers.Serializer):
+    error = ErrorDetailSerializer()
+
+
+# The error answers an endpoint documents, by status.
+ERRORS = {status: OpenApiResponse(ErrorSerializer) for status in (400, 401, 403, 409, 413, 429, 503)}

@@ -5,7 +5,7 @@ from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from agents_app.api.serializers import ErrorSerializer
+from redflag.api.schema import ErrorSerializer
 
 
 class HealthView(APIView):

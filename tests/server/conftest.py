@@ -6,14 +6,41 @@ import hashlib
 import secrets
 import time
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
+from datetime import timezone as dt_timezone
 
 import pytest
+from django.core.cache import cache
 
+from agents_app.models import Agent
+from redflag.models import ServerSettings
+from tokens_app.services import token_create
 
 
 def machine_hash(seed: str = "") -> str:
     return hashlib.sha256((seed or uuid.uuid4().hex).encode()).hexdigest()
+
+
+REGISTER_URL = "/api/v1/agents/register"
+# A fixed instant for agent-side times in request bodies.
+NOW = datetime(2026, 1, 15, 12, 0, tzinfo=dt_timezone.utc)
+
+
+def register(client, secret: str, machine_id: str | None = None, **facts):
+    """POST /api/v1/agents/register with this machine's facts (the response, whatever it is)."""
+    return client.post(
+        REGISTER_URL,
+        {"registration_token": secret, "machine_id": machine_id or machine_hash(), **host_facts(**facts)},
+        content_type="application/json",
+    )
+
+
+def valid_body(endpoint: str) -> dict:
+    """A body the checkin or events endpoint accepts."""
+    if endpoint == "events":
+        return {"events": [{"id": str(uuid.uuid4()), "event_type": "agent_startup", "event_subtype": "success",
+                            "message": "agent started", "occurred_at": NOW.isoformat()}]}
+    return {"agent_version": "0.1.0", "metrics": {"cpu_percent": 3.5, "memory_percent": 41.0}}
 
 
 def host_facts(**overrides) -> dict:
@@ -61,16 +88,12 @@ class EnrolledAgent:
 
     @property
     def model(self):
-        from agents_app.models import Agent
-
         return Agent.objects.get(pk=self.id)
 
 
 @pytest.fixture(autouse=True)
 def _fresh_server_settings():
     """ServerSettings.current() caches per process; every test starts from the database."""
-    from redflag.models import ServerSettings
-
     ServerSettings.forget()
     yield
     ServerSettings.forget()
@@ -78,16 +101,12 @@ def _fresh_server_settings():
 
 @pytest.fixture(autouse=True)
 def _clear_cache():
-    from django.core.cache import cache
-
     cache.clear()
     yield
 
 
 @pytest.fixture
 def registration_secret(db):
-    from tokens_app.services import token_create
-
     _, secret = token_create(label="test fleet", max_seats=50, expires_in=timedelta(hours=1))
     return secret
 
@@ -98,11 +117,7 @@ def enroll(client, registration_secret):
 
     def _enroll(machine_id: str | None = None, **facts) -> EnrolledAgent:
         machine_id = machine_id or machine_hash()
-        response = client.post(
-            "/api/v1/agents/register",
-            {"registration_token": registration_secret, "machine_id": machine_id, **host_facts(**facts)},
-            content_type="application/json",
-        )
+        response = register(client, registration_secret, machine_id, **facts)
         assert response.status_code == 201, response.content
         return EnrolledAgent(client, response.json(), machine_id)
 

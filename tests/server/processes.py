@@ -23,6 +23,11 @@ from typing import Optional
 
 import pytest
 import requests
+from django.conf import settings
+from django.core.management.commands.createcachetable import Command as CreateCacheTable
+from django.db import connection
+
+from redflag import settings as production
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -46,8 +51,6 @@ def wait_until(condition, timeout: float, what: str, interval: float = 0.2):
 
 def database_url() -> str:
     """The URL of the test database pytest-django created (PostgreSQL only)."""
-    from django.db import connection
-
     if connection.vendor != "postgresql":
         pytest.skip("needs PostgreSQL: run with DATABASE_URL=postgresql://… (the PostgreSQL pass of .ci/run)")
     params = connection.settings_dict
@@ -61,11 +64,6 @@ def database_url() -> str:
 
 def ensure_cache_table() -> None:
     """The production settings keep rate-limit counters in a table the test settings never create."""
-    from django.conf import settings
-    from django.core.management.commands.createcachetable import Command as CreateCacheTable
-
-    from redflag import settings as production
-
     assert settings.CACHES != production.CACHES  # tests use LocMem; the subprocess uses the table
     command = CreateCacheTable()
     command.verbosity = 0
@@ -74,8 +72,6 @@ def ensure_cache_table() -> None:
 
 def server_env(database: str, **extra: str) -> dict:
     """Environment for a subprocess of the server: the real settings, the test's data folder and key."""
-    from django.conf import settings
-
     env = {key: value for key, value in os.environ.items() if not key.startswith(("REDFLAG_", "DJANGO_"))}
     env.update(
         DJANGO_SETTINGS_MODULE="redflag.settings",
@@ -100,7 +96,7 @@ class Process:
         self.log_path = log_dir / f"{name}.log"
         self.popen: Optional[subprocess.Popen] = None
 
-    def start(self) -> "Process":
+    def start(self) -> Process:
         log = open(self.log_path, "ab")
         self.popen = subprocess.Popen(self.argv, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
                                       start_new_session=True)
@@ -148,7 +144,7 @@ class WebServer(Process):
             argv += ["--workers", str(workers)]
         super().__init__(name, argv, env, log_dir)
 
-    def start(self, timeout: float = 60) -> "WebServer":
+    def start(self, timeout: float = 60) -> WebServer:
         super().start()
         self.wait_ready(timeout)
         return self
@@ -166,7 +162,7 @@ class WebServer(Process):
             time.sleep(0.2)
         raise AssertionError(f"{self.name} did not answer within {timeout} s:\n{self.output()[-3000:]}")
 
-    def restart(self, timeout: float = 60) -> "WebServer":
+    def restart(self, timeout: float = 60) -> WebServer:
         """Start again on the same port (after kill() or stop())."""
         return self.start(timeout)
 

@@ -3,7 +3,7 @@
 from django.core.management.base import BaseCommand, CommandError
 
 from agents_app.models import AgentRelease
-from agents_app.releases import ReleaseError, release_build
+from agents_app.services.releases import ReleaseError, release_build
 
 
 class Command(BaseCommand):

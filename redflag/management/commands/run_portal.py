@@ -18,7 +18,6 @@ from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import BaseCommand
 
-
 STOPPED_CLEANLY = (0, -signal.SIGINT, -signal.SIGTERM)
 
 
@@ -66,7 +65,8 @@ class Command(BaseCommand):
             subprocess.Popen([*manage, "runserver", addr, "--noreload"], preexec_fn=_default_signals),
             subprocess.Popen([*manage, "qcluster"], preexec_fn=_default_signals),
         ]
-        self.stdout.write(self.style.SUCCESS(f"RedFlag admin: http://{addr}/admin/  (Ctrl-C stops the web server and workers)"))
+        self.stdout.write(self.style.SUCCESS(
+            f"RedFlag admin: http://{addr}/admin/  (Ctrl-C stops the web server and workers)"))
         try:
             while all(child.poll() is None for child in children):
                 time.sleep(0.5)

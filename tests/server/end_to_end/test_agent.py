@@ -21,8 +21,13 @@ from pathlib import Path
 import pytest
 
 from agent_client.machine import machine_id_hash
-
-ROOT = Path(__file__).resolve().parents[2]
+from agents_app.models import Agent, AgentSubsystem, RefreshToken
+from agents_app.services.agents import agent_revoke
+from events_app.models import SystemEvent
+from redflag.models import ServerSettings
+from tests.server.processes import ROOT
+from tokens_app.hashing import hash_secret
+from tokens_app.services import token_create
 
 
 def run_agent(config_path: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -36,8 +41,6 @@ def run_agent(config_path: Path, *args: str, timeout: float = 120) -> subprocess
 
 @pytest.fixture
 def secret(db):
-    from tokens_app.services import token_create
-
     _, plaintext = token_create(label="e2e", max_seats=5, expires_in=timedelta(hours=1))
     return plaintext
 
@@ -56,10 +59,6 @@ def register(config_path: Path, server: str, token: str) -> subprocess.Completed
 def enroll_for_commands(server_url: str, tmp_path: Path, label: str):
     """A real agent registered with the server that runs only the commands a test queues
     (no scheduled scans, no heartbeat before operations). Returns (Agent, config path)."""
-    from agents_app.models import Agent, AgentSubsystem
-    from redflag.models import ServerSettings
-    from tokens_app.services import token_create
-
     row = ServerSettings.current()
     row.heartbeat_before_operations = False
     row.save()
@@ -74,9 +73,6 @@ def enroll_for_commands(server_url: str, tmp_path: Path, label: str):
 
 @pytest.mark.django_db(transaction=True)
 def test_register_then_run_once_reaches_the_database(live_server, secret, config_path):
-    from agents_app.models import Agent
-    from events_app.models import SystemEvent
-
     registered = register(config_path, live_server.url, secret)
     assert registered.returncode == 0, registered.stderr
     assert secret not in registered.stdout + registered.stderr
@@ -115,8 +111,6 @@ def test_register_then_run_once_reaches_the_database(live_server, secret, config
 
 @pytest.mark.django_db(transaction=True)
 def test_refused_registration_is_kept_and_sent_once_registered(live_server, secret, config_path):
-    from events_app.models import SystemEvent
-
     refused = register(config_path, live_server.url, "rf_reg_not-a-real-token-at-all")
     assert refused.returncode == 1
     lines = refused.stderr.strip().splitlines()
@@ -134,9 +128,6 @@ def test_refused_registration_is_kept_and_sent_once_registered(live_server, secr
 
 @pytest.mark.django_db(transaction=True)
 def test_refused_access_token_is_renewed_and_the_rotated_refresh_token_saved(live_server, secret, config_path):
-    from tokens_app.hashing import hash_secret
-    from tokens_app.models import RefreshToken
-
     assert register(config_path, live_server.url, secret).returncode == 0
     config = json.loads(config_path.read_text())
     first_refresh = config["refresh_token"]
@@ -164,9 +155,6 @@ def test_refused_access_token_is_renewed_and_the_rotated_refresh_token_saved(liv
 
 @pytest.mark.django_db(transaction=True)
 def test_revoked_agent_stops_with_one_line_and_exit_code_4(live_server, secret, config_path):
-    from agents_app.models import Agent
-    from agents_app.services import agent_revoke
-
     assert register(config_path, live_server.url, secret).returncode == 0
     agent = Agent.objects.get(pk=json.loads(config_path.read_text())["agent_id"])
     agent_revoke(agent=agent, actor="admin")

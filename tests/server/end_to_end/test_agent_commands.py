@@ -11,8 +11,13 @@ from __future__ import annotations
 import json
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from tests.server.test_agent_end_to_end import enroll_for_commands, run_agent
+from agents_app.models import Agent, Command, UpdateLog
+from agents_app.services.commands import command_create
+from events_app.models import SystemEvent
+from tests.server.end_to_end.test_agent import enroll_for_commands, run_agent
+from tokens_app import signing
 
 
 @pytest.fixture
@@ -21,14 +26,10 @@ def enrolled(live_server, tmp_path, transactional_db):
 
 
 def queue(agent, command_type, **params):
-    from agents_app.commands import command_create
-
     return command_create(agent=agent, command_type=command_type, params=params, source="api")
 
 
 def test_signed_commands_run_once_and_their_results_and_reports_arrive(enrolled):
-    from agents_app.models import Agent, Command, UpdateLog
-
     agent, config_path = enrolled
     system = queue(agent, "scan_system")
     heartbeat = queue(agent, "enable_heartbeat", duration_minutes=15)
@@ -55,12 +56,6 @@ def test_signed_commands_run_once_and_their_results_and_reports_arrive(enrolled)
 
 
 def test_rotated_key_is_followed_and_an_unendorsed_key_is_refused(enrolled, settings):
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-    from agents_app.models import Command
-    from events_app.models import SystemEvent
-    from tokens_app import signing
-
     agent, config_path = enrolled
     signing.signing_key_rotate(actor="test")
     after_rotation = queue(agent, "scan_storage")

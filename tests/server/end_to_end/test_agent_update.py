@@ -15,8 +15,17 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from django.utils import timezone
 
 from agent_client.selfupdate import RESTART_EXIT_CODE
+from agents_app.models import Agent, AgentSubsystem, BulkOperation, Command
+from agents_app.services.agent_upgrade import UPDATE_REPORT_TIMEOUT, agent_update_start
+from agents_app.services.bulk import bulk_operation_run
+from agents_app.services.releases import ReleaseError, release_build
+from agents_app.services.results import commands_time_out
+from events_app.models import SystemEvent
+from redflag.models import ServerSettings
+from tokens_app.services import token_create
 
 
 def run_pyz(pyz: Path, config: Path, *args: str) -> subprocess.CompletedProcess:
@@ -26,9 +35,6 @@ def run_pyz(pyz: Path, config: Path, *args: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture
 def releases(transactional_db):
-    from agents_app.releases import release_build
-    from redflag.models import ServerSettings
-
     row = ServerSettings.current()
     row.heartbeat_before_operations = False
     row.save()
@@ -37,9 +43,6 @@ def releases(transactional_db):
 
 @pytest.fixture
 def installed(live_server, releases, tmp_path):
-    from agents_app.models import Agent, AgentSubsystem
-    from tokens_app.services import token_create
-
     pyz = tmp_path / "bin" / "redflag-agent.pyz"
     pyz.parent.mkdir()
     shutil.copyfile(releases["0.1.23"].artifact.path, pyz)
@@ -55,10 +58,6 @@ def installed(live_server, releases, tmp_path):
 
 
 def test_agent_updates_itself_and_comes_back_as_the_new_version(installed, releases):
-    from agents_app.agent_updates import agent_update_start
-    from agents_app.models import Agent, Command
-    from events_app.models import SystemEvent
-
     agent, pyz, config = installed
     original = pyz.read_bytes()
     command = agent_update_start(agent=agent, release=releases["0.1.23.5"], source="web_ui", actor="admin")
@@ -83,10 +82,6 @@ def test_agent_updates_itself_and_comes_back_as_the_new_version(installed, relea
 
 
 def test_a_tampered_artifact_is_refused_and_reported(installed, releases):
-    from agents_app.agent_updates import agent_update_start
-    from agents_app.models import Command
-    from events_app.models import SystemEvent
-
     agent, pyz, config = installed
     original = pyz.read_bytes()
     stored = Path(releases["0.1.24"].artifact.path)
@@ -105,10 +100,6 @@ def test_a_tampered_artifact_is_refused_and_reported(installed, releases):
 
 
 def test_the_server_refuses_an_unasked_downgrade(installed, releases):
-    from agents_app.agent_updates import agent_update_start
-    from agents_app.models import Agent
-    from agents_app.releases import ReleaseError
-
     agent, _, _ = installed
     Agent.objects.filter(pk=agent.pk).update(agent_version="0.1.24")
     agent.refresh_from_db()
@@ -117,10 +108,6 @@ def test_the_server_refuses_an_unasked_downgrade(installed, releases):
 
 
 def test_update_from_the_admin_one_agent_and_in_bulk(admin_client, installed, releases, enroll):
-    from agents_app.bulk import bulk_operation_run
-    from agents_app.models import BulkOperation, Command
-    from events_app.models import SystemEvent
-
     agent, _, _ = installed
     url = "/admin/agents_app/agent/"
     response = admin_client.post(url, {"action": "update_agent", "_selected_action": [agent.pk]})
@@ -140,13 +127,6 @@ def test_update_from_the_admin_one_agent_and_in_bulk(admin_client, installed, re
 
 
 def test_an_update_that_never_reports_back_fails_after_15_minutes(installed, releases):
-    from django.utils import timezone
-
-    from agents_app.agent_updates import UPDATE_REPORT_TIMEOUT, agent_update_start
-    from agents_app.commands import commands_time_out
-    from agents_app.models import Command
-    from events_app.models import SystemEvent
-
     agent, _, _ = installed
     command = agent_update_start(agent=agent, release=releases["0.1.23.5"], source="web_ui", actor="admin")
     Command.objects.filter(pk=command.pk).update(status="sent", sent_at=timezone.now())

@@ -29,10 +29,11 @@ from agent_client.executor import LEDGER_FILE_NAME
 from agent_client.outbox import KIND_COMMAND_RESULT, KIND_UPDATES_REPORT, Outbox
 from agent_client.transport import Client, RetryPolicy
 from agents_app.models import AgentSubsystem, Command, IngestedReport, PackageUpdate
+from agents_app.services.commands import command_create
 from events_app.models import SystemEvent
+from tests.server.agents_app.services.test_reports import package
+from tests.server.end_to_end.test_agent import enroll_for_commands, run_agent
 from tests.server.processes import ROOT, WebServer, database_url, server_env
-from tests.server.test_agent_end_to_end import enroll_for_commands, run_agent
-from tests.server.test_reports import package
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -65,7 +66,7 @@ def enrolled(server, tmp_path):
 
 
 def start_agent(config_path: Path) -> subprocess.Popen:
-    """``run --once`` in the background, as test_agent_end_to_end.run_agent runs it."""
+    """``run --once`` in the background, as test_agent.run_agent runs it."""
     env = {key: value for key, value in os.environ.items() if not key.startswith(("DJANGO_", "REDFLAG_"))}
     env["PYTHONPATH"] = str(ROOT)
     return subprocess.Popen(
@@ -267,8 +268,6 @@ def replay_refusals(command) -> int:
 
 def test_kill_while_delivering_a_command_leaves_it_pending_and_it_runs_once(server, database, enrolled):
     """The check-in's delivery UPDATE waits on the command row: killed there, the agent never got it."""
-    from agents_app.commands import command_create
-
     agent, config_path = enrolled
     command = command_create(agent=agent, command_type="scan_system", params={}, source="api")
 
@@ -300,8 +299,6 @@ def test_kill_between_delivery_and_result_lands_the_result_once_and_never_reruns
     result, which lands once. A server that delivers the same signed command again (forced here, as
     if its delivery mark were lost) gets it refused by the agent's ledger, and the result still lands once.
     """
-    from agents_app.commands import command_create
-
     agent, config_path = enrolled
     command = command_create(agent=agent, command_type="scan_system", params={}, source="api")
     subsystem = AgentSubsystem.objects.get(agent=agent, name="system")

@@ -20,7 +20,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from agent_client.protocol import command_signing_bytes_from_wire
 from agents_app.choices import UpdateStatus
 from agents_app.models import PackageUpdate, UpdateLog
-from agents_app.updates import updates_approve, updates_install
+from agents_app.services.package_updates import updates_approve, updates_install
+from redflag.models import ServerSettings
 from tokens_app.services import token_create
 
 
@@ -59,8 +60,6 @@ class ScriptedAgent:
 
 @pytest.mark.django_db(transaction=True)
 def test_scripted_agent_through_the_whole_update_workflow(live_server):
-    from redflag.models import ServerSettings
-
     settings_row = ServerSettings.current()
     settings_row.heartbeat_before_operations = False
     settings_row.save()

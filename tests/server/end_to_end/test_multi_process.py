@@ -29,7 +29,17 @@ from datetime import timedelta
 
 import pytest
 import requests
+from django.contrib.auth.hashers import PBKDF2PasswordHasher
+from django.contrib.auth.models import User
+from django.db.models import Count
+from django.utils import timezone
+from django_q.brokers.redis_broker import Redis as RedisBroker
+from django_q.models import OrmQ, Schedule, Task
+from django_q.tasks import async_task
 
+from agents_app.models import Agent, AgentSubsystem, BulkOperation, Command
+from agents_app.services.scheduling import schedule_due_scans
+from redflag.models import ServerSettings
 from tests.server.processes import Cluster, Process, WebServer, database_url, server_env, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -84,13 +94,6 @@ def cluster_running(cluster: Cluster) -> bool:
 @pytest.fixture
 def deployment(transactional_db, tmp_path):
     """Webs A and B, clusters Q1 and Q2; stopped before the test database is flushed."""
-    from django.contrib.auth.hashers import PBKDF2PasswordHasher
-    from django.contrib.auth.models import User
-    from django.utils import timezone
-    from django_q.models import Schedule
-
-    from redflag.models import ServerSettings
-
     ServerSettings.objects.update_or_create(pk=1, defaults={"rate_checkin": f"{CHECKIN_RATE}/min"})
     # The test's sweeps are then the only ones, so what they report adds up to what exists.
     Schedule.objects.filter(func="agents_app.tasks.sweep_due_scans").update(
@@ -114,7 +117,7 @@ def deployment(transactional_db, tmp_path):
         for web in webs:
             web.wait_ready()
         for cluster in clusters:
-            wait_until(lambda: cluster_running(cluster), 60, f"{cluster.name} to run")
+            wait_until(lambda cluster=cluster: cluster_running(cluster), 60, f"{cluster.name} to run")
         print(f"four processes ready in {time.monotonic() - started:.1f} s")
         yield webs, clusters
     finally:
@@ -165,8 +168,6 @@ def test_two_web_processes_and_two_clusters_share_one_database(deployment, agent
 
 
 def check_ins_alternate(agent, webs) -> None:
-    from agents_app.models import Agent
-
     seen = []
     for web in webs:
         check_in(web, agent)
@@ -179,8 +180,6 @@ def check_ins_alternate(agent, webs) -> None:
 
 def command_queued_on_a_is_delivered_on_b_once(agent, web_a, web_b) -> None:
     """The admin's "Reboot" action on A; a cluster runs the bulk operation; B delivers."""
-    from agents_app.models import BulkOperation, Command
-
     admin = admin_login(web_a, "operator")
     changelist = f"{web_a.url}/admin/agents_app/agent/"
     response = admin.post(changelist, timeout=15, allow_redirects=False, headers={"Referer": changelist}, data={
@@ -212,13 +211,6 @@ def check_in_limit_is_counted_across_processes(agent, web_a, web_b, *, done: int
 
 def every_due_scan_is_created_once(q_1: Cluster, q_2: Cluster) -> None:
     """Both clusters sweep the same due rows at once; SKIP LOCKED splits them, nothing doubles."""
-    from django.db.models import Count
-    from django.utils import timezone
-    from django_q.models import Task
-    from django_q.tasks import async_task
-
-    from agents_app.models import Agent, AgentSubsystem, Command
-
     fleet = Agent.objects.bulk_create(
         Agent(hostname=f"sweep-{number:03d}", os_family="linux",
               machine_id_hash=hashlib.sha256(f"sweep-{number}".encode()).hexdigest())
@@ -234,7 +226,7 @@ def every_due_scan_is_created_once(q_1: Cluster, q_2: Cluster) -> None:
 
     names = [f"sweep-{uuid.uuid4().hex[:8]}-{number}" for number in range(SWEEP_TASKS)]
     for name in names:  # the ORM broker: one row each in the shared queue table
-        async_task("tests.server.test_multi_process.timed_sweep", SWEEP_LIMIT, task_name=name)
+        async_task("tests.server.end_to_end.test_multi_process.timed_sweep", SWEEP_LIMIT, task_name=name)
 
     def finished():
         return Task.objects.filter(name__in=names).count() == SWEEP_TASKS
@@ -274,8 +266,6 @@ def every_due_scan_is_created_once(q_1: Cluster, q_2: Cluster) -> None:
 
 def timed_sweep(limit: int) -> dict:
     """Run by the clusters' workers: one sweep of the scheduler, and when it ran."""
-    from agents_app.scheduling import schedule_due_scans
-
     started = time.time()
     created = schedule_due_scans(limit=limit)
     return {"created": created, "started": started, "stopped": time.time(), "pid": os.getpid()}
@@ -316,9 +306,6 @@ def stream_on_a_shows_event_posted_through_b(agent, web_a, web_b) -> float:
 def test_a_cluster_on_the_redis_broker_runs_a_task(tmp_path):
     """REDFLAG_Q_BROKER_URL=redis://… : the queue is a Redis list; the result still lands in the database."""
     redis = pytest.importorskip("redis")
-    from django_q.brokers.redis_broker import Redis as RedisBroker
-    from django_q.models import OrmQ, Task
-    from django_q.tasks import async_task
 
     client = redis.Redis.from_url(REDIS_URL)
     try:

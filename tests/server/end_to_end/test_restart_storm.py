@@ -18,22 +18,21 @@ from datetime import timedelta
 import psycopg
 import pytest
 import requests
+from django.test import Client as DjangoClient
 from django.utils import timezone
 
 from agent_client.config import AgentConfig
 from agent_client.transport import Client
+from agents_app.models import Agent
+from redflag.models import ServerSettings
 from tests.server.conftest import host_facts, machine_hash
 from tests.server.processes import WebServer, database_url, server_env
+from tokens_app.services import token_create
 
 AGENTS = 40
 
 
 def enroll_fleet(count: int) -> list[AgentConfig]:
-    from django.test import Client as DjangoClient
-
-    from redflag.models import ServerSettings
-    from tokens_app.services import token_create
-
     settings_row = ServerSettings.current()
     settings_row.rate_registration = "10000/min"
     settings_row.save()
@@ -81,8 +80,6 @@ class Attempts:
 
 @pytest.mark.django_db(transaction=True)
 def test_a_fleet_returning_at_once_is_shed_then_spread_out(tmp_path):
-    from agents_app.models import Agent
-
     url = database_url()
     fleet = enroll_fleet(AGENTS)
     Agent.objects.update(last_seen_at=None)

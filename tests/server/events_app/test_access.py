@@ -1,9 +1,9 @@
-"""The auditor role: read event history and agents, nothing else.
+"""The auditor role (events_app/access.py and the Auditors group): read event history and agents, nothing else.
 
-The test walks the whole URL conf (django.urls.get_resolver), so a page or endpoint added later is
-covered without anyone remembering to list it: each named route is reversed with real objects for
-its parameters and POSTed to as an auditor (CSRF checks off, so the answer is the permission
-decision, not the CSRF one).
+The history pages refuse everyone else. The first test walks the whole URL conf (django.urls.get_resolver),
+so a page or endpoint added later is covered without anyone remembering to list it: each named route is
+reversed with real objects for its parameters and POSTed to as an auditor (CSRF checks off, so the answer
+is the permission decision, not the CSRF one).
 """
 
 from __future__ import annotations
@@ -12,10 +12,18 @@ import uuid
 
 import pytest
 from django.contrib import admin
+from django.contrib.auth.models import Group, User
 from django.test import Client, RequestFactory
 from django.urls import NoReverseMatch, URLPattern, URLResolver, get_resolver, reverse
 
-from tests.server.test_audit_helpers import make_user
+from agents_app.models import Agent, Command
+from events_app.choices import Component, EventSubtype, EventType
+from events_app.services import record_event
+from redflag.models import ServerSettings
+from tests.server.events_app.helpers import PASSWORD, make_user
+from tokens_app.models import RegistrationToken
+
+HISTORY = "/audit/events/"
 
 # Routes that are not mutations of RedFlag's data, or belong to the user themself.
 SELF_SERVICE = {"admin:login", "admin:logout", "admin:password_change", "admin:password_change_done"}
@@ -45,12 +53,6 @@ def parameter_names(pattern: URLPattern) -> list[str]:
 @pytest.fixture
 def world(db, agent, registration_secret):
     """At least one row of every model the admin can change, so object pages resolve to a real object."""
-    from django.contrib.auth.models import Group, User
-
-    from events_app.choices import Component, EventSubtype, EventType
-    from events_app.services import record_event
-    from redflag.models import ServerSettings
-
     ServerSettings.current()
     record_event(event_type=EventType.SERVER_STARTUP, subtype=EventSubtype.INFO, component=Component.SERVER,
                  message="up")
@@ -60,14 +62,11 @@ def world(db, agent, registration_secret):
 
 def object_id_for(name: str) -> str | None:
     """The pk of an existing row for admin:<app>_<model>_<view>, or None when there is none."""
-    from django.apps import apps
-
-    for model, model_admin in admin.site._registry.items():
+    for model in admin.site._registry:
         prefix = f"admin:{model._meta.app_label}_{model._meta.model_name}_"
         if name.startswith(prefix):
             row = model._default_manager.order_by("pk").first()
             return str(row.pk) if row else None
-    del apps
     return None
 
 
@@ -139,8 +138,6 @@ def test_admin_grants_an_auditor_no_write_and_no_action(world, model_admin):
 
 
 def test_changelist_actions_posted_by_an_auditor_change_nothing(world):
-    from agents_app.models import Agent, Command
-
     client = Client()
     client.force_login(world["auditor"])
     agent = Agent.objects.get(pk=world["agent"].id)
@@ -161,3 +158,54 @@ def test_auditor_reads_agents_and_events_in_the_admin(world):
     assert client.get(reverse("admin:events_app_systemevent_changelist")).status_code == 200
     assert client.get(reverse("admin:tokens_app_registrationtoken_changelist")).status_code == 403
     assert client.get(reverse("admin:auth_user_changelist")).status_code == 403
+
+
+def test_auditor_reads_events_and_changes_nothing(client, auditor, agent):
+    assert client.login(username="audrey", password=PASSWORD)
+    assert client.get("/admin/events_app/systemevent/").status_code == 200
+    assert client.get("/admin/agents_app/agent/").status_code == 200
+    token = RegistrationToken.objects.get()
+    forbidden = [
+        ("get", "/admin/tokens_app/registrationtoken/"),
+        ("get", "/admin/tokens_app/registrationtoken/add/"),
+        ("post", f"/admin/tokens_app/registrationtoken/{token.pk}/change/"),
+        ("get", "/admin/redflag/serversettings/1/change/"),
+        ("get", "/admin/auth/user/"),
+        ("post", f"/admin/agents_app/agent/{agent.id}/change/"),
+        ("post", f"/admin/agents_app/agent/{agent.id}/delete/"),
+    ]
+    for method, url in forbidden:
+        assert getattr(client, method)(url).status_code == 403, url
+    response = client.post("/admin/agents_app/agent/", {"action": "revoke_credentials", "_selected_action": [agent.id]})
+    assert agent.model.revoked_at is None, response.status_code
+
+
+def test_anonymous_is_sent_to_the_login_page(db, client):
+    response = client.get(HISTORY)
+    assert response.status_code == 302
+    assert response["Location"].startswith(reverse("admin:login"))
+
+
+@pytest.mark.parametrize("kind", ["plain staff", "auditor group but not staff", "not staff"])
+def test_users_without_the_auditor_role_are_refused(db, client, kind):
+    user = {
+        "plain staff": lambda: make_user("staff"),
+        "auditor group but not staff": lambda: make_user("nostaff", staff=False, auditor=True),
+        "not staff": lambda: make_user("user", staff=False),
+    }[kind]()
+    client.force_login(user)
+    event = record_event(event_type=EventType.SERVER_STARTUP, subtype=EventSubtype.INFO,
+                         component=Component.SERVER, message="up")
+    for url in (HISTORY, f"{HISTORY}{event.id}/", f"{HISTORY}export.csv"):
+        assert client.get(url).status_code == 403, url
+
+
+def test_auditor_and_admin_may_read(db, auditor_client):
+    record_event(event_type=EventType.SERVER_STARTUP, subtype=EventSubtype.INFO, component=Component.SERVER,
+                 message="server up")
+    response = auditor_client.get(HISTORY)
+    assert response.status_code == 200
+    assert "server up" in response.content.decode()
+    admin = Client()
+    admin.force_login(make_user("root", superuser=True))
+    assert admin.get(HISTORY).status_code == 200

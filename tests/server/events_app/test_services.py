@@ -1,24 +1,19 @@
-"""Retention: the daily job deletes events older than the configured period, in batches, and says so."""
+"""The event write paths (events_app/services.py): record_event in the caller's transaction and in insertion order,
+the retention purge (in batches, recorded once), audit API tokens stored hashed.
+"""
 
 from __future__ import annotations
 
+import hashlib
 from datetime import timedelta
 
 import pytest
+from django.db import transaction
 
-from events_app import tasks
-from events_app.choices import EventType
-from events_app.models import SystemEvent
-from events_app.services import events_purge
-from tests.server.test_audit_helpers import NOW, bulk_events
-
-
-@pytest.fixture
-def aged_events(db):
-    """Five rows past a 365-day retention, three inside it (the newest exactly at NOW)."""
-    expired = bulk_events(5, start=NOW - timedelta(days=366), step=timedelta(days=10), message="old")
-    kept = bulk_events(3, start=NOW, step=timedelta(days=182), message="recent")  # NOW, -182 d, -364 d
-    return expired, kept
+from events_app.choices import Component, EventSubtype, EventType
+from events_app.models import AuditApiToken, SystemEvent
+from events_app.services import EventOutsideTransaction, events_purge, record_event
+from tests.server.events_app.helpers import NOW, make_event
 
 
 def test_purge_deletes_only_expired_rows_in_batches_and_records_one_event(aged_events):
@@ -47,25 +42,43 @@ def test_batches_are_bounded_queries(aged_events, django_assert_num_queries):
         events_purge(now=NOW, retention_days=365, batch_size=2)
 
 
-def test_scheduled_task_uses_the_server_setting(aged_events, monkeypatch):
-    from redflag.models import ServerSettings
-
-    settings_row = ServerSettings.current()
-    settings_row.event_retention_days = 30
-    settings_row.save()
-    monkeypatch.setattr(tasks.timezone, "now", lambda: NOW)
-    assert tasks.purge_expired_events() == 5 + 2  # with 30 days, the -182 d and -364 d rows go too
+def test_event_rolls_back_with_the_change_it_records(db):
+    with pytest.raises(RuntimeError), transaction.atomic():
+        make_event()
+        raise RuntimeError("the change failed")
+    assert not SystemEvent.objects.exists()
 
 
-def test_daily_schedule_exists(db):
-    from django_q.models import Schedule
+@pytest.mark.django_db(transaction=True)
+def test_an_event_outside_a_transaction_is_refused_unless_it_stands_alone():
+    """An event that records a change must commit with it; one that records no change says so."""
+    with pytest.raises(EventOutsideTransaction, match="config_changed event outside a transaction"):
+        record_event(event_type=EventType.CONFIG_CHANGED, subtype=EventSubtype.SUCCESS, component=Component.CONFIG,
+                     message="a change recorded after the fact")
+    assert not SystemEvent.objects.exists()
+    with transaction.atomic():
+        record_event(event_type=EventType.CONFIG_CHANGED, subtype=EventSubtype.SUCCESS, component=Component.CONFIG,
+                     message="in the change's transaction")
+    record_event(event_type=EventType.SERVER_STARTUP, subtype=EventSubtype.INFO, component=Component.SERVER,
+                 message="started", standalone=True)
+    assert list(SystemEvent.objects.order_by("seq").values_list("message", flat=True)) == [
+        "in the change's transaction", "started"]
 
-    schedule = Schedule.objects.get(func="events_app.tasks.purge_expired_events")
-    assert schedule.schedule_type == Schedule.DAILY and schedule.repeats == -1
+
+def test_record_event_numbers_rows_in_insertion_order(db):
+    first = record_event(event_type=EventType.SERVER_STARTUP, subtype=EventSubtype.INFO,
+                         component=Component.SERVER, message="one")
+    second = record_event(event_type=EventType.SERVER_STARTUP, subtype=EventSubtype.INFO,
+                          component=Component.SERVER, message="two")
+    assert first.seq is not None and second.seq == first.seq + 1
+    assert [e.message for e in SystemEvent.objects.after_seq(first.seq - 1)] == ["one", "two"]
 
 
-def test_rows_cannot_be_deleted_one_by_one(aged_events):
-    from events_app.models import AppendOnlyError
-
-    with pytest.raises(AppendOnlyError):
-        aged_events[0][0].delete()
+def test_only_the_hash_is_stored_and_issue_is_audited(auditor_token):
+    token, secret = auditor_token
+    stored = AuditApiToken.objects.get(pk=token.pk)
+    assert stored.token_hash == hashlib.sha256(secret.encode()).hexdigest()
+    assert secret not in str(AuditApiToken.objects.values().get(pk=token.pk))
+    event = SystemEvent.objects.get(event_type=EventType.TOKEN_CREATED)
+    assert secret not in event.message + str(event.metadata)
+    assert event.metadata["audit_token_id"] == str(token.pk)

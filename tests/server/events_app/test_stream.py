@@ -16,20 +16,20 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
+import requests
 from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.core.handlers.asgi import ASGIHandler
 from django.db import connection, connections
 from django.test import Client
 
 from events_app.choices import Component, EventSubtype, EventType, Severity
 from events_app.services import record_event
 from events_app.stream import Notifier, SeqCursor
-from tests.server.test_audit_helpers import make_user
-
-ROOT = Path(__file__).resolve().parents[2]
-
+from tests.server.events_app.helpers import make_user
+from tests.server.processes import ROOT
 
 # --- the insertion cursor ---------------------------------------------------------------------------
 
@@ -77,8 +77,6 @@ class AsgiStream:
     """Drive ASGIHandler directly: collect body chunks; disconnect on request."""
 
     def __init__(self, path: str, query: str, cookie: str, headers=()):
-        from django.core.handlers.asgi import ASGIHandler
-
         self.app = ASGIHandler()
         self.scope = {
             "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET", "scheme": "http",
@@ -146,8 +144,9 @@ def session_cookie(user) -> str:
 
 
 def record(message: str, event_type=EventType.AUTH_FAILURE):
+    """A seeded event: it records no change of its own, so it stands alone (these tests commit)."""
     return record_event(event_type=event_type, subtype=EventSubtype.FAILED, severity=Severity.WARNING,
-                        component=Component.SECURITY, message=message)
+                        component=Component.SECURITY, message=message, standalone=True)
 
 
 @pytest.mark.django_db(transaction=True)
@@ -224,8 +223,6 @@ def free_port() -> int:
 
 
 def start_uvicorn(port: int) -> subprocess.Popen:
-    from django.conf import settings
-
     database = settings.DATABASES["default"]
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings", "PYTHONUNBUFFERED": "1",
            "REDFLAG_EVENT_STREAM_SECONDS": "30"}
@@ -242,8 +239,6 @@ def start_uvicorn(port: int) -> subprocess.Popen:
 
 
 def read_events(url: str, cookie: str, into: queue.Queue, stop: threading.Event) -> None:
-    import requests
-
     try:
         with requests.get(url, headers={"Cookie": cookie}, stream=True, timeout=(5, 40)) as response:
             into.put(("status", response.status_code))
@@ -261,8 +256,6 @@ def read_events(url: str, cookie: str, into: queue.Queue, stop: threading.Event)
 
 
 def wait_ready(port: int, process: subprocess.Popen) -> None:
-    import requests
-
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if process.poll() is not None:

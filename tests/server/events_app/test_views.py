@@ -1,72 +1,40 @@
-"""Auditor history page: access, filters in the query string, keyset pagination at constant cost, detail."""
+"""The history pages (events_app/views.py): filters in the query string, keyset pagination at constant cost,
+detail, and the CSV and JSON Lines exports of the current filter, streamed in keyset batches and audited.
+
+Who may read them is tested in test_access.py.
+"""
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import re
 from datetime import timedelta
 
 import pytest
+from django.http import StreamingHttpResponse
 from django.test import Client
 from django.urls import reverse
 
+from agents_app.models import Command
+from events_app import views
 from events_app.choices import Component, EventSubtype, EventType, Severity
-from events_app.filters import EventFilterForm
 from events_app.models import SystemEvent
-from events_app.querysets import EventFilter, decode_cursor
+from events_app.querysets import decode_cursor, encode_cursor
 from events_app.services import record_event
-from tests.server.test_audit_helpers import NOW, bulk_events, make_user
+from tests.server.events_app.helpers import NOW, bulk_events
 
 HISTORY = "/audit/events/"
 
 
-@pytest.fixture
-def auditor(db):
-    return make_user("audrey", auditor=True)
-
-
-@pytest.fixture
-def auditor_client(auditor) -> Client:
-    client = Client()
-    client.force_login(auditor)
-    return client
+def body(response) -> str:
+    assert isinstance(response, StreamingHttpResponse)
+    return b"".join(response.streaming_content).decode()
 
 
 def ids(response) -> list[str]:
     return re.findall(r'data-id="([0-9a-f-]{36})"', response.content.decode())
-
-
-# --- access ---------------------------------------------------------------------------------------
-
-
-def test_anonymous_is_sent_to_the_login_page(db, client):
-    response = client.get(HISTORY)
-    assert response.status_code == 302
-    assert response["Location"].startswith(reverse("admin:login"))
-
-
-@pytest.mark.parametrize("kind", ["plain staff", "auditor group but not staff", "not staff"])
-def test_users_without_the_auditor_role_are_refused(db, client, kind):
-    user = {
-        "plain staff": lambda: make_user("staff"),
-        "auditor group but not staff": lambda: make_user("nostaff", staff=False, auditor=True),
-        "not staff": lambda: make_user("user", staff=False),
-    }[kind]()
-    client.force_login(user)
-    event = record_event(event_type=EventType.SERVER_STARTUP, subtype=EventSubtype.INFO,
-                         component=Component.SERVER, message="up")
-    for url in (HISTORY, f"{HISTORY}{event.id}/", f"{HISTORY}export.csv"):
-        assert client.get(url).status_code == 403, url
-
-
-def test_auditor_and_admin_may_read(db, auditor_client):
-    record_event(event_type=EventType.SERVER_STARTUP, subtype=EventSubtype.INFO, component=Component.SERVER,
-                 message="server up")
-    response = auditor_client.get(HISTORY)
-    assert response.status_code == 200
-    assert "server up" in response.content.decode()
-    admin = Client()
-    admin.force_login(make_user("root", superuser=True))
-    assert admin.get(HISTORY).status_code == 200
 
 
 # --- filters ------------------------------------------------------------------------------------------
@@ -124,12 +92,6 @@ def test_bad_filters_are_a_400_naming_the_field(db, auditor_client, query):
     assert "errors" in response.content.decode()
 
 
-def test_filter_spec_round_trip():
-    form = EventFilterForm({"event_type": "auth_failure", "meta": "a=1, b = x", "q": "  bob "})
-    assert form.is_valid(), form.errors
-    assert form.spec() == EventFilter(event_type="auth_failure", metadata=(("a", "1"), ("b", "x")), text="bob")
-
-
 # --- keyset pagination ----------------------------------------------------------------------------
 
 
@@ -154,7 +116,6 @@ def test_deep_page_costs_what_the_first_page_costs(db, auditor, django_assert_nu
     client = Client()
     client.force_login(auditor)
     deep = SystemEvent.objects.newest_first()[2000]
-    from events_app.querysets import encode_cursor
 
     cursor = encode_cursor(deep.created_at, deep.id)
     with django_assert_num_queries(6):
@@ -178,8 +139,6 @@ def test_page_query_does_not_grow_with_filters_either(db, auditor, django_assert
 
 
 def test_detail_pretty_prints_metadata_and_links_what_it_concerns(db, agent, auditor_client):
-    from agents_app.models import Command
-
     command = Command.objects.filter(agent_id=agent.id).first()
     command_id = str(command.id) if command else "00000000-0000-0000-0000-000000000001"
     event = record_event(event_type=EventType.COMMAND_CREATED, subtype=EventSubtype.INITIATED,
@@ -200,18 +159,44 @@ def test_history_rows_link_to_detail(db, auditor_client):
     assert f'href="/audit/events/{event.id}/"' in auditor_client.get(HISTORY).content.decode()
 
 
-def test_record_event_numbers_rows_in_insertion_order(db):
-    first = record_event(event_type=EventType.SERVER_STARTUP, subtype=EventSubtype.INFO,
-                         component=Component.SERVER, message="one")
-    second = record_event(event_type=EventType.SERVER_STARTUP, subtype=EventSubtype.INFO,
-                          component=Component.SERVER, message="two")
-    assert first.seq is not None and second.seq == first.seq + 1
-    assert [e.message for e in SystemEvent.objects.after_seq(first.seq - 1)] == ["one", "two"]
+def test_csv_export_of_the_filter(auditor_client):
+    bulk_events(30, event_type="agent_scan", message="scan done", metadata={"package_type": "apt"})
+    bulk_events(5, event_type="agent_reboot", message="=HYPERLINK(\"http://evil\")")
+    response = auditor_client.get("/audit/events/export.csv?event_type=agent_scan&meta=package_type%3Dapt")
+    assert response.status_code == 200
+    assert response["Content-Type"].startswith("text/csv")
+    assert response["Content-Disposition"].startswith('attachment; filename="redflag-events-')
+    rows = list(csv.DictReader(io.StringIO(body(response))))
+    assert len(rows) == 30 and {r["event_type"] for r in rows} == {"agent_scan"}
+    assert json.loads(rows[0]["metadata"]) == {"package_type": "apt"}
+    created = [r["created_at"] for r in rows]
+    assert created == sorted(created, reverse=True)
 
 
-def test_admin_event_list_links_into_the_history(db, agent, auditor_client):
-    event = record_event(event_type=EventType.CONFIG_CHANGED, subtype=EventSubtype.SUCCESS,
-                         component=Component.CONFIG, message="changed", agent=agent.model)
-    body = auditor_client.get(reverse("admin:events_app_systemevent_changelist")).content.decode()
-    assert f'href="/audit/events/{event.id}/"' in body
-    assert f'href="/audit/events/?agent={agent.id}"' in body
+def test_jsonl_export_and_the_export_is_recorded(auditor_client):
+    bulk_events(12, event_type="auth_failure", severity="warning")
+    response = auditor_client.get("/audit/events/export.jsonl?event_type=auth_failure&severity=warning")
+    lines = [json.loads(line) for line in body(response).splitlines()]
+    assert response["Content-Type"] == "application/x-ndjson"
+    assert len(lines) == 12 and lines[0]["severity"] == "warning"
+    record = SystemEvent.objects.get(event_type=EventType.AUDIT_EXPORT)
+    assert record.actor == "audrey"
+    assert record.metadata == {"format": "jsonl", "via": "history page",
+                               "filters": {"event_type": "auth_failure", "severity": "warning"}}
+
+
+def test_export_streams_in_keyset_batches(auditor_client, monkeypatch, django_assert_num_queries):
+    """Queries grow with the number of batches, never with rows held in memory at once."""
+    bulk_events(95, event_type="agent_scan")
+    monkeypatch.setattr(views, "EXPORT_BATCH", 20)
+    # Access checks and the export record happen in the view; streaming is 95 rows / 20 = 5 pages.
+    response = auditor_client.get("/audit/events/export.jsonl?event_type=agent_scan")
+    with django_assert_num_queries(5):
+        lines = body(response).splitlines()
+    assert len(lines) == 95 and len({json.loads(x)["id"] for x in lines}) == 95
+
+
+def test_bad_filter_or_format(auditor_client):
+    assert auditor_client.get("/audit/events/export.csv?severity=loud").status_code == 400
+    assert auditor_client.get("/audit/events/export.xml").status_code == 400
+    assert not SystemEvent.objects.filter(event_type=EventType.AUDIT_EXPORT).exists()

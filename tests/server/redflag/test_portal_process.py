@@ -17,14 +17,15 @@ import sys
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import psutil
+import psycopg
 import pytest
 import requests
 from django.db import connection
 
-ROOT = Path(__file__).resolve().parents[2]
+from events_app.models import SystemEvent
+from tests.server.processes import ROOT, WebServer, database_url, server_env
 
 
 def free_port() -> int:
@@ -44,7 +45,6 @@ def portal_env(tmp_path):
         env.pop("DATABASE_URL", None)
         yield env
         return
-    import psycopg
 
     name = f"redflag_e2e_{uuid.uuid4().hex[:8]}"
     server_url = database_url.rsplit("/", 1)[0]
@@ -159,9 +159,6 @@ def test_run_portal_end_to_end(portal_env):
 @pytest.mark.django_db(transaction=True)
 def test_production_command_with_several_uvicorn_workers(tmp_path):
     """The README's `uvicorn … --workers N`: each worker imports the app inside its event loop."""
-    from events_app.models import SystemEvent
-    from tests.server.processes import WebServer, database_url, server_env
-
     server = WebServer(server_env(database_url(), REDFLAG_ENV="production", REDFLAG_ALLOWED_HOSTS="127.0.0.1",
                                   REDFLAG_SECRET_KEY=secrets.token_urlsafe(64), REDFLAG_SSL_REDIRECT="false",
                                   REDFLAG_DB_POOL_SIZE="3"),

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import os
 import secrets
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import redis
 
+from redflag import settings as production  # the test settings replace CACHES with LocMem
 from redflag.env import parse_duration
+from tests.server.processes import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 PRODUCTION_ENV = {
     "REDFLAG_ENV": "production",
     "REDFLAG_SECRET_KEY": "k3y-" + "x9Qa7Lm2Zp" * 6,
@@ -69,7 +72,6 @@ def test_weak_production_secret_key_is_refused(tmp_path):
 def test_sqlite_lives_in_the_data_dir_in_wal_mode(tmp_path):
     result = manage("migrate", env={}, tmp_path=tmp_path)
     assert result.returncode == 0, result.stderr
-    import sqlite3
 
     database = tmp_path / "redflag.sqlite3"
     assert database.exists()
@@ -110,8 +112,6 @@ def test_q_broker_url_refuses_anything_but_redis(tmp_path, value, named):
 
 def test_cache_url_keeps_rate_limit_counters_in_redis(tmp_path):
     """REDFLAG_CACHE_URL: the throttle's counters go to the real Redis on this machine, not the table."""
-    import redis
-
     database = f"redis://127.0.0.1:6379/{secrets.randbelow(8) + 8}"
     client = redis.Redis.from_url(database)
     try:
@@ -130,8 +130,6 @@ def test_cache_url_keeps_rate_limit_counters_in_redis(tmp_path):
 
 
 def test_default_cache_keeps_a_throttle_history_per_agent_of_a_large_fleet():
-    from redflag import settings as production  # the test settings replace CACHES with LocMem
-
     assert production.CACHES["default"]["BACKEND"].endswith("DatabaseCache")
     assert production.CACHES["default"]["OPTIONS"]["MAX_ENTRIES"] >= 100_000
 

@@ -1,4 +1,4 @@
-"""The admin: token creation shown once, computed status, revoke, rebind, server settings."""
+"""The registration token admin (tokens_app/admin.py): the secret shown once, the computed status, revoke."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from django.utils import timezone
 
 from events_app.models import SystemEvent
 from redflag.models import ServerSettings
+from tests.server.conftest import host_facts, machine_hash
 from tokens_app.hashing import hash_secret
 from tokens_app.models import RegistrationToken
 from tokens_app.services import token_create
@@ -64,8 +65,6 @@ def test_revoke_action(admin_client, registration_secret):
 
 
 def test_expired_token_shows_expired_and_is_refused(admin_client, client):
-    from tests.server.conftest import host_facts, machine_hash
-
     token, secret = token_create(label="old", max_seats=1, expires_in=timedelta(hours=1))
     RegistrationToken.objects.filter(pk=token.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
     assert "Expired" in admin_client.get(f"{CHANGELIST}{token.pk}/change/").content.decode()
@@ -75,34 +74,19 @@ def test_expired_token_shows_expired_and_is_refused(admin_client, client):
     assert response.status_code == 401
 
 
-def test_agent_rebind_and_revoke_actions(admin_client, agent):
-    url = "/admin/agents_app/agent/"
-    admin_client.post(url, {"action": "allow_rebind", "_selected_action": [agent.id]})
-    assert agent.model.rebind_allowed_until > timezone.now()
-    admin_client.post(url, {"action": "revoke_credentials", "_selected_action": [agent.id]})
-    assert agent.model.revoked_at is not None
-    assert agent.post("checkin", {}).status_code == 401
-    page = admin_client.get(url).content.decode()
-    assert "Revoked" in page
-
-
-def test_server_settings_is_one_page_and_audited(admin_client):
-    response = admin_client.get("/admin/redflag/serversettings/")
-    assert response.status_code == 302 and response["Location"].endswith("/serversettings/1/change/")
-    form = admin_client.get("/admin/redflag/serversettings/1/change/").context["adminform"].form
-    data = {name: value for name, value in form.initial.items() if value is not None and name != "id"}
-    data.update(rate_checkin="120/min", public_url="https://rf.example.org")
-    response = admin_client.post("/admin/redflag/serversettings/1/change/", data)
-    assert response.status_code == 302, response.content
-    ServerSettings.forget()
-    assert ServerSettings.current().rate_checkin == "120/min"
-    event = SystemEvent.objects.get(event_type="config_changed", component="config")
-    assert set(event.metadata) == {"rate_checkin", "public_url"}
-
-
-def test_bad_rate_is_a_form_error(admin_client):
-    form = admin_client.get("/admin/redflag/serversettings/1/change/").context["adminform"].form
-    data = {name: value for name, value in form.initial.items() if value is not None and name != "id"}
-    data["rate_checkin"] = "lots"
-    response = admin_client.post("/admin/redflag/serversettings/1/change/", data)
-    assert response.status_code == 200 and "is not a rate" in response.content.decode()
+def test_renaming_a_token_is_audited_and_an_unchanged_save_records_nothing(admin_client, registration_secret):
+    token = RegistrationToken.objects.get(token_hash=hash_secret(registration_secret))
+    before = token.label
+    url = f"{CHANGELIST}{token.pk}/change/"
+    assert admin_client.post(url, {"label": "rack 9"}).status_code == 302
+    token.refresh_from_db()
+    assert token.label == "rack 9"
+    event = SystemEvent.objects.get(event_type="config_changed", metadata__token_id=token.pk)
+    assert event.actor == "admin" and event.metadata["previous_label"] == before
+    assert event.metadata["label"] == "rack 9" and registration_secret not in str(event.metadata)
+    assert admin_client.post(url, {"label": "rack 9"}).status_code == 302
+    assert SystemEvent.objects.filter(event_type="config_changed", metadata__token_id=token.pk).count() == 1
+    # Seats, expiry and the hash are not editable: posting them changes nothing.
+    admin_client.post(url, {"label": "rack 9", "max_seats": 999, "token_hash": "0" * 64})
+    token.refresh_from_db()
+    assert token.max_seats != 999 and token.token_hash == hash_secret(registration_secret)

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import base64
+import os
 import stat
+import time
 from io import StringIO
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
+from agent_client.protocol import key_endorsement_bytes
 from events_app.models import SystemEvent
 from tokens_app import signing
 from tokens_app.models import SigningKey
@@ -67,10 +70,6 @@ def test_primary_key_cannot_be_retired(db, key_file):
 def test_another_process_rotating_is_picked_up(db, key_file):
     """Processes share the file: a key written by another process becomes primary here too."""
     first_id, _ = signing.sign(b"x")
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-    import os
-    import time
 
     signing._write_private_key(key_file, Ed25519PrivateKey.generate())
     os.utime(key_file, ns=(time.time_ns() + 10**9, time.time_ns() + 10**9))
@@ -80,8 +79,6 @@ def test_another_process_rotating_is_picked_up(db, key_file):
 
 
 def test_rotation_endorses_the_new_key_with_the_old_one(db, key_file, client):
-    from agent_client.protocol import key_endorsement_bytes
-
     old_id, _ = signing.sign(b"x")
     call_command("rotate_signing_key", stdout=StringIO())
     keys = {key["key_id"]: key for key in client.get("/api/v1/signing-keys").json()["keys"]}

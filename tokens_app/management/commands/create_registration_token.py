@@ -1,6 +1,7 @@
 from django.core.management.base import BaseCommand, CommandError
 
 from redflag.env import parse_duration
+from redflag.errors import ApiError
 from tokens_app.services import token_create
 
 
@@ -21,6 +22,6 @@ class Command(BaseCommand):
             raise CommandError("--seats must be at least 1")
         try:
             _, secret = token_create(label=label, max_seats=seats, expires_in=lifetime)
-        except ValueError as exc:
+        except ApiError as exc:
             raise CommandError(str(exc)) from None
         self.stdout.write(secret)

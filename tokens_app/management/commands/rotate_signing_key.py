@@ -1,5 +1,6 @@
 from django.core.management.base import BaseCommand, CommandError
 
+from redflag.errors import ApiError
 from tokens_app.models import SigningKey
 from tokens_app.signing import signing_key_retire, signing_key_rotate
 
@@ -19,7 +20,7 @@ class Command(BaseCommand):
                 signing_key_retire(key_id=retire, actor="manage.py")
             except SigningKey.DoesNotExist:
                 raise CommandError(f"no signing key {retire!r}") from None
-            except ValueError as exc:
+            except ApiError as exc:
                 raise CommandError(str(exc)) from None
             self.stdout.write(f"retired {retire}")
             return

@@ -33,11 +33,20 @@ import pytest
 from django.conf import global_settings
 
 from agents_app.models import (
-    Agent, AgentRelease, AgentSubsystem, Command, IngestedReport, PackageUpdate, UpdateLog,
+    Agent,
+    AgentRelease,
+    AgentSubsystem,
+    Command,
+    IngestedReport,
+    PackageUpdate,
+    RefreshToken,
+    UpdateLog,
 )
+from agents_app.services.commands import command_create
+from agents_app.services.releases import release_create_from_upload
 from events_app.models import SystemEvent
 from tests.server.conftest import host_facts, machine_hash, security_headers
-from tokens_app.models import RefreshToken, RegistrationToken
+from tokens_app.models import RegistrationToken
 
 MB = 1024 * 1024
 OCCURRED_AT = "2026-01-15T12:00:00+00:00"
@@ -160,15 +169,11 @@ ALL = [*POSTS, CONFIG, RELEASE_LATEST, RELEASE_MANIFEST, RELEASE_ARTIFACT, SIGNI
 
 
 def publish_release() -> None:
-    from agents_app.releases import release_create_from_upload
-
     release_create_from_upload(upload=io.BytesIO(b"PK\x05\x06" + bytes(18)), version=RELEASE_VERSION, actor="test")
 
 
 @pytest.fixture
 def fleet(client, enroll, registration_secret, settings, tmp_path, request) -> Fleet:
-    from agents_app.commands import command_create
-
     settings.DATA_DIR = tmp_path / "data"
     agent = enroll()
     command = command_create(agent=agent.model, command_type="scan_storage", source="api")
@@ -561,8 +566,6 @@ def test_another_agents_id_in_path_is_403_and_recorded(fleet, enroll, endpoint):
 @pytest.mark.parametrize("command", ["not-a-uuid", "unknown", "another-agents", str(2**64),
                                      "..%2F..%2Fresult"])
 def test_bad_command_id_is_404_and_commands_untouched(fleet, enroll, command):
-    from agents_app.commands import command_create
-
     if command == "unknown":
         command = str(uuid.uuid4())
     elif command == "another-agents":

@@ -19,6 +19,12 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+import requests
+
+from agents_app.models import Agent, AgentRelease
+from agents_app.services.releases import release_build, release_create_from_upload, release_revoke
+from redflag.models import ServerSettings
+from tokens_app.services import token_create
 
 PUBLIC_URL = "https://redflag.example.net"
 SCRIPTS = ["linux.sh", "uninstall.sh", "windows.ps1"]
@@ -30,8 +36,6 @@ def _release_dir(settings, tmp_path):
 
 
 def set_public_url(url: str) -> None:
-    from redflag.models import ServerSettings
-
     server_settings = ServerSettings.current()
     server_settings.public_url = url
     server_settings.save()
@@ -90,8 +94,6 @@ class TestRendering:
 
 def _force_public_url(url: str) -> None:
     """A value the URLField validator would refuse, stored anyway: the view must still refuse to render it."""
-    from redflag.models import ServerSettings
-
     ServerSettings.current()
     ServerSettings.objects.filter(pk=1).update(public_url=url)
     ServerSettings.forget()
@@ -100,8 +102,6 @@ def _force_public_url(url: str) -> None:
 @pytest.mark.django_db
 class TestInstallerDownloads:
     def test_public_artifact_is_the_latest_non_revoked(self, client):
-        from agents_app.releases import release_build, release_create_from_upload, release_revoke
-
         assert client.get("/install/redflag-agent.pyz").status_code == 404
         assert client.get("/install/manifest.json").status_code == 404
         first = release_build(version="0.1.23")
@@ -146,12 +146,6 @@ def sha256_of(path: Path) -> str:
 @pytest.mark.skipif(os.geteuid() != 0, reason="the installer needs root")
 @pytest.mark.django_db(transaction=True)
 def test_linux_installer_for_real_twice_then_uninstall(live_server, tmp_path):
-    from agents_app.models import Agent
-    from agents_app.releases import release_build, release_create_from_upload
-    from tokens_app.services import token_create
-
-    import requests
-
     set_public_url(live_server.url)
     first = release_build(version="0.1.23")
     first_bytes = first.artifact.read()
@@ -211,12 +205,6 @@ def test_linux_installer_for_real_twice_then_uninstall(live_server, tmp_path):
 def test_linux_installer_refuses_a_tampered_release(live_server, tmp_path, tamper, complaint):
     """A flipped byte, a manifest signed by an unknown key, a wrong signature: the installer stops before it
     installs or registers anything."""
-    from agents_app.models import Agent, AgentRelease
-    from agents_app.releases import release_build
-    from tokens_app.services import token_create
-
-    import requests
-
     set_public_url(live_server.url)
     release = release_build(version="0.1.23")
     if tamper == "flip_byte":
@@ -249,11 +237,6 @@ def test_linux_installer_refuses_a_tampered_release(live_server, tmp_path, tampe
 def test_linux_installer_leaves_a_legacy_install_to_the_agents_migration(live_server, tmp_path):
     """An old /etc/aggregator install: backed up, the new agent installed, no second registration
     ('run' migrates the legacy config and keeps its agent id)."""
-    from agents_app.models import Agent
-    from agents_app.releases import release_build
-
-    import requests
-
     set_public_url(live_server.url)
     release_build(version="0.1.23")
     prefix = tmp_path / "root"

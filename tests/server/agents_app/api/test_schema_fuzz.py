@@ -44,13 +44,23 @@ from typing import Any
 import jsonschema_rs
 import pytest
 import schemathesis
+from django.core.wsgi import get_wsgi_application
+from django.test.utils import override_settings
 from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
+from rest_framework import fields
+from rest_framework.exceptions import ValidationError
 from schemathesis.core.failures import AcceptedNegativeData
 from schemathesis.core.parameters import ParameterLocation
-from schemathesis.generation.meta import negated_parameters
+from schemathesis.generation.meta import CoveragePhaseData, CoverageScenario, negated_parameters
 from schemathesis.openapi.checks import RejectedPositiveData
 from schemathesis.specs.openapi.checks import negative_data_rejection, positive_data_acceptance
+from werkzeug.test import Client
+
+from events_app.models import SystemEvent
+from redflag.models import ServerSettings
+from tests.server.conftest import host_facts, machine_hash
+from tokens_app.services import token_create
 
 SEED = 20260115
 # Examples for the Hypothesis fuzzing phase, per operation; the coverage phase adds its own
@@ -77,9 +87,6 @@ CONFIG = {
 
 
 def _load_schema():
-    from django.core.wsgi import get_wsgi_application
-    from django.test.utils import override_settings
-
     app = get_wsgi_application()
     # schemathesis' WSGI client sends Host: localhost.
     with override_settings(ALLOWED_HOSTS=["localhost"]):
@@ -107,15 +114,11 @@ def fuzz_state(transactional_db, enroll, settings) -> FuzzState:
     transactional_db: requests run through the WSGI handler with autocommit, as in production, so
     one failed statement cannot poison the cases after it.
     """
-    from redflag.models import ServerSettings
-
     settings.ALLOWED_HOSTS = [*settings.ALLOWED_HOSTS, "localhost"]
     server_settings = ServerSettings.current()
     server_settings.rate_registration = server_settings.rate_checkin = server_settings.rate_reports = UNLIMITED
     server_settings.save()
     ServerSettings.forget()
-
-    from tokens_app.services import token_create
 
     _, secret = token_create(label="schema fuzz", max_seats=100_000, expires_in=timedelta(hours=1))
     return FuzzState(
@@ -129,8 +132,6 @@ def _negative_at(case, location: ParameterLocation) -> bool:
 
 def _dropped_header(case) -> str | None:
     """The header a coverage-phase case deliberately leaves out (to check it is required)."""
-    from schemathesis.generation.meta import CoveragePhaseData, CoverageScenario
-
     data = case._meta.phase.data if case._meta is not None else None
     if (isinstance(data, CoveragePhaseData) and data.scenario == CoverageScenario.MISSING_PARAMETER
             and data.parameter_location == ParameterLocation.HEADER):
@@ -202,9 +203,6 @@ def _lookup(root: dict, ref: str) -> Any:
 
 def _drf_coerce(value: Any, node: Any, root: dict) -> Any:
     """``value`` as DRF's fields would read it: the lenient scalar coercions, nothing else."""
-    from rest_framework import fields
-    from rest_framework.exceptions import ValidationError
-
     node = _resolve(node, root)
     if not isinstance(node, dict):
         return value
@@ -356,9 +354,6 @@ def test_api_schema(case, fuzz_state):
 
 
 def test_renew_without_remote_addr_is_not_a_server_error(fuzz_state):
-    from django.core.wsgi import get_wsgi_application
-    from werkzeug.test import Client
-
     response = Client(get_wsgi_application()).post(
         "/api/v1/agents/renew",
         json={"refresh_token": fuzz_state.renewer.refresh_token},
@@ -391,9 +386,6 @@ def test_schema_declares_agent_id_as_uuid():
 
 
 def test_register_with_longest_hostname_fits_the_event_log(fuzz_state, client):
-    from events_app.models import SystemEvent
-    from tests.server.conftest import host_facts, machine_hash
-
     response = client.post(
         "/api/v1/agents/register",
         {"registration_token": fuzz_state.registration_secret, "machine_id": machine_hash(),

@@ -1,4 +1,5 @@
-"""POST /api/v1/agents/register: enrollment, refusals, re-registration."""
+"""Agents (services/agents.py): registration through POST /api/v1/agents/register (refusals, re-registration),
+rebinding to a reinstalled machine."""
 
 from __future__ import annotations
 
@@ -7,21 +8,14 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from agents_app.models import Agent
+from agents_app.models import Agent, RefreshToken
+from agents_app.services.agents import agent_allow_rebind
 from events_app.models import SystemEvent
-from tests.server.conftest import host_facts, machine_hash
-from tokens_app.models import RefreshToken, RegistrationToken, SigningKey
+from tests.server.conftest import REGISTER_URL, host_facts, machine_hash, register, security_headers
+from tokens_app.models import RegistrationToken, SigningKey
 from tokens_app.services import token_create, token_revoke
 
-URL = "/api/v1/agents/register"
-
-
-def register(client, secret, machine_id=None, **facts):
-    return client.post(
-        URL,
-        {"registration_token": secret, "machine_id": machine_id or machine_hash(), **host_facts(**facts)},
-        content_type="application/json",
-    )
+URL = REGISTER_URL
 
 
 def test_register_returns_credentials_keys_and_config(client, registration_secret):
@@ -102,7 +96,6 @@ def test_same_machine_registering_again_takes_over_its_agent(client, registratio
     # The old credentials are dead: access token refused, refresh token revoked.
     old_refresh = RefreshToken.objects.exclude(revoked_at__isnull=True)
     assert old_refresh.count() == 1
-    from tests.server.conftest import security_headers
 
     response = client.post(
         f"/api/v1/agents/{first['agent_id']}/checkin", {}, content_type="application/json",
@@ -139,25 +132,12 @@ def test_missing_body_fields_are_named(client, db):
     )
 
 
-def test_registration_is_rate_limited_per_ip(client, registration_secret):
-    from redflag.models import ServerSettings
-
-    row = ServerSettings.current()
-    row.rate_registration = "2/hour"
-    row.save()
-    assert register(client, registration_secret).status_code == 201
-    assert register(client, registration_secret).status_code == 201
-    response = register(client, registration_secret)
-    assert response.status_code == 429
-    assert response.json()["error"]["code"] == "rate_limited"
-    assert 1 <= int(response["Retry-After"]) <= 3600
-
-
-def test_rate_limits_can_be_switched_off(client, registration_secret, settings):
-    from redflag.models import ServerSettings
-
-    settings.REDFLAG_RATE_LIMIT_ENABLED = False
-    row = ServerSettings.current()
-    row.rate_registration = "1/hour"
-    row.save()
-    assert [register(client, registration_secret).status_code for _ in range(3)] == [201, 201, 201]
+def test_rebind_lets_a_reinstalled_machine_through_once(agent):
+    new_machine = machine_hash("reinstalled")
+    assert agent.post("checkin", {}, HTTP_X_MACHINE_ID=new_machine).status_code == 403
+    agent_allow_rebind(agent=agent.model, actor="alice")
+    assert agent.post("checkin", {}, HTTP_X_MACHINE_ID=new_machine).status_code == 200
+    assert agent.model.machine_id_hash == new_machine and agent.model.rebind_allowed_until is None
+    # The old machine id is now the stranger.
+    assert agent.post("checkin", {}).status_code == 403
+    assert SystemEvent.objects.filter(event_type="config_changed", message__contains="new machine id").exists()

@@ -1,4 +1,5 @@
-"""POST /api/v1/agents/renew: rotation, reuse detection, the one tolerated retry."""
+"""Agent credentials (services/credentials.py): POST /api/v1/agents/renew (rotation, reuse detection, the one
+tolerated retry) and the access token's expiry."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ from unittest import mock
 import pytest
 from django.utils import timezone
 
+from agents_app.models import RefreshToken
+from agents_app.services import credentials as services
+from agents_app.services.credentials import REFRESH_RETRY_GRACE
 from events_app.models import SystemEvent
 from tests.server.conftest import machine_hash, security_headers
-from tokens_app.models import RefreshToken
-from tokens_app.services import REFRESH_RETRY_GRACE
 
 URL = "/api/v1/agents/renew"
 
@@ -87,7 +89,7 @@ def test_previous_token_is_not_tolerated_twice(client, agent):
 def test_previous_token_is_not_tolerated_after_the_grace_window(client, agent):
     renew(client, agent.refresh_token, agent.machine_id)
     later = timezone.now() + REFRESH_RETRY_GRACE + timedelta(seconds=1)
-    with mock.patch("tokens_app.services.timezone.now", return_value=later):
+    with mock.patch("agents_app.services.credentials.timezone.now", return_value=later):
         assert renew(client, agent.refresh_token, agent.machine_id).status_code == 401
     assert SystemEvent.objects.filter(event_type="security_violation").exists()
 
@@ -109,7 +111,7 @@ def test_expired_refresh_token_is_refused(client, agent):
 def test_expired_access_token_is_401_with_a_renew_hint(agent, settings):
     later = timezone.now().timestamp() + settings.REDFLAG_ACCESS_TOKEN_SECONDS + 5
     with mock.patch("django.core.signing.time.time", return_value=later), \
-            mock.patch("redflag.api.security.time.time", return_value=later):
+            mock.patch("agents_app.api.authentication.time.time", return_value=later):
         response = agent.post("checkin", {})
     assert response.status_code == 401
     assert response.json()["error"]["code"] == "token_expired"
@@ -119,8 +121,6 @@ def test_expired_access_token_is_401_with_a_renew_hint(agent, settings):
 @pytest.mark.django_db(transaction=True)
 def test_concurrent_renewals_of_one_token_issue_one_successor(agent):
     """Make the 'other worker' win between our read and our conditional UPDATE."""
-    from tokens_app import services
-
     original = services.RefreshToken.objects.filter
 
     def filter_then_lose_race(*args, **kwargs):

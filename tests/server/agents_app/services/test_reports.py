@@ -1,16 +1,20 @@
-"""Scan and system reports: full snapshots, constant statements, idempotent, validated."""
+"""Reports (services/reports.py): update reports (full snapshots, constant statements, idempotent, validated),
+system reports and the agent's own events."""
 
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 
 from agents_app.choices import UpdateStatus
 from agents_app.models import Agent, PackageUpdate
 from events_app.models import SystemEvent
+from tests.server.conftest import NOW, valid_body
 
 
 def package(name: str, available: str = "2.0", **extra) -> dict:
@@ -142,3 +146,40 @@ def test_system_report_bad_input(agent):
     assert response.status_code == 400
     fields = response.json()["error"]["fields"]
     assert "ip_addresses[0]" in fields and "disks[0].total_bytes" in fields
+
+
+def test_events_are_ingested_idempotently(agent):
+    body = valid_body("events")
+    body["events"].append({**body["events"][0], "id": str(uuid.uuid4()), "event_type": "agent_scan",
+                           "event_subtype": "failed", "severity": "error", "message": "apt failed",
+                           "metadata": {"exit_code": 100}})
+    first = agent.post("events", body)
+    assert first.status_code == 200 and first.json() == {"received": 2, "stored": 2}
+    again = agent.post("events", body)
+    assert again.json() == {"received": 2, "stored": 0}
+    stored = SystemEvent.objects.filter(agent_id=agent.id, event_type__in=["agent_startup", "agent_scan"])
+    assert stored.count() == 2
+    scan = stored.get(event_type="agent_scan")
+    assert scan.actor == "agent:web-01" and scan.metadata == {"exit_code": 100} and scan.created_at == NOW
+
+
+def test_agents_cannot_send_server_side_event_types(agent):
+    body = valid_body("events")
+    body["events"][0]["event_type"] = "token_created"
+    response = agent.post("events", body)
+    assert response.status_code == 400
+    assert "events[0].event_type" in response.json()["error"]["fields"]
+
+
+def test_event_time_in_the_future_is_clamped(agent):
+    body = valid_body("events")
+    body["events"][0]["occurred_at"] = (timezone.now() + timedelta(days=365)).isoformat()
+    agent.post("events", body)
+    assert SystemEvent.objects.get(event_type="agent_startup").created_at <= timezone.now()
+
+
+def test_agent_events_get_an_insertion_seq_for_the_live_stream(agent):
+    agent.post("events", valid_body("events"))
+    newest = SystemEvent.objects.order_by("-seq").first()
+    assert newest.event_type == "agent_startup"  # the last row inserted has the highest seq
+    assert not SystemEvent.objects.filter(seq__isnull=True).exists()

@@ -1,0 +1,13 @@
+"""``{% fleet_summary as fleet %}``: the fleet dashboard's numbers on the admin index
+(templates/admin/index.html), so the admin site itself needs no app."""
+
+from django import template
+
+from agents_app.admin.dashboard import fleet_summary as summary
+
+register = template.Library()
+
+
+@register.simple_tag
+def fleet_summary():
+    return summary()
