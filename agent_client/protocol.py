@@ -14,8 +14,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Optional
 
 ENVELOPE_VERSION = 1
 
@@ -72,6 +73,59 @@ class Capability:
     SYSTEM = "system"
     ALWAYS_AVAILABLE = (STORAGE, SYSTEM)
     ALL = PackageType.ALL + ALWAYS_AVAILABLE
+
+
+# --- package names ----------------------------------------------------------------
+# One grammar per package manager, checked by the server when a scan reports a name and again before it
+# signs a command, and by the agent before it starts any process. Each is deliberately narrower than
+# what the tool would accept: a name is only ever a package name, never an option, a URL, a path, a
+# glob, a group (@...), a module (name:stream) or an environment, and it holds no whitespace or shell
+# metacharacter.
+
+PACKAGE_NAME_MAX_CHARS = 255
+
+_DOCKER_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_DOCKER_LABEL = r"[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?"
+_DOCKER_DOMAIN = rf"{_DOCKER_LABEL}(?:\.{_DOCKER_LABEL})*(?::[0-9]{{1,5}})?"
+_WINGET_SEGMENT = r"[A-Za-z0-9][A-Za-z0-9_+-]{0,31}"
+
+PACKAGE_NAME_GRAMMAR: dict[str, tuple[re.Pattern, str]] = {
+    PackageType.APT: (
+        re.compile(r"[a-z0-9][a-z0-9+.-]+(?::[a-z0-9][a-z0-9-]*)?"),
+        "a Debian package name: lowercase letters, digits, '+', '.', '-', an optional ':arch'",
+    ),
+    PackageType.DNF: (
+        re.compile(r"[A-Za-z0-9_+][A-Za-z0-9._+-]*"),
+        "an RPM package name: letters, digits, '_', '+', '.', '-' (an optional '.arch'), no path, URL, glob or @group",
+    ),
+    PackageType.DOCKER: (
+        re.compile(rf"(?:{_DOCKER_DOMAIN}/)?{_DOCKER_COMPONENT}(?:/{_DOCKER_COMPONENT})*"
+                   r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@[a-z0-9]+(?:[+._-][a-z0-9]+)*:[0-9a-fA-F]{32,})?"),
+        "a Docker image reference: [registry/]name[:tag][@digest]",
+    ),
+    PackageType.WINDOWS_UPDATE: (
+        re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"),
+        "a Windows Update id (a GUID)",
+    ),
+    PackageType.WINGET: (
+        re.compile(rf"{_WINGET_SEGMENT}(?:\.{_WINGET_SEGMENT}){{1,7}}|[A-Z0-9]{{12}}"),
+        "a winget package id: Publisher.Package (letters, digits, '_', '+', '-') or a 12-character Store id",
+    ),
+}
+
+
+def package_name_problem(package_type: str, name: Any) -> Optional[str]:
+    """Why ``name`` is not a package name of ``package_type``; None when it is one."""
+    if package_type not in PACKAGE_NAME_GRAMMAR:
+        return f"unknown package type {str(package_type)[:40]!r}"
+    if not isinstance(name, str):
+        return "a package name must be a string"
+    if not 0 < len(name) <= PACKAGE_NAME_MAX_CHARS:
+        return f"a package name has 1 to {PACKAGE_NAME_MAX_CHARS} characters"
+    pattern, description = PACKAGE_NAME_GRAMMAR[package_type]
+    if name.startswith("-") or not pattern.fullmatch(name):
+        return f"not {description}"
+    return None
 
 
 # --- signed bytes -----------------------------------------------------------------
