@@ -41,6 +41,9 @@ from agents_app.services.subsystems import subsystems_update
 from events_app.models import SystemEvent
 from redflag.errors import ApiError
 
+# Events show the same prefix of a machine id (agents_app.services.agents).
+MACHINE_ID_PREFIX_CHARS = 12
+
 # --- agents -------------------------------------------------------------------
 
 class AgentStatusFilter(admin.SimpleListFilter):
@@ -119,7 +122,7 @@ class AgentAdmin(admin.ModelAdmin):
     inlines = (AgentSubsystemInline,)
     readonly_fields = (
         "id", "hostname", "status_badge", "os_family", "os_name", "os_version", "kernel", "arch", "agent_version",
-        "machine_id_hash", "registered_at", "last_seen_at", "heartbeat_until", "reboot_required", "reboot_reason",
+        "machine_id_prefix", "registered_at", "last_seen_at", "heartbeat_until", "reboot_required", "reboot_reason",
         "last_boot_at", "config_version", "metrics", "rebind_allowed_until", "revoked_at", "system_reported_at",
         "system_facts", "storage", "outstanding_updates_section", "timeline",
     )
@@ -134,7 +137,7 @@ class AgentAdmin(admin.ModelAdmin):
         ("Outstanding updates", {"fields": ("outstanding_updates_section",)}),
         ("Timeline", {"fields": ("timeline",)}),
         ("Credentials", {"classes": ("collapse",),
-                         "fields": ("machine_id_hash", "rebind_allowed_until", "revoked_at", "metrics")}),
+                         "fields": ("machine_id_prefix", "rebind_allowed_until", "revoked_at", "metrics")}),
     )
 
     # One-click buttons on the agent page (templates/admin/agents_app/agent/change_form.html).
@@ -155,6 +158,11 @@ class AgentAdmin(admin.ModelAdmin):
         )
 
     # -- columns
+
+    @admin.display(description="machine id")
+    def machine_id_prefix(self, agent: Agent) -> str:
+        """A short prefix: enough to tell machines apart, not the identifier itself (anyone may read it)."""
+        return f"{agent.machine_id_hash[:MACHINE_ID_PREFIX_CHARS]}…"
 
     @admin.display(description="status")
     def status_badge(self, agent: Agent):
@@ -356,12 +364,13 @@ class AgentAdmin(admin.ModelAdmin):
                           messages.SUCCESS)
         return HttpResponseRedirect(reverse("admin:agents_app_command_change", args=[command.pk]))
 
-    @admin.action(description="Allow a machine rebind (after a reinstall)", permissions=["change"])
+    @admin.action(description="Allow a re-enrolment (after a reinstall; restores a revoked agent)",
+                  permissions=["change"])
     def allow_rebind(self, request, queryset):
         for agent in queryset:
             agent_allow_rebind(agent=agent, actor=actor_of(request))
         self.message_user(
-            request, f"{queryset.count()} agent(s) may bind to a new machine id on their next request (24 h).",
+            request, f"{queryset.count()} agent(s) may re-enrol or bind a new machine id once within 24 h.",
             messages.SUCCESS,
         )
 

@@ -50,6 +50,11 @@ class RegisterSerializer(serializers.Serializer):
         child=serializers.ChoiceField(choices=SubsystemName.choices), required=False, default=list, max_length=16,
         help_text="What this agent can scan; each becomes a subsystem.",
     )
+    refresh_token = Text(
+        max_length=128, required=False,
+        help_text="A machine that is already enrolled re-enrols only with its agent's current refresh token "
+                  "(or within a re-enrolment window an admin opened); otherwise 409 already_enrolled.",
+    )
 
 
 class CredentialsSerializer(serializers.Serializer):

@@ -74,6 +74,7 @@ class RegisterView(APIView):
         registration = agent_register(
             token_secret=data.pop("registration_token"),
             machine_id_hash=data.pop("machine_id"),
+            refresh_token=data.pop("refresh_token", None),
             facts=data,
             client_ip=client_ip(request),
         )

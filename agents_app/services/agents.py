@@ -6,17 +6,24 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, models, transaction
 from django.utils import timezone
 
 from agents_app.models import Agent
-from agents_app.services.credentials import IssuedCredentials, credentials_issue, credentials_revoke_all
+from agents_app.services.credentials import (
+    IssuedCredentials,
+    credentials_current,
+    credentials_issue,
+    credentials_revoke_all,
+)
+from agents_app.services.results import commands_cancel_open
 from agents_app.services.subsystems import subsystems_ensure
 from events_app.choices import Component, EventSubtype, EventType, Severity
 from events_app.services import agent_actor, record_event, security_violation
 from redflag.errors import Conflict, InvalidRequest, MachineMismatch, RegistrationRefused
-from tokens_app.choices import RefusalReason
+from tokens_app.choices import RefusalReason, TokenStatus
 from tokens_app.models import RegistrationToken
+from tokens_app.querysets import token_status
 from tokens_app.services import token_redeem, token_refusal
 
 HOST_FACT_FIELDS = ("hostname", "os_family", "os_name", "os_version", "kernel", "arch", "agent_version")
@@ -28,6 +35,19 @@ class Registration:
     agent: Agent
     credentials: IssuedCredentials
     reregistered: bool
+
+
+class AlreadyEnrolled(Conflict):
+    default_code = "already_enrolled"
+    default_detail = ("This machine is already enrolled. Re-enrol it with its agent's current refresh token, "
+                      "or ask an admin to allow a re-enrolment of that agent.")
+
+
+class ReenrolmentWay(models.TextChoices):
+    """How a re-enrolment of a known machine proved it may take the agent's identity."""
+
+    REFRESH_TOKEN = "refresh_token", "the agent's current refresh token"
+    ADMIN_WINDOW = "admin_window", "a re-enrolment window an admin opened"
 
 
 def _refused_event(reason: RefusalReason, facts: dict[str, Any], client_ip: str, token_id) -> None:
@@ -45,29 +65,40 @@ def _refused_event(reason: RefusalReason, facts: dict[str, Any], client_ip: str,
 
 
 def agent_register(
-    *, token_secret: str, machine_id_hash: str, facts: dict[str, Any], client_ip: str
+    *, token_secret: str, machine_id_hash: str, facts: dict[str, Any], client_ip: str,
+    refresh_token: str | None = None,
 ) -> Registration:
-    """Enroll a machine, or take over its existing record when the machine id is known.
+    """Enroll a new machine, or re-enrol a known one that proves it may.
 
-    1. Find the agent bound to this machine id; reuse it (same id, history kept)
-       after revoking its old credentials, or create a new one; issue credentials
-       and record the event.
-    2. Last, consume a token seat with one conditional UPDATE (no over-issue). Its
-       row lock lasts only until the commit, so many machines enrolling with one
-       token do not queue behind each other's whole registration.
-    All in one transaction: a refused seat rolls the registration back. A refusal
-    commits only its audit event, then raises the same 401 for every reason.
+    The machine id is an identifier, not a secret (any local user reads it), so knowing it proves
+    nothing. In one transaction:
+
+    1. Find the agent bound to this machine id (locked).
+    2. None: a new agent, which takes a seat of an active token with one conditional UPDATE, last,
+       so the token's row lock lasts only until the commit.
+    3. One: a re-enrolment, allowed only with the agent's current refresh token or through a
+       re-enrolment window an admin opened (one use). A revoked agent comes back only through the
+       window. The old credentials are revoked, every open command is cancelled (nothing planned
+       before is delivered without a new admin action), and no seat is taken: the token only has
+       to be neither revoked nor expired.
+    Otherwise the transaction rolls back and only the refusal is recorded: 401 for a bad token
+    (one answer for every reason), 409 for a known machine without proof, recorded as a
+    security violation naming the agent and the token.
     """
     now = timezone.now()
     try:
         with transaction.atomic():
-            token = RegistrationToken.objects.by_secret(token_secret).active(now).first()
-            if token is None:
-                raise _Refused(token_refusal(secret=token_secret, now=now))
-            registration = _register_with_seat(token, machine_id_hash, facts, client_ip, now)
-            redeemed = token_redeem(secret=token_secret, now=now)
-            if isinstance(redeemed, RefusalReason):  # revoked or used up since the read above
-                raise _Refused(redeemed)
+            token = RegistrationToken.objects.by_secret(token_secret).first()
+            agent = Agent.objects.select_for_update().filter(machine_id_hash=machine_id_hash).first()
+            if agent is not None:
+                registration = _reenrol(agent, token, facts, client_ip, refresh_token, now)
+            else:
+                if token is None or token_status(token, now) != TokenStatus.ACTIVE:
+                    raise _Refused(token_refusal(secret=token_secret, now=now))
+                registration = _enrol(token, machine_id_hash, facts, client_ip, now)
+                redeemed = token_redeem(secret=token_secret, now=now)
+                if isinstance(redeemed, RefusalReason):  # revoked or used up since the read above
+                    raise _Refused(redeemed)
     except IntegrityError:
         # Another registration for the same machine id committed first.
         raise Conflict("A registration for this machine is already in progress; retry.") from None
@@ -75,6 +106,17 @@ def agent_register(
         known = RegistrationToken.objects.by_secret(token_secret).values_list("pk", flat=True).first()
         _refused_event(refused.reason, facts, client_ip, known)
         raise RegistrationRefused() from None
+    except _NotProven as refused:
+        security_violation(
+            f"Registration refused: the machine of {refused.agent.hostname} is already enrolled and the request "
+            f"did not prove it may re-enrol ({refused.why})",
+            agent=refused.agent,
+            metadata={"reason": "reenrolment_not_proven", "why": refused.why, "token_id": token.pk,
+                      "token_label": token.label, "token_prefix": token.prefix, "client_ip": client_ip,
+                      "presented_hostname": str(facts.get("hostname", ""))[:255]},
+            standalone=True,  # the registration rolled back; its refusal stays on record
+        )
+        raise AlreadyEnrolled() from None
     return registration
 
 
@@ -84,45 +126,82 @@ class _Refused(Exception):
         self.reason = reason
 
 
-def _register_with_seat(token, machine_id_hash, facts, client_ip, now) -> Registration:
-    host_facts = {field: facts.get(field, "") for field in HOST_FACT_FIELDS}
-    agent = Agent.objects.select_for_update().filter(machine_id_hash=machine_id_hash).first()
-    metadata = {"token_id": token.pk, "token_label": token.label, "client_ip": client_ip,
-                "agent_version": host_facts["agent_version"]}
-    if agent is None:
-        agent = Agent.objects.create(machine_id_hash=machine_id_hash, registered_at=now, last_seen_at=now, **host_facts)
-        record_event(
-            event_type=EventType.AGENT_REGISTRATION,
-            subtype=EventSubtype.SUCCESS,
-            component=Component.SECURITY,
-            message=f"Agent {agent.hostname} registered",
-            agent=agent,
-            metadata=metadata,
-            actor=agent_actor(agent),
-        )
-        reregistered = False
-    else:
-        previous_hostname = agent.hostname
-        credentials_revoke_all(agent=agent, now=now)
-        for field, value in host_facts.items():
-            setattr(agent, field, value)
-        agent.registered_at = now
-        agent.last_seen_at = now
-        agent.revoked_at = None
-        agent.save()
-        record_event(
-            event_type=EventType.AGENT_REGISTRATION,
-            subtype=EventSubtype.WARNING,
-            severity=Severity.WARNING,
-            component=Component.SECURITY,
-            message=f"Machine of {agent.hostname} registered again; existing agent taken over, old credentials revoked",
-            agent=agent,
-            metadata={**metadata, "previous_hostname": previous_hostname},
-            actor=agent_actor(agent),
-        )
-        reregistered = True
+class _NotProven(Exception):
+    def __init__(self, agent: Agent, why: str) -> None:
+        super().__init__(why)
+        self.agent, self.why = agent, why
+
+
+def _host_facts(facts: dict[str, Any]) -> dict[str, Any]:
+    return {field: facts.get(field, "") for field in HOST_FACT_FIELDS}
+
+
+def _registration_metadata(token: RegistrationToken, facts: dict[str, Any], client_ip: str) -> dict[str, Any]:
+    return {"token_id": token.pk, "token_label": token.label, "client_ip": client_ip,
+            "agent_version": facts.get("agent_version", "")}
+
+
+def _enrol(token, machine_id_hash, facts, client_ip, now) -> Registration:
+    agent = Agent.objects.create(machine_id_hash=machine_id_hash, registered_at=now, last_seen_at=now,
+                                 **_host_facts(facts))
+    record_event(
+        event_type=EventType.AGENT_REGISTRATION,
+        subtype=EventSubtype.SUCCESS,
+        component=Component.SECURITY,
+        message=f"Agent {agent.hostname} registered",
+        agent=agent,
+        metadata=_registration_metadata(token, facts, client_ip),
+        actor=agent_actor(agent),
+    )
     subsystems_ensure(agent=agent, capabilities=facts.get("capabilities", ()))
-    return Registration(agent, credentials_issue(agent=agent, now=now), reregistered)
+    return Registration(agent, credentials_issue(agent=agent, now=now), False)
+
+
+def _reenrolment_way(agent: Agent, refresh_token: str | None, now) -> ReenrolmentWay:
+    """How this request proves it may take ``agent``'s identity; _NotProven otherwise."""
+    if refresh_token and agent.revoked_at is None and credentials_current(agent=agent, secret=refresh_token,
+                                                                           now=now):
+        return ReenrolmentWay.REFRESH_TOKEN
+    if agent.rebind_allowed_until and agent.rebind_allowed_until > now:
+        # One use: the conditional UPDATE is the claim (the agent's row is locked anyway).
+        if Agent.objects.filter(pk=agent.pk, rebind_allowed_until__gt=now).update(rebind_allowed_until=None):
+            return ReenrolmentWay.ADMIN_WINDOW
+    if agent.revoked_at is not None:
+        raise _NotProven(agent, "the agent is revoked")
+    raise _NotProven(agent, "no valid refresh token" if refresh_token else "no refresh token")
+
+
+def _reenrol(agent, token, facts, client_ip, refresh_token, now) -> Registration:
+    # No seat is taken, but the token must be one an admin has not withdrawn (nor let expire).
+    if token is None:
+        raise _Refused(RefusalReason.UNKNOWN)
+    status = token_status(token, now)
+    if status not in (TokenStatus.ACTIVE, TokenStatus.EXHAUSTED):
+        raise _Refused(RefusalReason(status.value))
+    way = _reenrolment_way(agent, refresh_token, now)
+    previous = {"hostname": agent.hostname, "revoked_at": agent.revoked_at.isoformat() if agent.revoked_at else None}
+    credentials_revoke_all(agent=agent, now=now)
+    Agent.objects.filter(pk=agent.pk).update(registered_at=now, last_seen_at=now, revoked_at=None,
+                                             rebind_allowed_until=None, **_host_facts(facts))
+    agent.refresh_from_db()
+    cancelled = commands_cancel_open(agent=agent, reason="the agent re-enrolled", actor=agent_actor(agent))
+    restored = previous["revoked_at"] is not None
+    record_event(
+        event_type=EventType.AGENT_REGISTRATION,
+        subtype=EventSubtype.WARNING,
+        severity=Severity.WARNING,
+        component=Component.SECURITY,
+        message=(f"Agent {agent.hostname} re-enrolled with {way.label}"
+                 f"{' and restored from revocation' if restored else ''}; old credentials revoked, "
+                 f"{cancelled} open command(s) cancelled"),
+        agent=agent,
+        metadata={**_registration_metadata(token, facts, client_ip), "way": way.value, "restored": restored,
+                  "cancelled_commands": cancelled, "previous_hostname": previous["hostname"],
+                  "previous_revoked_at": previous["revoked_at"]},
+        actor=agent_actor(agent),
+    )
+    subsystems_ensure(agent=agent, capabilities=facts.get("capabilities", ()))
+    return Registration(agent, credentials_issue(agent=agent, now=now), True)
 
 
 def agent_check_machine(*, agent: Agent, machine_id_hash: str) -> None:
@@ -164,7 +243,12 @@ def agent_check_machine(*, agent: Agent, machine_id_hash: str) -> None:
 
 
 def agent_allow_rebind(*, agent: Agent, actor: str) -> None:
-    """Admin action: let the agent's next authenticated request bind a new machine id."""
+    """Admin action: open a re-enrolment window (REBIND_WINDOW, one use) for the agent.
+
+    Within it, either the agent's next authenticated request may bind a new machine id (a
+    reinstall that kept the config), or one registration from its machine may re-enrol it without
+    its refresh token (a reinstall that lost it) — which also brings back a revoked agent.
+    """
     with transaction.atomic():
         Agent.objects.filter(pk=agent.pk).update(rebind_allowed_until=timezone.now() + REBIND_WINDOW)
         record_event(
@@ -172,9 +256,10 @@ def agent_allow_rebind(*, agent: Agent, actor: str) -> None:
             subtype=EventSubtype.INITIATED,
             severity=Severity.WARNING,
             component=Component.SECURITY,
-            message=f"Machine rebind allowed for {agent.hostname} for {REBIND_WINDOW.total_seconds() / 3600:g} h",
+            message=(f"Re-enrolment of {agent.hostname} allowed once within {REBIND_WINDOW.total_seconds() / 3600:g} h"
+                     f"{' (the agent is revoked: re-enrolling restores it)' if agent.revoked_at else ''}"),
             agent=agent,
-            metadata={"window_hours": REBIND_WINDOW.total_seconds() / 3600},
+            metadata={"window_hours": REBIND_WINDOW.total_seconds() / 3600, "revoked": agent.revoked_at is not None},
             actor=actor,
         )
 

@@ -73,6 +73,12 @@ def access_token_read(token: str) -> tuple[str, int]:
         raise InvalidCredentials() from None
 
 
+def credentials_current(*, agent: Agent, secret: str, now: datetime) -> bool:
+    """Whether ``secret`` is ``agent``'s current refresh token: its own, not rotated, revoked or expired."""
+    return RefreshToken.objects.filter(agent=agent, token_hash=hash_secret(secret), rotated_at__isnull=True,
+                                       revoked_at__isnull=True, expires_at__gt=now).exists()
+
+
 def credentials_issue(*, agent: Agent, now: datetime) -> IssuedCredentials:
     """A new access token and the first refresh token of a new family."""
     access, access_expires = _access_token(agent, now)

@@ -131,6 +131,20 @@ def commands_cancel(*, commands: Iterable[Command], actor: str) -> int:
     )
 
 
+def commands_cancel_open(*, agent: Agent, reason: str, actor: str) -> int:
+    """Cancel every open command of ``agent``, sent ones included (its identity changed hands: nothing
+    planned before may reach the machine without a new admin action). Approved updates stay approved."""
+    now = timezone.now()
+    ending = Ending(status=CommandStatus.CANCELLED, answered=False, updates_to=UpdateStatus.APPROVED,
+                    verb=f"cancelled: {reason}")
+    return sum(
+        _end_unanswered(command, from_statuses=OPEN_COMMAND_STATUSES, ending=ending, now=now,
+                        subtype=EventSubtype.WARNING, severity=Severity.WARNING, component=Component.SECURITY,
+                        actor=actor)
+        for command in Command.objects.open().filter(agent=agent).select_related("agent")
+    )
+
+
 def commands_time_out(*, now: datetime | None = None) -> int:
     """The sweep: sent or running commands silent for SENT_TIMEOUT, and undelivered expired ones.
 

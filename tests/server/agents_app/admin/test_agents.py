@@ -104,6 +104,14 @@ def test_agent_page_links_lead_to_that_agents_rows(admin_client, fleet):
         assert response.context["cl"].result_count == count, href
 
 
+def test_agent_page_shows_only_a_prefix_of_the_machine_id(admin_client, fleet):
+    """The machine id identifies a machine; in full it would help anyone who wants to impersonate it."""
+    web1 = fleet["web1"]
+    page = admin_client.get(f"{AGENTS}{web1.pk}/change/").content.decode()
+    assert f"{web1.machine_id_hash[:12]}…" in page
+    assert web1.machine_id_hash not in page and web1.machine_id_hash[:13] not in page
+
+
 def test_agent_page_without_a_system_report(admin_client, fleet):
     page = admin_client.get(f"{AGENTS}{fleet['old'].pk}/change/").content.decode()
     assert "No system report yet." in page and "No disks reported." in page

@@ -8,8 +8,10 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from agents_app.models import Agent, RefreshToken
-from agents_app.services.agents import agent_allow_rebind
+from agents_app.choices import CommandSource, CommandStatus, CommandType, UpdateStatus
+from agents_app.models import Agent, Command, PackageUpdate, RefreshToken
+from agents_app.services.agents import agent_allow_rebind, agent_revoke
+from agents_app.services.commands import command_create
 from events_app.models import SystemEvent
 from tests.server.conftest import REGISTER_URL, host_facts, machine_hash, register, security_headers
 from tokens_app.models import RegistrationToken, SigningKey
@@ -84,26 +86,116 @@ def test_refused_registration_does_not_consume_a_seat(client, db):
     assert token.seats_used == 0
 
 
-def test_same_machine_registering_again_takes_over_its_agent(client, registration_secret):
-    machine_id = machine_hash("reinstalled")
-    first = register(client, registration_secret, machine_id, hostname="old-name").json()
-    second_response = register(client, registration_secret, machine_id, hostname="new-name")
-    assert second_response.status_code == 201
-    second = second_response.json()
-    assert second["agent_id"] == first["agent_id"] and second["reregistered"] is True
-    assert Agent.objects.count() == 1
-    assert Agent.objects.get().hostname == "new-name"
-    # The old credentials are dead: access token refused, refresh token revoked.
-    old_refresh = RefreshToken.objects.exclude(revoked_at__isnull=True)
-    assert old_refresh.count() == 1
+def checkin_status(client, body: dict, machine_id: str) -> int:
+    return client.post(
+        f"/api/v1/agents/{body['agent_id']}/checkin", {}, content_type="application/json",
+        HTTP_AUTHORIZATION=f"Bearer {body['access_token']}", **security_headers(machine_id),
+    ).status_code
 
-    response = client.post(
-        f"/api/v1/agents/{first['agent_id']}/checkin", {}, content_type="application/json",
-        HTTP_AUTHORIZATION=f"Bearer {first['access_token']}", **security_headers(machine_id),
-    )
-    assert response.status_code == 401
-    warning = SystemEvent.objects.get(event_type="agent_registration", event_subtype="warning")
-    assert warning.severity == "warning" and warning.metadata["previous_hostname"] == "old-name"
+
+def test_a_known_machine_cannot_be_taken_over_with_a_registration_token(client, registration_secret):
+    """The machine id is no secret: knowing it and holding any token must not hand over the agent."""
+    machine_id = machine_hash("victim")
+    victim = register(client, registration_secret, machine_id, hostname="db-01").json()
+    token, impostor_secret = token_create(label="someone else's", max_seats=5, expires_in=timedelta(hours=1))
+    refused = register(client, impostor_secret, machine_id, hostname="evil")
+    assert refused.status_code == 409
+    assert refused.json()["error"]["code"] == "already_enrolled"
+    assert "refresh token" in refused.json()["error"]["message"]
+    # Nothing changed: same agent and name, its credentials still work, no seat taken, no new credentials.
+    agent = Agent.objects.get()
+    assert (str(agent.pk), agent.hostname, agent.revoked_at) == (victim["agent_id"], "db-01", None)
+    assert checkin_status(client, victim, machine_id) == 200
+    token.refresh_from_db()
+    assert token.seats_used == 0 and RefreshToken.objects.count() == 1
+    violation = SystemEvent.objects.get(event_type="security_violation")
+    assert violation.agent_id == agent.pk and violation.metadata["reason"] == "reenrolment_not_proven"
+    assert violation.metadata["token_id"] == token.pk and violation.metadata["token_label"] == "someone else's"
+    assert violation.metadata["why"] == "no refresh token" and impostor_secret not in str(violation.metadata)
+    # A refresh token that is not the agent's current one proves nothing either.
+    stale = register(client, impostor_secret, machine_id, refresh_token="rf_ref_" + "x" * 43)
+    assert stale.status_code == 409
+    violations = SystemEvent.objects.filter(event_type="security_violation")
+    assert violations.filter(metadata__why="no valid refresh token").count() == 1
+
+
+def test_reenrolment_with_the_current_refresh_token_cancels_open_commands_and_takes_no_seat(client, db):
+    token, secret = token_create(label="one seat", max_seats=1, expires_in=timedelta(hours=1))
+    machine_id = machine_hash("reinstalled")
+    first = register(client, secret, machine_id, hostname="old-name").json()
+    agent = Agent.objects.get()
+    pending = command_create(agent=agent, command_type=CommandType.REBOOT, source=CommandSource.WEB_UI)
+    sent = command_create(agent=agent, command_type=CommandType.SCAN_STORAGE, source=CommandSource.SCHEDULER)
+    Command.objects.filter(pk=sent.pk).update(status=CommandStatus.SENT, sent_at=timezone.now())
+    approved = PackageUpdate.objects.create(agent=agent, package_type="apt", name="curl", status=UpdateStatus.APPROVED)
+
+    again = register(client, secret, machine_id, hostname="new-name", refresh_token=first["refresh_token"])
+    assert again.status_code == 201, again.content
+    second = again.json()
+    assert second["agent_id"] == first["agent_id"] and second["reregistered"] is True
+    assert Agent.objects.get().hostname == "new-name"
+    token.refresh_from_db()
+    assert token.seats_used == 1  # the same machine again: no second seat (the token had only one)
+    # The old credentials are dead, the new ones work.
+    assert checkin_status(client, first, machine_id) == 401
+    assert checkin_status(client, second, machine_id) == 200
+    assert RefreshToken.objects.filter(revoked_at__isnull=True).count() == 1
+    # Nothing planned before reaches the machine; approvals stay.
+    assert set(Command.objects.filter(pk__in=[pending.pk, sent.pk]).values_list("status", flat=True)) == {"cancelled"}
+    assert PackageUpdate.objects.get(pk=approved.pk).status == UpdateStatus.APPROVED
+    assert SystemEvent.objects.filter(event_type="command_completed", message__contains="re-enrolled").count() == 2
+    event = SystemEvent.objects.get(event_type="agent_registration", event_subtype="warning")
+    assert event.metadata["way"] == "refresh_token" and event.metadata["cancelled_commands"] == 2
+    assert event.metadata["previous_hostname"] == "old-name" and event.metadata["restored"] is False
+    # The refresh token it used is spent: a second re-enrolment with it is refused.
+    assert register(client, secret, machine_id, refresh_token=first["refresh_token"]).status_code == 409
+
+
+def test_an_admin_window_allows_one_reenrolment_without_the_refresh_token(client, registration_secret):
+    machine_id = machine_hash("lost its config")
+    first = register(client, registration_secret, machine_id).json()
+    agent = Agent.objects.get()
+    agent_allow_rebind(agent=agent, actor="alice")
+    allowed = register(client, registration_secret, machine_id)
+    assert allowed.status_code == 201 and allowed.json()["agent_id"] == first["agent_id"]
+    assert Agent.objects.get().rebind_allowed_until is None
+    event = SystemEvent.objects.get(event_type="agent_registration", event_subtype="warning")
+    assert event.metadata["way"] == "admin_window"
+    assert register(client, registration_secret, machine_id).status_code == 409  # one use
+
+
+def test_a_revoked_agent_stays_revoked_until_an_admin_reopens_it(client, registration_secret):
+    machine_id = machine_hash("revoked")
+    first = register(client, registration_secret, machine_id).json()
+    agent = Agent.objects.get()
+    agent_revoke(agent=agent, actor="alice")
+    for refresh_token in (None, first["refresh_token"]):
+        body = {"refresh_token": refresh_token} if refresh_token else {}
+        refused = register(client, registration_secret, machine_id, **body)
+        assert refused.status_code == 409 and refused.json()["error"]["code"] == "already_enrolled"
+    assert Agent.objects.get().revoked_at is not None
+    violations = SystemEvent.objects.filter(event_type="security_violation")
+    assert violations.filter(metadata__why="the agent is revoked").count() == 2
+    agent_allow_rebind(agent=Agent.objects.get(), actor="alice")
+    assert "restores it" in SystemEvent.objects.filter(event_type="config_changed").latest("seq").message
+    restored = register(client, registration_secret, machine_id)
+    assert restored.status_code == 201
+    assert Agent.objects.get().revoked_at is None
+    event = SystemEvent.objects.get(event_type="agent_registration", event_subtype="warning")
+    assert event.metadata["restored"] is True and event.metadata["way"] == "admin_window"
+    assert checkin_status(client, restored.json(), machine_id) == 200
+
+
+def test_reenrolment_still_needs_a_token_that_is_neither_revoked_nor_expired(client, db):
+    token, secret = token_create(label="t", max_seats=1, expires_in=timedelta(hours=1))
+    machine_id = machine_hash("m")
+    first = register(client, secret, machine_id).json()
+    token_revoke(token=token, actor="alice")
+    refused = register(client, secret, machine_id, refresh_token=first["refresh_token"])
+    assert refused.status_code == 401 and refused.json()["error"]["code"] == "registration_refused"
+    failed = SystemEvent.objects.get(event_type="agent_registration", event_subtype="failed")
+    assert failed.metadata["reason"] == "revoked"
+    assert checkin_status(client, first, machine_id) == 200  # the agent itself is untouched
 
 
 @pytest.mark.parametrize("change, field", [
