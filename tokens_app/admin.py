@@ -20,13 +20,22 @@ STATUS_COLOURS = {
 }
 
 
+TOKEN_VARIABLE = "REDFLAG_REGISTRATION_TOKEN"
+
+
 def install_commands(secret: str) -> dict[str, str]:
-    """The one-liners shown with a new token. The URL is the configured public URL, never the Host header."""
+    """The one-liners shown with a new token. The URL is the configured public URL, never the Host header.
+
+    The token travels in an environment variable, set by a shell builtin (export, $env:), never as an
+    argument: every local user can read any process's arguments, not another user's environment.
+    """
     base = (ServerSettings.current().public_url or "https://YOUR-REDFLAG-SERVER").rstrip("/")
     return {
-        "linux": f"curl -sfL {base}/install/linux.sh | sudo bash -s -- {secret}",
-        "windows": f"& ([scriptblock]::Create((irm {base}/install/windows.ps1))) {secret}",
-        "agent": f"python3 -m agent_client register --server {base} --token {secret}",
+        "linux": f"export {TOKEN_VARIABLE}='{secret}'; curl -sfL {base}/install/linux.sh"
+                 f" | sudo --preserve-env={TOKEN_VARIABLE} bash",
+        "windows": f"$env:{TOKEN_VARIABLE}='{secret}'; & ([scriptblock]::Create((irm {base}/install/windows.ps1)))",
+        "agent": f"export {TOKEN_VARIABLE}='{secret}'; sudo --preserve-env={TOKEN_VARIABLE}"
+                 f" python3 -m agent_client register --server {base}",
     }
 
 

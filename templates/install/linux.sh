@@ -1,7 +1,13 @@
 {% autoescape off %}#!/usr/bin/env bash
 # RedFlag agent installer for Linux, rendered by the RedFlag server.
 #
-#   curl -sfL {{ server_url }}/install/linux.sh | sudo bash -s -- REGISTRATION_TOKEN
+#   export REDFLAG_REGISTRATION_TOKEN='rf_reg_...'
+#   curl -sfL {{ server_url }}/install/linux.sh | sudo --preserve-env=REDFLAG_REGISTRATION_TOKEN bash
+#
+# The token comes from the environment (or, without it, is asked for on the terminal), never from
+# the command line: every local user can read any process's arguments (ps), but not another
+# user's environment. `export` is a shell builtin, so no process is started with the token in it.
+# Options (after `bash -s --`): --insecure allows a plain http:// server that is not this machine.
 #
 # Idempotent: re-running it upgrades the agent in place, keeps the agent's identity and never
 # registers a second agent. REDFLAG_PREFIX=/some/dir installs under that directory instead of /
@@ -11,7 +17,6 @@ umask 022
 
 SERVER_URL='{{ server_url }}'
 PLATFORM='{{ platform }}'
-TOKEN="${1:-${REDFLAG_REGISTRATION_TOKEN:-}}"
 PREFIX="${REDFLAG_PREFIX:-}"
 PREFIX="${PREFIX%/}"
 
@@ -28,10 +33,35 @@ SERVICE_USER=redflag
 
 say() { printf 'redflag-install: %s\n' "$*"; }
 die() { printf 'redflag-install: ERROR: %s\n' "$*" >&2; exit 1; }
+ONE_LINER="export REDFLAG_REGISTRATION_TOKEN='rf_reg_...'; curl -sfL $SERVER_URL/install/linux.sh | sudo --preserve-env=REDFLAG_REGISTRATION_TOKEN bash"
 
-# --- 0. preconditions -------------------------------------------------------------------------
+# --- 0. options and preconditions ---------------------------------------------------------------
+insecure=no
+for argument in "$@"; do
+    case "$argument" in
+        --insecure) insecure=yes ;;
+        rf_reg_*) die "do not pass the registration token as an argument: every local user can read it in ps." \
+                      "Use the environment instead: $ONE_LINER" ;;
+        *) die "unknown option '$argument' (the only option is --insecure)" ;;
+    esac
+done
+# Read the token now and forget the variable's export: nothing started below inherits it except
+# the registration, which is given it explicitly.
+TOKEN="${REDFLAG_REGISTRATION_TOKEN:-}"
+export -n REDFLAG_REGISTRATION_TOKEN 2>/dev/null || true
+
+case "$SERVER_URL" in
+    https://*) ;;
+    http://localhost|http://localhost:*|http://127.*|http://\[::1\]*) ;;  # this machine: nothing on the wire
+    http://*)
+        [ "$insecure" = yes ] || die "$SERVER_URL is plain http: the agent, its token and every command would" \
+            "travel unencrypted. Set an https:// public URL on the server, or re-run with: bash -s -- --insecure"
+        say "WARNING: installing from plain http ($SERVER_URL) because --insecure was given" ;;
+    *) die "unsupported server URL $SERVER_URL" ;;
+esac
+
 if [ "$(id -u)" -ne 0 ]; then
-    die "run me as root, e.g.: curl -sfL $SERVER_URL/install/linux.sh | sudo bash -s -- TOKEN"
+    die "run me as root, e.g.: $ONE_LINER"
 fi
 command -v python3 >/dev/null 2>&1 || die "python3 (3.9 or newer) is required; install it with your package manager"
 python3 -c 'import sys; sys.exit(0 if sys.version_info >= (3, 9) else 1)' \
@@ -229,10 +259,18 @@ if [ "$registered" = yes ]; then
 elif [ "$existing" = legacy ]; then
     say "legacy install: not registering; 'run' migrates $LEGACY_CONFIG and keeps its agent id"
 else
-    [ -n "$TOKEN" ] || die "no registration token: pass it as the first argument (bash -s -- TOKEN)"
+    if [ -z "$TOKEN" ] && { : < /dev/tty > /dev/tty; } 2>/dev/null; then  # a terminal to ask on
+        printf 'redflag-install: registration token (input hidden): ' > /dev/tty
+        IFS= read -rs TOKEN < /dev/tty || TOKEN=""
+        printf '\n' > /dev/tty
+    fi
+    [ -n "$TOKEN" ] || die "no registration token: $ONE_LINER"
     say "registering with $SERVER_URL"
-    # The token travels in the environment, not on the command line other users can read in ps.
+    register_options=()
+    [ "$insecure" = yes ] && register_options+=(--insecure)
+    # The token reaches the agent in its environment only, never on a command line (ps).
     REDFLAG_REGISTRATION_TOKEN="$TOKEN" python3 "$AGENT" --config "$CONFIG" register --server "$SERVER_URL" \
+        ${register_options[@]+"${register_options[@]}"} \
         || die "registration failed (see the message above); the agent is installed, re-run with a valid token"
 fi
 

@@ -1,7 +1,10 @@
 {% autoescape off %}<#
   RedFlag agent installer for Windows, rendered by the RedFlag server.
 
-    powershell -ExecutionPolicy Bypass -Command "& ([scriptblock]::Create((iwr -UseBasicParsing '{{ server_url }}/install/windows.ps1').Content)) -Token REGISTRATION_TOKEN"
+    $env:REDFLAG_REGISTRATION_TOKEN='rf_reg_...'; & ([scriptblock]::Create((irm {{ server_url }}/install/windows.ps1)))
+
+  The token comes from the environment of this PowerShell session, never from a command line: other
+  users can read any process's command line, not its environment.
 
   Idempotent: re-running upgrades in place and keeps the agent's identity. Run as Administrator.
   Not yet exercised on a real Windows host by the test suite (rendered and statically checked only).
@@ -122,7 +125,7 @@ if (Test-Path $Config) {
 if ($registered) {
     Say 'already registered: keeping the agent identity (no new registration)'
 } else {
-    if (-not $Token) { Fail 'no registration token: pass -Token TOKEN' }
+    if (-not $Token) { Fail "no registration token: first run `$env:REDFLAG_REGISTRATION_TOKEN='rf_reg_...' in this PowerShell" }
     $env:REDFLAG_REGISTRATION_TOKEN = $Token
     & $Python $Agent --config $Config register --server $ServerUrl
     Remove-Item Env:REDFLAG_REGISTRATION_TOKEN

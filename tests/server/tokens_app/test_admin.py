@@ -6,6 +6,7 @@ from datetime import timedelta
 
 from django.utils import timezone
 
+from agents_app.models import Agent
 from events_app.models import SystemEvent
 from redflag.models import ServerSettings
 from tests.server.conftest import host_facts, machine_hash
@@ -29,7 +30,9 @@ def test_creating_a_token_shows_the_secret_and_one_liners_once(admin_client):
     assert timedelta(hours=47, minutes=59) < token.expires_at - timezone.now() <= timedelta(hours=48)
     page = response.content.decode()
     assert secret in page
-    assert f"curl -sfL https://redflag.example.net/install/linux.sh | sudo bash -s -- {secret}" in page
+    assert (f"export REDFLAG_REGISTRATION_TOKEN=&#x27;{secret}&#x27;; curl -sfL https://redflag.example.net/install/"
+            f"linux.sh | sudo --preserve-env=REDFLAG_REGISTRATION_TOKEN bash") in page
+    assert f"-- {secret}" not in page and f"--token {secret}" not in page  # never an argument
     # Never again: not on the list, not on the change page, not in the event.
     assert secret not in admin_client.get(CHANGELIST).content.decode()
     assert secret not in admin_client.get(f"{CHANGELIST}{token.pk}/change/").content.decode()
@@ -72,6 +75,10 @@ def test_expired_token_shows_expired_and_is_refused(admin_client, client):
                            {"registration_token": secret, "machine_id": machine_hash(), **host_facts()},
                            content_type="application/json")
     assert response.status_code == 401
+    assert response.json()["error"]["code"] == "registration_refused"
+    assert not Agent.objects.exists()
+    token.refresh_from_db()
+    assert token.seats_used == 0
 
 
 def test_renaming_a_token_is_audited_and_an_unchanged_save_records_nothing(admin_client, registration_secret):

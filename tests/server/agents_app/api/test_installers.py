@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import zipfile
 from datetime import timedelta
 from pathlib import Path
@@ -44,13 +45,15 @@ def set_public_url(url: str) -> None:
 @pytest.mark.django_db
 class TestRendering:
     @pytest.mark.parametrize("script", SCRIPTS)
-    def test_public_url_used_and_host_header_ignored(self, client, script):
+    def test_public_url_used_and_host_header_ignored(self, client, script, settings):
+        settings.ALLOWED_HOSTS = [*settings.ALLOWED_HOSTS, "host-header.example"]  # an allowed, yet ignored, Host
         set_public_url(PUBLIC_URL + "/")
-        response = client.get(f"/install/{script}", HTTP_HOST="localhost", HTTP_X_FORWARDED_HOST="evil.example")
+        response = client.get(f"/install/{script}", HTTP_HOST="host-header.example",
+                              HTTP_X_FORWARDED_HOST="evil.example")
         assert response.status_code == 200
         body = response.content.decode()
         assert f"'{PUBLIC_URL}'" in body
-        assert "localhost" not in body and "evil.example" not in body and "testserver" not in body
+        assert "host-header.example" not in body and "evil.example" not in body and "testserver" not in body
         assert "{{" not in body and "{%" not in body and "&#" not in body and "&amp;" not in body
 
     @pytest.mark.parametrize("script", SCRIPTS)
@@ -63,7 +66,9 @@ class TestRendering:
 
     def test_unknown_script_404(self, client):
         set_public_url(PUBLIC_URL)
-        assert client.get("/install/macos.sh").status_code == 404
+        response = client.get("/install/macos.sh")
+        assert response.status_code == 404
+        assert response.content == b"No such installer.\n"  # plain text, no template rendered
 
     @pytest.mark.parametrize("script", ["linux.sh", "uninstall.sh"])
     def test_bash_syntax_and_shellcheck(self, client, tmp_path, script):
@@ -102,8 +107,10 @@ def _force_public_url(url: str) -> None:
 @pytest.mark.django_db
 class TestInstallerDownloads:
     def test_public_artifact_is_the_latest_non_revoked(self, client):
-        assert client.get("/install/redflag-agent.pyz").status_code == 404
-        assert client.get("/install/manifest.json").status_code == 404
+        for url in ("/install/redflag-agent.pyz", "/install/manifest.json"):
+            response = client.get(url)
+            assert response.status_code == 404
+            assert response.json()["error"]["code"] == "not_found", url
         first = release_build(version="0.1.23")
         second = release_create_from_upload(upload=io.BytesIO(b"#!/usr/bin/env python3\n"), version="0.1.23.5",
                                             actor="admin")
@@ -113,7 +120,8 @@ class TestInstallerDownloads:
         release_revoke(release=second, actor="admin")
         response = client.get("/install/redflag-agent.pyz?platform=any")
         assert hashlib.sha256(b"".join(response.streaming_content)).hexdigest() == first.sha256
-        assert client.get("/install/manifest.json?platform=plan9").status_code == 404
+        response = client.get("/install/manifest.json?platform=plan9")
+        assert response.status_code == 404 and response.json()["error"]["code"] == "not_found"
 
 
 # --- the real run -------------------------------------------------------------------------------
@@ -128,15 +136,47 @@ def variant_of(pyz: bytes, marker: str) -> bytes:
     return shebang + b"\n" + buffer.getvalue()
 
 
-def run_script(path: Path, prefix: Path, *args: str) -> subprocess.CompletedProcess:
+def installer_environment(prefix: Path, token: str | None = None) -> dict[str, str]:
+    """What the one-liner gives the script: the token in the environment (export + sudo --preserve-env)."""
     environment = {**os.environ, "REDFLAG_PREFIX": str(prefix),
                    # python3 is the venv's, which has requests, psutil and cryptography.
                    "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
     environment.pop("REDFLAG_REGISTRATION_TOKEN", None)
-    result = subprocess.run(["bash", str(path), *args], env=environment, capture_output=True, text=True,
-                            timeout=120)
-    assert result.returncode == 0, result.stdout + result.stderr
+    if token:
+        environment["REDFLAG_REGISTRATION_TOKEN"] = token
+    return environment
+
+
+def run_script(path: Path, prefix: Path, *args: str, token: str | None = None,
+               check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(["bash", str(path), *args], env=installer_environment(prefix, token),
+                            capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+                            start_new_session=True)  # no terminal to ask for a token on
+    if check:
+        assert result.returncode == 0, result.stdout + result.stderr
     return result
+
+
+class ProcessTableWatcher(threading.Thread):
+    """Reads every process's command line (/proc/*/cmdline, which any local user may read) until stopped."""
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.seen: set[str] = set()
+        self.done = threading.Event()
+
+    def run(self):
+        while not self.done.is_set():
+            for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+                try:
+                    self.seen.add(cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+                except OSError:
+                    pass  # the process ended meanwhile
+
+    def stop(self) -> set[str]:
+        self.done.set()
+        self.join(timeout=10)
+        return self.seen
 
 
 def sha256_of(path: Path) -> str:
@@ -157,8 +197,8 @@ def test_linux_installer_for_real_twice_then_uninstall(live_server, tmp_path):
     installer = tmp_path / "linux.sh"
     installer.write_text(requests.get(f"{live_server.url}/install/linux.sh", timeout=10).text)
 
-    # First run: a fresh install that registers.
-    output = run_script(installer, prefix, token).stdout
+    # First run: a fresh install that registers, the token read from the environment.
+    output = run_script(installer, prefix, token=token).stdout
     assert "fresh install" in output and "skipping OS packages" in output
     assert "systemd is not available" in output
     agent_id = json.loads(config.read_text())["agent_id"]
@@ -172,7 +212,7 @@ def test_linux_installer_for_real_twice_then_uninstall(live_server, tmp_path):
     # A newer release (different bytes), then the second run: an in-place upgrade, no new agent.
     second = release_create_from_upload(upload=io.BytesIO(variant_of(first_bytes, "0.1.23.5")), version="0.1.23.5",
                                         actor="admin")
-    output = run_script(installer, prefix, token).stdout
+    output = run_script(installer, prefix, token=token).stdout
     assert "upgrading in place" in output and "already registered" in output
     assert json.loads(config.read_text())["agent_id"] == agent_id
     assert Agent.objects.count() == 1
@@ -221,10 +261,7 @@ def test_linux_installer_refuses_a_tampered_release(live_server, tmp_path, tampe
     installer = tmp_path / "linux.sh"
     installer.write_text(requests.get(f"{live_server.url}/install/linux.sh", timeout=10).text)
     prefix = tmp_path / "root"
-    environment = {**os.environ, "REDFLAG_PREFIX": str(prefix),
-                   "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
-    result = subprocess.run(["bash", str(installer), token], env=environment, capture_output=True, text=True,
-                            timeout=120)
+    result = run_script(installer, prefix, token=token, check=False)
     assert result.returncode != 0
     assert complaint in result.stderr and "nothing was installed" in result.stderr
     assert not (prefix / "usr/local/lib/redflag/redflag-agent.pyz").exists()
@@ -250,3 +287,61 @@ def test_linux_installer_leaves_a_legacy_install_to_the_agents_migration(live_se
     assert list((prefix / "etc/redflag/agent/backups").glob("legacy-config-*.json"))
     assert legacy.exists() and (prefix / "usr/local/lib/redflag/redflag-agent.pyz").exists()
     assert Agent.objects.count() == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the installer needs root")
+@pytest.mark.django_db(transaction=True)
+def test_no_process_ever_holds_the_token_in_its_command_line(live_server, tmp_path):
+    """A real install, watched through the process table as any local user could: the token appears in no
+    process's arguments, while the watcher does see the installer's own processes (the registration too)."""
+    set_public_url(live_server.url)
+    release_build(version="0.1.23")
+    _, token = token_create(label="watched", max_seats=1, expires_in=timedelta(hours=1))
+    installer = tmp_path / "linux.sh"
+    installer.write_text(requests.get(f"{live_server.url}/install/linux.sh", timeout=10).text)
+    watcher = ProcessTableWatcher()
+    watcher.start()
+    try:
+        run_script(installer, tmp_path / "root", token=token)
+    finally:
+        seen = watcher.stop()
+    assert Agent.objects.count() == 1
+    assert any("register --server" in cmdline for cmdline in seen), "the watcher missed the registration"
+    assert not [cmdline for cmdline in seen if token in cmdline or token[:20] in cmdline]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the installer needs root")
+@pytest.mark.django_db(transaction=True)
+def test_a_token_given_as_an_argument_is_refused_before_anything_happens(live_server, tmp_path):
+    set_public_url(live_server.url)
+    release_build(version="0.1.23")
+    _, token = token_create(label="argv", max_seats=1, expires_in=timedelta(hours=1))
+    installer = tmp_path / "linux.sh"
+    installer.write_text(requests.get(f"{live_server.url}/install/linux.sh", timeout=10).text)
+    result = run_script(installer, tmp_path / "root", token, check=False)
+    assert result.returncode != 0
+    assert "do not pass the registration token as an argument" in result.stderr
+    assert "REDFLAG_REGISTRATION_TOKEN" in result.stderr and token not in result.stderr + result.stdout
+    assert not (tmp_path / "root").exists() and Agent.objects.count() == 0
+
+
+@pytest.mark.django_db
+def test_a_plain_http_server_is_refused_unless_insecure_is_given(client, tmp_path):
+    """http:// to another machine: refused before any download; with --insecure it warns and goes on (the
+    download then goes to a recording curl here, so nothing leaves this machine)."""
+    _force_public_url("http://redflag.example.net")
+    installer = tmp_path / "linux.sh"
+    installer.write_bytes(client.get("/install/linux.sh").content)
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    (tools / "curl").write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path}/curl.log\nexit 7\n")
+    (tools / "curl").chmod(0o755)
+    environment = {**installer_environment(tmp_path / "root"),
+                   "PATH": f"{tools}:{Path(sys.executable).parent}:/usr/bin:/bin"}
+    refused = subprocess.run(["bash", str(installer)], env=environment, capture_output=True, text=True, timeout=60)
+    assert refused.returncode != 0 and "plain http" in refused.stderr and "--insecure" in refused.stderr
+    assert not (tmp_path / "curl.log").exists()
+    allowed = subprocess.run(["bash", str(installer), "--insecure"], env=environment, capture_output=True,
+                             text=True, timeout=60)
+    assert "WARNING: installing from plain http" in allowed.stdout
+    assert "http://redflag.example.net/install/manifest.json" in (tmp_path / "curl.log").read_text()
