@@ -2,18 +2,72 @@
 
 Filters live in the query string (``?event_type=auth_failure&meta=client_ip=10.0.0.5``) so a view
 can be shared by its URL.
+
+Every value the database could not take (NaN or 1e400 in a metadata filter, a date that leaves
+years 1-9999 once in UTC, a forged cursor, NUL) is refused here, so each reader answers a 400
+naming the parameter and the query never fails with a 500.
 """
 
 from __future__ import annotations
 
+from datetime import timezone as dt_timezone
+
 from django import forms
+from django.core.validators import ProhibitNullCharactersValidator
 from django.utils.http import urlencode
 
 from events_app.choices import Component, EventSubtype, EventType, Severity
-from events_app.querysets import EventFilter, InvalidCursor, decode_cursor
+from events_app.querysets import (
+    EventFilter,
+    InvalidCursor,
+    InvalidFilterValue,
+    NumberOutOfRange,
+    decode_cursor,
+    parse_metadata_value,
+)
 
 FILTER_FIELDS = ("agent", "event_type", "subtype", "severity", "component", "since", "until", "q", "meta")
 MAX_METADATA_TERMS = 5
+# "2026-01-31T08:00:00.000000+14:00" is 32 characters; room for spaces, nothing for a payload.
+MAX_DATETIME_LENGTH = 64
+REPEATED = "Given more than once; give it once."
+
+
+def repeated_parameters(query, names) -> list[str]:
+    """The ``names`` that ``query`` (a QueryDict) holds more than once.
+
+    A form reads only the last of repeated values, so ``?meta=a=1&meta=b=2`` would silently drop a
+    filter: an auditor would see rows they did not ask for. Such a request is refused instead.
+    """
+    getlist = getattr(query, "getlist", None)
+    return [name for name in names if getlist is not None and len(getlist(name)) > 1]
+
+
+class InstantField(forms.DateTimeField):
+    """A moment, normalised to UTC. Without an offset it is in the server's time zone (UTC).
+
+    Normalised here because the database adapters convert to UTC anyway, and a moment that leaves
+    years 1-9999 on the way (``0001-01-01T00:00+14:00``, ``9999-12-31T23:59-12:00``) overflowed
+    there, a 500; here it is a 400.
+    """
+
+    default_error_messages = {
+        "out_of_range": "Out of range: years 1 to 9999 once converted to UTC.",
+        "too_long": f"Ensure this value has at most {MAX_DATETIME_LENGTH} characters.",
+    }
+
+    def to_python(self, value):
+        if isinstance(value, str):
+            if len(value) > MAX_DATETIME_LENGTH:
+                raise forms.ValidationError(self.error_messages["too_long"], code="too_long")
+            ProhibitNullCharactersValidator()(value)
+        moment = super().to_python(value)
+        if moment is None:
+            return None
+        try:
+            return moment.astimezone(dt_timezone.utc)
+        except OverflowError:
+            raise forms.ValidationError(self.error_messages["out_of_range"], code="out_of_range") from None
 
 
 def _blank(choices) -> list[tuple[str, str]]:
@@ -26,8 +80,8 @@ class EventFilterForm(forms.Form):
     subtype = forms.ChoiceField(required=False, choices=_blank(EventSubtype.choices))
     severity = forms.ChoiceField(required=False, choices=_blank(Severity.choices))
     component = forms.ChoiceField(required=False, choices=_blank(Component.choices))
-    since = forms.DateTimeField(required=False, help_text="From (inclusive), e.g. 2026-01-31 08:00")
-    until = forms.DateTimeField(required=False, help_text="To (exclusive)")
+    since = InstantField(required=False, help_text="From (inclusive), e.g. 2026-01-31 08:00 (UTC) or …T08:00+02:00")
+    until = InstantField(required=False, help_text="To (exclusive)")
     q = forms.CharField(required=False, max_length=200, label="Message contains", strip=True)
     meta = forms.CharField(
         required=False, max_length=500, label="Metadata", help_text="key=value; several separated by commas"
@@ -36,15 +90,23 @@ class EventFilterForm(forms.Form):
 
     def clean_meta(self) -> tuple[tuple[str, str], ...]:
         raw = self.cleaned_data.get("meta") or ""
-        terms = []
+        terms, problems = [], []
         for part in (p.strip() for p in raw.split(",")):
             if not part:
                 continue
             key, sep, value = part.partition("=")
-            key = key.strip()
+            key, value = key.strip(), value.strip()
             if not sep or not key or "\x00" in part:
                 raise forms.ValidationError("Write metadata filters as key=value.")
-            terms.append((key, value.strip()))
+            try:
+                parse_metadata_value(value)  # what the query will compare, checked before it runs
+            except NumberOutOfRange as refusal:
+                problems.append(f'{key}={value}: the value {refusal}; write {key}="{value}" to match it as text.')
+            except InvalidFilterValue as refusal:
+                problems.append(f"{key}={value}: the value {refusal}.")
+            terms.append((key, value))
+        if problems:
+            raise forms.ValidationError(problems)
         if len(terms) > MAX_METADATA_TERMS:
             raise forms.ValidationError(f"At most {MAX_METADATA_TERMS} metadata filters.")
         return tuple(terms)
@@ -66,6 +128,8 @@ class EventFilterForm(forms.Form):
 
     def clean(self):
         data = super().clean()
+        for name in repeated_parameters(self.data, self.fields):
+            self.add_error(name, REPEATED)
         since, until = data.get("since"), data.get("until")
         if since and until and since >= until:
             self.add_error("until", "Must be after 'from'.")

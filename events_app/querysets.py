@@ -9,10 +9,13 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
+from datetime import timezone as dt_timezone
+from decimal import Decimal
 from typing import Any
 
 from django.db import connections, models
@@ -23,6 +26,20 @@ from django.utils.dateparse import parse_datetime
 
 class InvalidCursor(ValueError):
     """A pagination cursor that was not produced by ``encode_cursor``."""
+
+
+class InvalidFilterValue(ValueError):
+    """A filter value no database can compare; the form answers it with a 400 naming the parameter."""
+
+
+class NumberOutOfRange(InvalidFilterValue):
+    """A number JSON cannot hold, or one the databases would compare differently; as quoted text it is fine."""
+
+
+# The integers both databases compare exactly: SQLite's JSON functions hold 64 bits and turn larger
+# ones into approximate floats; PostgreSQL's jsonb is exact. Beyond that, one query would match
+# different rows on each database.
+JSON_INTEGER_RANGE = range(-(2**63), 2**63)
 
 
 def encode_cursor(created_at: datetime, event_id: uuid.UUID) -> str:
@@ -37,21 +54,51 @@ def decode_cursor(token: str) -> tuple[datetime, uuid.UUID]:
         created_at = parse_datetime(stamp)
         if created_at is None or created_at.tzinfo is None:
             raise ValueError
-        return created_at, uuid.UUID(event_id)
-    except (ValueError, UnicodeDecodeError, binascii.Error):
+        # In UTC, as the database adapters convert it: a hand-made cursor at year 1 and +14:00
+        # overflows here (InvalidCursor, a 400) rather than inside the query (a 500).
+        return created_at.astimezone(dt_timezone.utc), uuid.UUID(event_id)
+    except (ValueError, OverflowError, UnicodeDecodeError, binascii.Error):
         raise InvalidCursor("not a valid cursor") from None
 
 
 def parse_metadata_value(raw: str) -> list[Any]:
-    """``"5"`` may mean the string or the number: match both (JSON-decoded when it decodes)."""
+    """``"5"`` may mean the string or the number: match both (JSON-decoded when it decodes).
+
+    Raises InvalidFilterValue when the decoded value is one no database can compare (see
+    ``comparable_json_scalar``); quoting the value (``"NaN"``) matches it as text instead.
+    """
     candidates: list[Any] = [raw]
     try:
-        decoded = json.loads(raw)
-    except ValueError:
+        # Decimal keeps NaN, Infinity and 1e400 recognisable instead of becoming float('inf').
+        decoded = json.loads(raw, parse_float=Decimal, parse_constant=Decimal)
+    except (ValueError, RecursionError):
         return candidates
-    if decoded != raw and not isinstance(decoded, (dict, list)):
-        candidates.append(decoded)
+    if not isinstance(decoded, (dict, list)):
+        candidates.append(comparable_json_scalar(decoded))
     return candidates
+
+
+def comparable_json_scalar(value: Any) -> Any:
+    """``value`` as both databases can compare it with a JSON value, or InvalidFilterValue.
+
+    JSON has no NaN or Infinity (SQLite reports "malformed JSON", PostgreSQL "invalid input syntax
+    for type json"); jsonb refuses NUL and unpaired surrogates in strings.
+    """
+    if isinstance(value, Decimal):
+        number = float(value)
+        if not value.is_finite() or math.isinf(number) or (number == 0 and value != 0):
+            raise NumberOutOfRange("is a number out of range (NaN, Infinity, beyond ±1.8e308 or too close to 0)")
+        return number
+    if isinstance(value, int) and not isinstance(value, bool) and value not in JSON_INTEGER_RANGE:
+        raise NumberOutOfRange("is an integer out of range (beyond 64 bits)")
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise InvalidFilterValue("may not contain NUL characters")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidFilterValue("is not valid Unicode (an unpaired surrogate)") from None
+    return value
 
 
 @dataclass(frozen=True)
@@ -78,6 +125,24 @@ class EventFilter:
         if self.metadata:
             out["metadata"] = [f"{key}={value}" for key, value in self.metadata]
         return out
+
+
+class MetadataKey(KeyTransform):
+    """``metadata -> key``, the key always an object member.
+
+    Django's KeyTransform reads a key that ``int()`` accepts ("0", "-1", "1_0") as an array index on
+    SQLite, and SQLite refuses a negative index as a JSON path error. PostgreSQL's containment
+    query never takes this path, so the same filter means the same thing on both.
+    """
+
+    def as_sqlite(self, compiler, connection):
+        lhs, params = compiler.compile(self.lhs)
+        path = "$." + json.dumps(self.key_name)
+        datatypes = ",".join(repr(datatype) for datatype in sorted(connection.ops.jsonfield_datatype_values))
+        # As KeyTransform.as_sqlite: true/false/null compare by JSON type, everything else by value.
+        sql = (f"(CASE WHEN JSON_TYPE({lhs}, %s) IN ({datatypes}) "
+               f"THEN JSON_TYPE({lhs}, %s) ELSE JSON_EXTRACT({lhs}, %s) END)")
+        return sql, (*params, path) * 3
 
 
 class SystemEventQuerySet(models.QuerySet):
@@ -112,8 +177,8 @@ class SystemEventQuerySet(models.QuerySet):
 
         PostgreSQL: JSON containment (``@>``), served by the GIN index (jsonb_path_ops) of
         migration 0002. SQLite has no containment operator; ``JSON_EXTRACT(metadata, '$."key"')``
-        compares the same top-level value. The key is an explicit KeyTransform, never spliced into a
-        lookup name, so keys like ``a__b`` or ``contains`` are just keys.
+        compares the same top-level value. The key is an explicit MetadataKey, never spliced into a
+        lookup name, so keys like ``a__b``, ``contains`` or ``-1`` are just keys.
         """
         candidates = parse_metadata_value(value)
         if self._db_vendor() == "postgresql":
@@ -122,7 +187,7 @@ class SystemEventQuerySet(models.QuerySet):
                 condition |= Q(metadata__contains={key: candidate})
             return self.filter(condition)
         alias = f"metadata_term_{len(self.query.annotations)}"
-        return self.alias(**{alias: KeyTransform(key, "metadata")}).filter(
+        return self.alias(**{alias: MetadataKey(key, "metadata")}).filter(
             Q.create([(alias, candidate) for candidate in candidates], connector=Q.OR))
 
     def _db_vendor(self) -> str:

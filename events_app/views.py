@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 from asgiref.sync import sync_to_async
 from django.contrib.auth.views import redirect_to_login
@@ -16,7 +17,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_safe
 
 from events_app.access import auditor_required, can_read_events
-from events_app.filters import EventFilterForm
+from events_app.filters import REPEATED, EventFilterForm, repeated_parameters
 from events_app.models import SystemEvent
 from events_app.rendering import csv_lines, jsonl_lines
 from events_app.services import event_export_record
@@ -28,6 +29,8 @@ EXPORT_FORMATS = {
     "csv": ("text/csv; charset=utf-8", csv_lines),
     "jsonl": ("application/x-ndjson", jsonl_lines),
 }
+# A stream resumes after this seq: digits only (str.isdigit() would take "²", which int() refuses).
+LAST_EVENT_ID = re.compile(r"[0-9]{1,18}")
 # Metadata keys that name another object, and the admin page that shows it.
 RELATED_ADMIN_PAGES = (
     ("command_id", "admin:agents_app_command_change", "Command"),
@@ -97,14 +100,22 @@ def _admin_url(url_name: str, object_id) -> str:
         return ""
 
 
+def bad_request(errors: dict[str, list[str]]) -> HttpResponseBadRequest:
+    """A 400 for a reader that answers in plain text (export, stream): every refused parameter, named."""
+    return HttpResponseBadRequest("Invalid request: " + "; ".join(
+        f"{name}: {' '.join(messages)}" for name, messages in errors.items()), content_type="text/plain")
+
+
 @require_safe
 @auditor_required
 def export(request, export_format: str):
     """The current filter, streamed: keyset batches of EXPORT_BATCH rows, constant memory."""
     form = EventFilterForm(request.GET)
-    if not form.is_valid() or export_format not in EXPORT_FORMATS:
-        return HttpResponseBadRequest("Invalid filter: " + "; ".join(
-            f"{name}: {' '.join(errors)}" for name, errors in form.errors.items()), content_type="text/plain")
+    errors = {} if form.is_valid() else dict(form.errors)
+    if export_format not in EXPORT_FORMATS:
+        errors["format"] = [f"Export as one of: {', '.join(EXPORT_FORMATS)}."]
+    if errors:
+        return bad_request(errors)
     spec = form.spec()
     content_type, lines = EXPORT_FORMATS[export_format]
     event_export_record(actor=request.user.get_username(), export_format=export_format,
@@ -132,9 +143,15 @@ async def stream(request):
     if not await sync_to_async(can_read_events)(user):
         raise PermissionDenied
     form = EventFilterForm(request.GET)
+    errors = {} if form.is_valid() else dict(form.errors)
+    id_source = "Last-Event-ID" if request.headers.get("Last-Event-ID") else "last_event_id"
     raw_id = request.headers.get("Last-Event-ID") or request.GET.get("last_event_id") or ""
-    if not form.is_valid() or (raw_id and not raw_id.isdigit()) or len(raw_id) > 18:
-        return HttpResponseBadRequest("Invalid filter or Last-Event-ID.", content_type="text/plain")
+    if raw_id and not LAST_EVENT_ID.fullmatch(raw_id):
+        errors[id_source] = ["Must be the id of an event this stream sent: digits, at most 18."]
+    if repeated_parameters(request.GET, ["last_event_id"]):
+        errors["last_event_id"] = [REPEATED]
+    if errors:
+        return bad_request(errors)
     start_after = int(raw_id) if raw_id else None
     if isinstance(request, ASGIRequest):
         body = event_stream(form.spec(), start_after)

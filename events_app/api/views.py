@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from django.conf import settings
+from django.core.exceptions import TooManyFieldsSent
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import serializers
@@ -12,7 +14,7 @@ from rest_framework.views import APIView
 from events_app.api.auth import AuditTokenAuthentication, CanReadEvents
 from events_app.api.serializers import AuditEventPageSerializer
 from events_app.choices import Component, EventSubtype, EventType, Severity
-from events_app.filters import EventFilterForm
+from events_app.filters import REPEATED, EventFilterForm, repeated_parameters
 from events_app.models import SystemEvent
 from events_app.rendering import event_record
 from redflag.api.schema import ErrorSerializer
@@ -26,10 +28,13 @@ PARAMETERS = [
     OpenApiParameter("subtype", OpenApiTypes.STR, Q, enum=EventSubtype.values),
     OpenApiParameter("severity", OpenApiTypes.STR, Q, enum=Severity.values),
     OpenApiParameter("component", OpenApiTypes.STR, Q, enum=Component.values),
-    OpenApiParameter("since", OpenApiTypes.DATETIME, Q, description="From (inclusive)."),
-    OpenApiParameter("until", OpenApiTypes.DATETIME, Q, description="To (exclusive)."),
+    OpenApiParameter("since", OpenApiTypes.DATETIME, Q,
+                     description="From (inclusive). UTC without an offset; years 1-9999 once in UTC."),
+    OpenApiParameter("until", OpenApiTypes.DATETIME, Q, description="To (exclusive), as since."),
     OpenApiParameter("q", OpenApiTypes.STR, Q, description="Text the message contains (case-insensitive)."),
-    OpenApiParameter("meta", OpenApiTypes.STR, Q, description="Metadata filters: key=value[,key=value...]"),
+    OpenApiParameter("meta", OpenApiTypes.STR, Q, description=(
+        "Metadata filters: key=value[,key=value...], at most 5. A value matches as text and, when it is JSON, as "
+        'that value: numbers must be finite and integers fit 64 bits (quote them, x="NaN", to match the text).')),
     OpenApiParameter("cursor", OpenApiTypes.STR, Q, description="next_cursor of the previous page."),
     OpenApiParameter("limit", OpenApiTypes.INT, Q, description=f"Page size, 1-{MAX_LIMIT} (default {DEFAULT_LIMIT})."),
 ]
@@ -52,8 +57,17 @@ class AuditEventsView(APIView):
         form = EventFilterForm(request.query_params)
         limit = LimitField(data={k: v for k, v in request.query_params.items() if k == "limit"})
         errors = {**(form.errors if not form.is_valid() else {}), **(limit.errors if not limit.is_valid() else {})}
+        if repeated_parameters(request.query_params, ["limit"]):
+            errors["limit"] = [REPEATED]
         if errors:
             raise ValidationError({name: list(messages) for name, messages in errors.items()})
         rows, next_cursor = SystemEvent.objects.matching(form.spec()).page(
             form.cleaned_data["cursor"] or None, limit.validated_data["limit"])
         return Response({"results": [event_record(row) for row in rows], "next_cursor": next_cursor})
+
+    def handle_exception(self, exc):
+        # Django refuses to parse a query string of more than DATA_UPLOAD_MAX_NUMBER_FIELDS
+        # parameters; answer that in the API's error body, not Django's HTML 400 page.
+        if isinstance(exc, TooManyFieldsSent):
+            exc = ValidationError({"query": [f"At most {settings.DATA_UPLOAD_MAX_NUMBER_FIELDS} parameters."]})
+        return super().handle_exception(exc)
