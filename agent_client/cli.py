@@ -1,7 +1,11 @@
 """Command line: ``python -m agent_client [--config PATH] [--verbose] COMMAND``.
 
 Commands:
-  register --server URL --token TOKEN   enroll this machine and write the config (0600, atomic)
+  register --server URL (--token-file PATH | --token-stdin)
+                                        enroll this machine and write the config (0600, atomic);
+                                        the token may also come from REDFLAG_REGISTRATION_TOKEN,
+                                        never from the command line (--token still works, with a
+                                        warning: other local users can read a process's argv)
   run [--once]                          the service loop; --once: one cycle, exit 0 only if all succeeded
   scan [--type T] [--json]              scan for updates locally (no server needed)
   status [--json]                       registration, server, heartbeat, last check-in, outbox
@@ -19,6 +23,7 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import getpass
 import json
 import logging
 import os
@@ -50,6 +55,7 @@ from agent_client.transport import (
     TerminalError,
     TransportError,
     normalize_server_url,
+    plain_http_problem,
     register,
 )
 
@@ -62,6 +68,8 @@ EXIT_NOT_REGISTERED = 3
 EXIT_REFUSED = 4
 
 TOKEN_ENVIRONMENT_VARIABLE = "REDFLAG_REGISTRATION_TOKEN"
+# A registration token is a few dozen characters; anything this long is the wrong file.
+MAX_TOKEN_BYTES = 4096
 
 
 class CliFailure(Exception):
@@ -114,10 +122,22 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
 
-    register_parser = commands.add_parser("register", help="enroll this machine with a RedFlag server")
+    register_parser = commands.add_parser(
+        "register", help="enroll this machine with a RedFlag server",
+        description="The registration token comes from exactly one of --token-file, --token-stdin or the "
+                    f"{TOKEN_ENVIRONMENT_VARIABLE} environment variable, so that it is in no process's argv.")
     register_parser.add_argument("--server", required=True, help="server URL, e.g. https://redflag.example")
-    register_parser.add_argument("--token", default=None,
-                                 help=f"registration token (or set {TOKEN_ENVIRONMENT_VARIABLE})")
+    register_parser.add_argument("--token-file", default=None, metavar="PATH",
+                                 help="read the registration token from this file (not readable by other users)")
+    register_parser.add_argument("--token-stdin", action="store_true",
+                                 help="read the registration token from standard input (prompted on a terminal)")
+    register_parser.add_argument("--token", default=None, metavar="TOKEN",
+                                 help="the registration token itself: deprecated, other local users can read it "
+                                      "in the process list")
+    register_parser.add_argument("--insecure", action="store_true",
+                                 help="allow a plain http:// server that is not this machine (the token and the "
+                                      "agent's credentials then cross the network unencrypted); recorded in the "
+                                      "config so the agent keeps using it")
     register_parser.add_argument("--ca-bundle", default=None, help="CA bundle to verify the server's certificate")
     register_parser.add_argument(
         "--capabilities", default=None, type=_capability_list, metavar="LIST",
@@ -165,6 +185,9 @@ def _load_registered(config_path: Path) -> AgentConfig:
         raise CliFailure(str(exc), EXIT_NOT_REGISTERED) from None
     if not config.is_registered:
         raise CliFailure(f"not registered: {config_path} holds no agent id or credentials", EXIT_NOT_REGISTERED)
+    insecure = None if config.insecure_http else plain_http_problem(config.server_url)
+    if insecure is not None:  # the client would refuse it too; say so once, before anything starts
+        raise CliFailure(f"{config_path}: {insecure}", EXIT_NOT_REGISTERED)
     return config
 
 
@@ -204,6 +227,17 @@ def _pinned_keys(keys: Any) -> list[dict[str, Any]]:
     return pinned
 
 
+def _current_refresh_token(config_path: Path, server: str, machine_hash: str) -> Optional[str]:
+    """This machine's own refresh token for ``server``, from an existing config: the proof that lets a
+    re-install re-enrol its agent (the machine id alone proves nothing, anyone can read it)."""
+    try:
+        existing = config_module.load(config_path)
+    except (ConfigNotFound, ConfigError):
+        return None
+    same = existing.server_url.rstrip("/") == server.rstrip("/") and existing.machine_id_hash == machine_hash
+    return existing.refresh_token if same and existing.refresh_token else None
+
+
 def _set_aside_unusable_config(config_path: Path) -> None:
     try:
         config_module.load(config_path)
@@ -217,14 +251,80 @@ def _set_aside_unusable_config(config_path: Path) -> None:
     logger.info("replacing the existing registration in %s", config_path)
 
 
+def _registration_token(args: argparse.Namespace) -> str:
+    """The token from its one source: --token-file, --token-stdin, the environment, or (warned) --token.
+
+    The environment variable is removed from this process's environment once read, so that no
+    package tool the agent starts inherits it.
+    """
+    from_environment = os.environ.pop(TOKEN_ENVIRONMENT_VARIABLE, "")
+    given = [name for name, present in (("--token-file", args.token_file is not None),
+                                        ("--token-stdin", args.token_stdin),
+                                        (TOKEN_ENVIRONMENT_VARIABLE, bool(from_environment)),
+                                        ("--token", args.token is not None)) if present]
+    if not given:
+        raise CliFailure("a registration token is required: --token-file PATH, --token-stdin or "
+                         f"{TOKEN_ENVIRONMENT_VARIABLE}", EXIT_USAGE)
+    if len(given) > 1:
+        raise CliFailure(f"give the registration token one way, not {len(given)} ({', '.join(given)})", EXIT_USAGE)
+    source = given[0]
+    if source == "--token-file":
+        token = _read_token_file(args.token_file)
+    elif source == "--token-stdin":
+        token = _read_token_stdin()
+    elif source == TOKEN_ENVIRONMENT_VARIABLE:
+        token = from_environment
+    else:
+        logger.warning("--token puts the registration token in the process list, where other local users can "
+                       f"read it; use --token-file, --token-stdin or {TOKEN_ENVIRONMENT_VARIABLE}")
+        token = args.token
+    token = token.strip()
+    if not token or any(char.isspace() or not char.isprintable() for char in token):
+        raise CliFailure(f"the registration token from {source} is empty or not one word", EXIT_USAGE)
+    return token
+
+
+def _read_token_file(path: str) -> str:
+    try:
+        with open(path, "rb") as handle:
+            mode = os.fstat(handle.fileno()).st_mode
+            if sys.platform != "win32" and mode & 0o004:
+                raise CliFailure(f"{path} is readable by every user on this machine (mode {mode & 0o777:04o}): "
+                                 "chmod 600 it first", EXIT_USAGE)
+            if sys.platform != "win32" and mode & 0o040:
+                logger.warning("%s is readable by its group (mode %04o); chmod 600 would keep the token private",
+                               path, mode & 0o777)
+            raw = handle.read(MAX_TOKEN_BYTES + 1)
+    except OSError as exc:
+        raise CliFailure(f"cannot read the token file {path}: {exc.strerror or exc}", EXIT_USAGE) from None
+    if len(raw) > MAX_TOKEN_BYTES:
+        raise CliFailure(f"{path} is too large to be a registration token", EXIT_USAGE)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise CliFailure(f"{path} does not hold a registration token (not text)", EXIT_USAGE) from None
+
+
+def _read_token_stdin() -> str:
+    if sys.stdin is None:
+        raise CliFailure("--token-stdin: there is no standard input", EXIT_USAGE)
+    if sys.stdin.isatty():
+        return getpass.getpass("registration token: ")  # not echoed
+    return sys.stdin.read(MAX_TOKEN_BYTES)
+
+
 def command_register(args: argparse.Namespace, config_path: Path) -> int:
     try:
         server = normalize_server_url(args.server)
     except ValueError as exc:
         raise CliFailure(str(exc), EXIT_USAGE) from None
-    token = args.token or os.environ.get(TOKEN_ENVIRONMENT_VARIABLE, "")
-    if not token:
-        raise CliFailure(f"a registration token is required (--token or {TOKEN_ENVIRONMENT_VARIABLE})", EXIT_USAGE)
+    insecure = plain_http_problem(server)
+    if insecure is not None and not args.insecure:
+        raise CliFailure(f"refusing to register: {insecure}", EXIT_USAGE)
+    if insecure is not None:
+        logger.warning("--insecure: registering with %s over plain HTTP; the token and the agent's credentials "
+                       "cross the network unencrypted", server)
+    token = _registration_token(args)
     facts: dict[str, Any] = dict(host_facts())
     facts["capabilities"] = args.capabilities if args.capabilities is not None else capabilities(
         build_scanners(config_module.state_directory(config_path)))
@@ -244,7 +344,8 @@ def command_register(args: argparse.Namespace, config_path: Path) -> int:
         raise failed("machine_id_unavailable", str(exc)) from None
     try:
         answer = register(server, registration_token=token, machine_id_hash=machine_hash, facts=facts,
-                          ca_bundle=args.ca_bundle)
+                          ca_bundle=args.ca_bundle, insecure_http=insecure is not None,
+                          refresh_token=_current_refresh_token(config_path, server, machine_hash))
     except ApiError as exc:
         raise failed(exc.code, f"{exc.message} ({exc.status} {exc.code})") from None
     except TransportError as exc:
@@ -264,6 +365,7 @@ def command_register(args: argparse.Namespace, config_path: Path) -> int:
         poll_interval_seconds=int(initial.get("poll_interval_seconds") or config_module.DEFAULT_POLL_INTERVAL_SECONDS),
         registered_at=format_time(utc_now()),
         ca_bundle=args.ca_bundle,
+        insecure_http=insecure is not None,
     )
     try:
         _set_aside_unusable_config(config_path)
@@ -275,7 +377,8 @@ def command_register(args: argparse.Namespace, config_path: Path) -> int:
         ) from None
     if not config.signing_keys:
         logger.warning("the server sent no usable signing keys: signed commands cannot be verified")
-    note = " (this machine's existing agent was taken over)" if answer.get("reregistered") else ""
+    note = " (this machine's existing agent re-enrolled; its old credentials are revoked)" \
+        if answer.get("reregistered") else ""
     print(f"registered as agent {config.agent_id} with {server}{note}")
     _flush_events(config, config_path, machine_hash)
     return EXIT_OK

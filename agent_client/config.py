@@ -20,8 +20,16 @@ Layout (``schema_version`` 1)::
       "heartbeat_until": null,
       "registered_at": "…iso…",
       "last_checkin_at": "…iso…",
-      "ca_bundle": null
+      "ca_bundle": null,
+      "insecure_http": false
     }
+
+``insecure_http`` is true only when the agent was registered with
+``register --insecure`` to a plain ``http://`` server that is not this machine
+(or migrated from a legacy install that already talked to one). It records
+that an admin chose this, so the agent keeps working with that server; without
+it the agent refuses such a URL (transport.plain_http_problem), whoever wrote
+it into the file. Registering again over https:// clears it.
 
 Keys this version does not know are kept as they are, so an older agent
 rewriting the file never drops a newer agent's fields.
@@ -108,6 +116,7 @@ class AgentConfig:
     registered_at: Optional[str] = None
     last_checkin_at: Optional[str] = None
     ca_bundle: Optional[str] = None
+    insecure_http: bool = False
     schema_version: int = SCHEMA_VERSION
     # Unknown keys read from the file, written back untouched.
     extra: dict[str, Any] = dataclasses.field(default_factory=dict, repr=False)
@@ -161,6 +170,8 @@ def _validate(data: Any, path: Path) -> dict[str, Any]:
         if key in data and (not isinstance(data[key], expected) or isinstance(data[key], bool)):
             kind = {str: "string", int: "integer", list: "list"}[expected]
             raise ConfigError(f"config file {path} is corrupt: {key} must be a {kind}")
+    if "insecure_http" in data and not isinstance(data["insecure_http"], bool):
+        raise ConfigError(f"config file {path} is corrupt: insecure_http must be true or false")
     return data
 
 

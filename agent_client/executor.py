@@ -33,10 +33,12 @@ from agent_client.events import AGENT_CHECKIN, CONFIG_CHANGED, SECURITY_VIOLATIO
 from agent_client.outbox import KIND_COMMAND_RESULT, KIND_SYSTEM_REPORT, KIND_UPDATES_REPORT, Channel, Outbox
 from agent_client.protocol import CommandType, ResultStatus, command_signing_bytes_from_wire, key_endorsement_bytes
 from agent_client.scanners.base import (
+    MAX_NOT_CHECKED,
     OperationResult,
     PackageNamesRefused,
     ScanError,
     Scanner,
+    not_checked_line,
     run_command,
     tail,
 )
@@ -336,10 +338,12 @@ class CommandExecutor:
         return scanner
 
     def _scan(self, params: Mapping[str, Any]):
+        """One scan report: the scanner's records, minus any the server would refuse (see
+        Scanner.sort_for_report), which go to ``not_checked`` with what the scanner could not check."""
         package_type = params.get("package_type")
         scanner = self._scanner(package_type)
-        records = scanner.scan()
-        not_checked = [str(item) for item in getattr(scanner, "last_not_checked", []) or []]
+        records, refused = scanner.sort_for_report(scanner.scan())
+        not_checked = [_not_checked_line(item) for item in getattr(scanner, "last_not_checked", []) or []] + refused
         updates = []
         for record in records:
             row = record.to_dict()
@@ -347,7 +351,7 @@ class CommandExecutor:
             updates.append(row)
         report_id = uuid.uuid4().hex
         report = {"report_id": report_id, "package_type": package_type, "updates": updates,
-                  "not_checked": not_checked[:1000]}
+                  "not_checked": not_checked[:MAX_NOT_CHECKED]}
         output = f"{len(updates)} update(s) found"
         if not_checked:
             output += f", {len(not_checked)} not checked"
@@ -386,6 +390,13 @@ class CommandExecutor:
             return ResultStatus.FAILED, "rebooting is not set up on this agent", {}, []
         outcome = self.reboot()
         return ResultStatus.of(outcome.succeeded), tail(outcome.output_tail), {"exit_code": outcome.exit_code}, []
+
+
+def _not_checked_line(item: Any) -> str:
+    """A scanner's ``last_not_checked`` entry ({"name", "reason"} or text) as one report line."""
+    if isinstance(item, Mapping):
+        return not_checked_line(item.get("name", ""), str(item.get("reason", "")))
+    return not_checked_line(str(item), "not checked")
 
 
 # -- sending what commands produced (outbox channels) ----------------------------------

@@ -34,7 +34,7 @@ from typing import Any, Callable, Optional
 from agent_client import config as config_module
 from agent_client.config import AgentConfig, format_time, utc_now
 from agent_client.events import MIGRATION, make_event
-from agent_client.transport import normalize_server_url
+from agent_client.transport import normalize_server_url, plain_http_problem
 
 LEGACY_CONFIG_PATHS = (Path("/etc/aggregator/config.json"),)
 BACKUP_DIRECTORY = "backups"
@@ -127,8 +127,14 @@ def _from_aggregator(data: dict[str, Any], machine_hash: str, notes: list[str]) 
         notes.append("insecure_skip_verify is not carried over: this agent always verifies the server's certificate")
     interval = data.get("check_in_interval")
     legacy = {field: data[field] for field in KEPT_LEGACY_FIELDS if data.get(field)}
+    server_url = normalize_server_url(str(data["server_url"]))
+    # The old agent already talked to this server this way: keep it working, and say so.
+    insecure_http = plain_http_problem(server_url) is not None
+    if insecure_http:
+        notes.append(f"{server_url} is plain HTTP to another machine: kept working (insecure_http in the config); "
+                     "register again over https:// to end that")
     return AgentConfig(
-        server_url=normalize_server_url(str(data["server_url"])),
+        server_url=server_url,
         agent_id=agent_id,
         machine_id_hash=machine_hash,
         access_token=str(data.get("token") or ""),
@@ -136,6 +142,7 @@ def _from_aggregator(data: dict[str, Any], machine_hash: str, notes: list[str]) 
         poll_interval_seconds=int(interval) if isinstance(interval, int) and interval > 0
         else config_module.DEFAULT_POLL_INTERVAL_SECONDS,
         ca_bundle=tls.get("ca_file") or None,
+        insecure_http=insecure_http,
         registered_at=format_time(utc_now()),
         extra={"legacy": legacy, "migrated_from": "aggregator"} if legacy else {"migrated_from": "aggregator"},
     )

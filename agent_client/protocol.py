@@ -75,12 +75,47 @@ class Capability:
     ALL = PackageType.ALL + ALWAYS_AVAILABLE
 
 
+# --- agent-side events ------------------------------------------------------------
+# The server refuses (400, naming the event) an event whose metadata is larger than this: as
+# compact JSON in bytes, in nesting depth (an object or list inside the top-level object is depth 2),
+# or in keys counted at every level. The agent trims its own metadata to fit.
+
+EVENT_METADATA_MAX_BYTES = 8 * 1024
+EVENT_METADATA_MAX_DEPTH = 4
+EVENT_METADATA_MAX_KEYS = 100
+
+
+def event_metadata_problem(metadata: Any) -> Optional[str]:
+    """Why ``metadata`` is over the caps above; None when it fits."""
+    if not isinstance(metadata, dict):
+        return "metadata must be an object"
+    keys, deepest, stack = 0, 0, [(metadata, 1)]
+    while stack:
+        value, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if deepest > EVENT_METADATA_MAX_DEPTH:
+            return f"metadata nests deeper than {EVENT_METADATA_MAX_DEPTH} levels"
+        children = value.values() if isinstance(value, dict) else value
+        keys += len(value) if isinstance(value, dict) else 0
+        if keys > EVENT_METADATA_MAX_KEYS:
+            return f"metadata has more than {EVENT_METADATA_MAX_KEYS} keys"
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    size = len(canonical_json(metadata))
+    if size > EVENT_METADATA_MAX_BYTES:
+        return f"metadata is {size} bytes as JSON, over {EVENT_METADATA_MAX_BYTES}"
+    return None
+
+
 # --- package names ----------------------------------------------------------------
 # One grammar per package manager, checked by the server when a scan reports a name and again before it
 # signs a command, and by the agent before it starts any process. Each is deliberately narrower than
 # what the tool would accept: a name is only ever a package name, never an option, a URL, a path, a
 # glob, a group (@...), a module (name:stream) or an environment, and it holds no whitespace or shell
-# metacharacter.
+# metacharacter. Two shapes the characters alone would let through are refused as well, because the
+# tool reads them as something else than a name (checked on Debian 12's apt 2.6.1 and dnf 4.14):
+# an APT name ending in "-" (apt-get install reads "openssh-server-" as "remove openssh-server", even
+# with --only-upgrade) and an RPM name ending in ".rpm" (dnf reads "x.rpm" as a package file in its
+# working directory, even after "--").
 
 PACKAGE_NAME_MAX_CHARS = 255
 
@@ -91,12 +126,13 @@ _WINGET_SEGMENT = r"[A-Za-z0-9][A-Za-z0-9_+-]{0,31}"
 
 PACKAGE_NAME_GRAMMAR: dict[str, tuple[re.Pattern, str]] = {
     PackageType.APT: (
-        re.compile(r"[a-z0-9][a-z0-9+.-]+(?::[a-z0-9][a-z0-9-]*)?"),
-        "a Debian package name: lowercase letters, digits, '+', '.', '-', an optional ':arch'",
+        re.compile(r"[a-z0-9][a-z0-9+.-]*[a-z0-9+.](?::[a-z0-9]+(?:-[a-z0-9]+)*)?"),
+        "a Debian package name: lowercase letters, digits, '+', '.', '-' (not last), an optional ':arch'",
     ),
     PackageType.DNF: (
-        re.compile(r"[A-Za-z0-9_+][A-Za-z0-9._+-]*"),
-        "an RPM package name: letters, digits, '_', '+', '.', '-' (an optional '.arch'), no path, URL, glob or @group",
+        re.compile(r"(?!.*\.[rR][pP][mM]$)[A-Za-z0-9_+][A-Za-z0-9._+-]*"),
+        "an RPM package name: letters, digits, '_', '+', '.', '-' (an optional '.arch'), no path, URL, glob, "
+        "@group or .rpm file",
     ),
     PackageType.DOCKER: (
         re.compile(rf"(?:{_DOCKER_DOMAIN}/)?{_DOCKER_COMPONENT}(?:/{_DOCKER_COMPONENT})*"

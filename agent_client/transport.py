@@ -12,7 +12,10 @@ authenticated ones carry the bearer access token. The client:
    backoff and jitter, waiting at least the server's ``Retry-After``;
 4. raises :class:`TerminalError` when the server refuses this agent for good
    (``machine_mismatch``, ``agent_revoked``, ``wrong_agent``, a refused
-   refresh token) so the caller stops retrying and logs one clear line.
+   refresh token) so the caller stops retrying and logs one clear line;
+5. sends nothing over plain ``http://`` to a host that is not this machine
+   unless the config records that an admin registered with ``--insecure``
+   (:func:`plain_http_problem`): a :class:`TerminalError` instead.
 
 Nothing here logs or raises with a token in it.
 """
@@ -23,6 +26,7 @@ import dataclasses
 import datetime as dt
 import email.utils
 import hashlib
+import ipaddress
 import logging
 import random
 import secrets
@@ -169,6 +173,7 @@ class Client:
         # header after a stale_request answer (a host with a drifting clock).
         self.clock_offset = 0.0
         self._unsaved_credentials = False
+        self._transport_problem = None if config.insecure_http else plain_http_problem(config.server_url)
 
     # -- public calls ------------------------------------------------------------
 
@@ -186,6 +191,7 @@ class Client:
 
         Refuses more than ``max_bytes`` (the size the signed manifest promised).
         """
+        self._refuse_insecure_transport()
         if self._access_token_expiring():
             self.renew()
         url = self.config.server_url.rstrip("/") + path
@@ -223,6 +229,7 @@ class Client:
 
     def request(self, method: str, path: str, payload: Optional[dict[str, Any]] = None, *,
                 auth: bool = True) -> ApiResponse:
+        self._refuse_insecure_transport()
         if auth:
             self._save_pending_credentials()
             if self._access_token_expiring():
@@ -273,6 +280,10 @@ class Client:
                 self._retry_or_raise(attempt, f"server answered {status} ({code})", retry_after)
                 continue
             raise ApiError(status, code, message)
+
+    def _refuse_insecure_transport(self) -> None:
+        if self._transport_problem is not None:
+            raise TerminalError("insecure_transport", self._transport_problem)
 
     def _retry_or_raise(self, attempt: int, problem: str, retry_after: Optional[float]) -> None:
         too_long = retry_after is not None and retry_after > self.retry.max_retry_after_seconds
@@ -405,10 +416,17 @@ def register(
     retry: Optional[RetryPolicy] = None,
     sleep: Callable[[float], None] = time.sleep,
     ca_bundle: Optional[str] = None,
+    insecure_http: bool = False,
+    refresh_token: Optional[str] = None,
 ) -> dict[str, Any]:
-    """POST /agents/register; returns the server's answer (credentials, keys, config)."""
+    """POST /agents/register; returns the server's answer (credentials, keys, config).
+
+    Over plain HTTP to another machine only with ``insecure_http`` (``register --insecure``). A
+    machine that is already enrolled re-enrols only with its agent's current ``refresh_token``
+    (or within a re-enrolment window an admin opened); otherwise the server answers 409.
+    """
     client = Client(
-        AgentConfig(server_url=server_url, ca_bundle=ca_bundle),
+        AgentConfig(server_url=server_url, ca_bundle=ca_bundle, insecure_http=insecure_http),
         machine_id_hash=machine_id_hash,
         # A person is usually waiting: a few tries, and no long Retry-After sleeps.
         retry=retry or RetryPolicy(max_attempts=3, max_retry_after_seconds=60),
@@ -416,12 +434,34 @@ def register(
     )
     payload = {"registration_token": registration_token, "machine_id": machine_id_hash,
                "agent_version": agent_version, **facts}
+    if refresh_token:
+        payload["refresh_token"] = refresh_token
     response = client.request("POST", f"{API_PREFIX}/agents/register", payload, auth=False)
     body = response.body
     required = ("agent_id", "access_token", "refresh_token")
     if not isinstance(body, dict) or not all(body.get(name) for name in required):
         raise TransportError("the server's registration answer lacks the agent id or credentials")
     return body
+
+
+def is_this_machine(host: str) -> bool:
+    """``localhost`` or a loopback address (127.0.0.0/8, ::1): traffic that never leaves the host."""
+    host = host.strip("[]").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def plain_http_problem(url: str) -> Optional[str]:
+    """Why the agent will not talk to ``url`` without ``--insecure``; None for https:// or this machine."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme.lower() != "http" or is_this_machine(parts.hostname or ""):
+        return None
+    return (f"{url} is plain HTTP to another machine: the registration token and the agent's credentials "
+            "would cross the network unencrypted; use https:// (or register with --insecure)")
 
 
 def normalize_server_url(url: str) -> str:

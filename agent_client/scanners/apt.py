@@ -72,9 +72,13 @@ UNPACKING_LINE = re.compile(
     r"^Unpacking (?P<name>\S+) \((?P<new>[^)]+)\)(?: over \((?P<old>[^)]+)\))?"
 )
 SKIPPING_LINE = re.compile(r"^Skipping (?P<name>\S+), it is not installed and only upgrades are requested")
-# Debian policy package names, optionally with a ":arch" qualifier. Refusing
-# anything else also keeps a name from being read as an apt-get option.
-PACKAGE_NAME = re.compile(r"^[a-z0-9][a-z0-9+.\-]+(?::[a-z0-9][a-z0-9\-]*)?$")
+# Package names go after "--": apt's command-line parser (apt-pkg/contrib/cmndline.cc) stops
+# reading options there, so even a name that slipped past Scanner.check_names (the grammar in
+# protocol.package_name_problem, which refuses a leading "-") is an operand, never "-o Key=Value".
+# Checked on Debian 12's apt 2.6.1: `apt-get -s install -- -o APT::Get::Trivial-Only=false` answers
+# "Unable to locate package -o". apt-cache and dpkg-query (getopt) accept "--" the same way.
+END_OF_OPTIONS = "--"
+DPKG_NO_MATCH = re.compile(r"^dpkg-query: no packages found matching (?P<name>\S+)$", re.MULTILINE)
 
 HELD_BACK_HEADERS = {
     "The following packages have been kept back:": "kept_back",
@@ -434,7 +438,7 @@ class AptScanner(Scanner):
         if not names:
             return {}
         result = run_command(
-            ["apt-cache", *self.apt_options, "policy", *names], timeout=self.command_timeout_seconds
+            ["apt-cache", *self.apt_options, "policy", END_OF_OPTIONS, *names], timeout=self.command_timeout_seconds
         )
         if result.exit_code != 0:
             raise ScanError(f"apt-cache policy failed: {tail(_combined(result), 2000).strip()}")
@@ -446,7 +450,7 @@ class AptScanner(Scanner):
         if not records:
             return
         result = run_command(
-            ["apt-cache", *self.apt_options, "show", "--no-all-versions", *[r.name for r in records]],
+            ["apt-cache", *self.apt_options, "show", "--no-all-versions", END_OF_OPTIONS, *[r.name for r in records]],
             timeout=self.command_timeout_seconds,
         )
         if result.exit_code != 0:
@@ -465,15 +469,38 @@ class AptScanner(Scanner):
 
     # -- dry-run and install ----------------------------------------------
 
-    def is_valid_name(self, name: str) -> bool:
-        return PACKAGE_NAME.match(name) is not None
+    def _unknown_names(self, names: list[str], started: float) -> Optional[OperationResult]:
+        """A failed result when dpkg knows no package by one of ``names``; None when it knows them all.
+
+        apt-get looks a name up exactly first; only when no package has that name does it
+        try the name as a glob and then as a regular expression, so "redflag-test-.+" (a
+        valid name by the grammar) would upgrade every installed package it matches.
+        --only-upgrade acts only on installed packages anyway, so a name dpkg does not know
+        can never be upgraded: the operation fails here and apt-get is not started.
+        dpkg-query -W matches exactly for these names (the grammar admits none of its glob
+        characters, "*?[").
+        """
+        query = run_command(["dpkg-query", "-W", "-f=${Package}\n", END_OF_OPTIONS, *names],
+                            timeout=self.command_timeout_seconds)
+        unknown = [match.group("name") for match in DPKG_NO_MATCH.finditer(query.stderr)]
+        if not unknown:
+            return None
+        return _operation_result(
+            query, query.stderr,
+            [f"not installed, so not upgraded: {', '.join(unknown)}; apt-get was not started "
+             "(it would read a name no package has as a pattern)"],
+            started, [], [],
+        )
 
     def _dry_run(self, names: list[str]) -> OperationResult:
         started = time.monotonic()
+        refused = self._unknown_names(names, started)
+        if refused is not None:
+            return refused
         refresh_failed = self._refresh_before_operation(started)
         if refresh_failed is not None:
             return refresh_failed
-        result = self._apt_get(["-s", "install", "--only-upgrade", *names], lock=False)
+        result = self._apt_get(["-s", "install", "--only-upgrade", END_OF_OPTIONS, *names], lock=False)
         output = _combined(result)
         problems: list[str] = []
         packages: list[dict[str, str]] = []
@@ -509,6 +536,9 @@ class AptScanner(Scanner):
 
     def _install(self, names: list[str]) -> OperationResult:
         started = time.monotonic()
+        refused = self._unknown_names(names, started)
+        if refused is not None:
+            return refused
         refresh_failed = self._refresh_before_operation(started)
         if refresh_failed is not None:
             return refresh_failed
@@ -521,6 +551,7 @@ class AptScanner(Scanner):
                 "Dpkg::Options::=--force-confdef",
                 "-o",
                 "Dpkg::Options::=--force-confold",
+                END_OF_OPTIONS,
                 *names,
             ],
             lock=True,
@@ -540,7 +571,7 @@ class AptScanner(Scanner):
         if not packages:
             return []
         query = run_command(
-            ["dpkg-query", "-W", "-f=${binary:Package} ${Version} ${db:Status-Status}\n"]
+            ["dpkg-query", "-W", "-f=${binary:Package} ${Version} ${db:Status-Status}\n", END_OF_OPTIONS]
             + [entry["name"] for entry in packages],
             timeout=self.command_timeout_seconds,
         )

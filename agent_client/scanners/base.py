@@ -5,13 +5,19 @@ returns normalized :class:`UpdateRecord` rows. An installer runs a dry-run or a
 real install of named packages and returns an :class:`OperationResult`.
 Nothing here may claim success for work that failed.
 
-One refusal for every installer: :meth:`Scanner.dry_run` and
-:meth:`Scanner.install` check the names first and raise
-:class:`PackageNamesRefused` - before any process starts - for an empty list
-or any name that is not a plain name (empty, starting with ``-``, holding
-whitespace or control characters) or that the package manager's own rule
-(:meth:`Scanner.is_valid_name`) rejects. The executor turns the refusal into
-a failed command result whose output is its one line.
+One rule for package names, in one place: ``protocol.package_name_problem``,
+the grammar the server also applies before it stores a scanned name or signs a
+command. :meth:`Scanner.name_problem` is that rule, narrowed only where a
+scanner has a stricter rule of its own (and says why there). It is used twice:
+
+* :meth:`Scanner.dry_run` and :meth:`Scanner.install` check the names first and
+  raise :class:`PackageNamesRefused` - before any process starts - for an empty
+  list or any name the rule refuses (an option, a URL, a path, a group or
+  module, a glob, whitespace or a shell metacharacter). The executor turns the
+  refusal into a failed command result whose output is its one line.
+* :meth:`Scanner.sort_for_report` keeps a scanned name the rule refuses out of
+  a scan report's ``updates`` and lists it, with the reason, in
+  ``not_checked``: the server refuses a whole report (400) for one such name.
 """
 
 from __future__ import annotations
@@ -23,15 +29,16 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Callable, Optional
 
-from agent_client.protocol import PackageType
+from agent_client.protocol import PackageType, package_name_problem
 
 # One severity vocabulary for every scanner; the server refuses anything else.
 SEVERITIES = ("critical", "important", "moderate", "low", "unknown")
 OUTPUT_TAIL_CHARS = 8000
-# The server stores package names in 255 characters.
-MAX_PACKAGE_NAME_CHARS = 255
 # A refusal names at most this many of the refused names (it stays one short line).
 MAX_REFUSED_NAMES_SHOWN = 5
+# The server stores each not_checked line in 255 characters and takes at most 1000 of them.
+NOT_CHECKED_LINE_CHARS = 255
+MAX_NOT_CHECKED = 1000
 
 
 class ScanError(Exception):
@@ -41,32 +48,39 @@ class ScanError(Exception):
 class PackageNamesRefused(Exception):
     """A dry-run or install was asked for names its tool must not be given; nothing was run.
 
-    ``names`` are the refused names (empty when no name was given at all).
+    ``names`` are the refused names (empty when no name was given at all); ``problem``
+    is why the first of them was refused.
     """
 
-    def __init__(self, package_type: str, names: Sequence[Any]) -> None:
+    def __init__(self, package_type: str, names: Sequence[Any], problem: str = "") -> None:
         self.package_type = package_type
         self.names = list(names)
+        self.problem = problem
         if self.names:
-            shown = ", ".join(repr(name) for name in self.names[:MAX_REFUSED_NAMES_SHOWN])
+            shown = ", ".join(shown_name(name) for name in self.names[:MAX_REFUSED_NAMES_SHOWN])
             if len(self.names) > MAX_REFUSED_NAMES_SHOWN:
                 shown += f" and {len(self.names) - MAX_REFUSED_NAMES_SHOWN} more"
             reason = f"invalid {package_type} package name(s): {shown}"
+            if problem:
+                reason += f" ({problem})"
         else:
             reason = f"no {package_type} package names given"
         super().__init__(f"refused: {reason}; nothing was run")
 
 
-def is_plain_name(name: Any) -> bool:
-    """The rule every package manager shares: a non-empty string of printable, non-space
-    characters that cannot be read as an option (no leading ``-``)."""
-    return (
-        isinstance(name, str)
-        and 0 < len(name) <= MAX_PACKAGE_NAME_CHARS
-        and not name.startswith("-")
-        and name.isprintable()
-        and not any(char.isspace() for char in name)
-    )
+def shown_name(name: Any, limit: int = 60) -> str:
+    """A name as a refusal shows it: quoted, escaped (a newline cannot split the line), shortened."""
+    text = ascii(name) if isinstance(name, str) else f"<{type(name).__name__}>"
+    return text if len(text) <= limit else text[: limit - 4] + "...'"
+
+
+def not_checked_line(name: Any, reason: str) -> str:
+    """One entry of a scan report's ``not_checked``: ``name: reason``, printable, at most 255 characters."""
+    text = name if isinstance(name, str) and name.isprintable() and len(name) <= 128 else shown_name(name, 128)
+    line = f"{text}: {reason}"
+    if not line.isprintable():
+        line = ascii(line)[1:-1]
+    return line[:NOT_CHECKED_LINE_CHARS]
 
 
 @dataclasses.dataclass
@@ -170,7 +184,7 @@ CommandRunner = Callable[..., CommandOutput]
 
 class Scanner:
     """Base class: subclasses set ``package_type`` and implement ``is_available``, ``scan``,
-    ``_dry_run`` and ``_install``; they narrow ``is_valid_name`` to their tool's names."""
+    ``_dry_run`` and ``_install``; a stricter name rule goes in ``extra_name_problem``."""
 
     package_type: str = ""
 
@@ -180,17 +194,48 @@ class Scanner:
     def scan(self) -> list[UpdateRecord]:
         raise NotImplementedError
 
-    def is_valid_name(self, name: str) -> bool:
-        """This package manager's own rule for one (already plain) name."""
-        return True
+    def name_problem(self, name: Any) -> Optional[str]:
+        """Why ``name`` must not reach this package manager; None when it may.
+
+        The rule is protocol.package_name_problem, the server's own; a scanner
+        adds only a stricter rule of its own, in ``extra_name_problem``.
+        """
+        return package_name_problem(self.package_type, name) or self.extra_name_problem(name)
+
+    def extra_name_problem(self, name: str) -> Optional[str]:
+        """A scanner's stricter rule for a name the grammar already accepted; None by default."""
+        return None
 
     def check_names(self, names: Sequence[Any]) -> list[str]:
-        """The names as a list, or PackageNamesRefused: none given, or any not a valid name here."""
+        """The names as a list, or PackageNamesRefused: none given, or any that ``name_problem`` refuses."""
         names = list(names)
-        refused = [name for name in names if not (is_plain_name(name) and self.is_valid_name(name))]
+        problems = [(name, self.name_problem(name)) for name in names]
+        refused = [(name, problem) for name, problem in problems if problem is not None]
         if refused or not names:
-            raise PackageNamesRefused(self.package_type, refused)
+            raise PackageNamesRefused(self.package_type, [name for name, _ in refused],
+                                      refused[0][1] if refused else "")
         return names
+
+    def sort_for_report(self, records: Sequence[UpdateRecord]) -> tuple[list[UpdateRecord], list[str]]:
+        """(records the server takes, ``not_checked`` lines for the rest).
+
+        A scanned name that ``name_problem`` refuses, or a name seen twice, would
+        make the server refuse the whole report: it is listed as not checked,
+        with the reason, never sent as an update.
+        """
+        kept: list[UpdateRecord] = []
+        not_checked: list[str] = []
+        seen: set[str] = set()
+        for record in records:
+            problem = self.name_problem(record.name)
+            if problem is None and record.name in seen:
+                problem = "reported twice by one scan"
+            if problem is not None:
+                not_checked.append(not_checked_line(record.name, f"not reported: {problem}"))
+                continue
+            seen.add(record.name)
+            kept.append(record)
+        return kept, not_checked
 
     def dry_run(self, names: Sequence[str]) -> OperationResult:
         """What installing ``names`` would do, changing nothing. Raises PackageNamesRefused first."""

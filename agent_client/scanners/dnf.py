@@ -46,6 +46,23 @@ DNF_BINARIES = ("dnf", "dnf-3", "dnf5")
 
 EXIT_UPDATES_AVAILABLE = 100
 
+# What every dry-run and install is run with, whatever dnf.conf and the .repo files say: packages
+# come only from enabled repositories and only with a verified signature. A repository file may
+# say gpgcheck=0, and --setopt=gpgcheck=1 alone does not override that (checked on dnf 4.14: the
+# repository's own value wins), so "*.gpgcheck=1" sets it on every repository as well.
+# localpkg_gpgcheck=1 covers a package file given on the command line; the name grammar already
+# refuses paths, URLs and "x.rpm", so this is the second line, not the first. dnf 5 reads
+# "gpgcheck" as the old name of pkg_gpgcheck.
+# repo_gpgcheck (a signed repomd.xml) is not forced: Fedora's and RHEL's own repositories do not
+# sign their metadata, so forcing it would make every install fail there. Where an admin turned it
+# on, it stays on.
+SIGNATURE_OPTIONS = ("--setopt=gpgcheck=1", "--setopt=*.gpgcheck=1", "--setopt=localpkg_gpgcheck=1")
+# dnf 4 (argparse) stops reading options at "--": a name after it is an operand, never an option.
+# dnf 5 learnt "--" only in 5.4.3 (libdnf5-cli "Stop option parsing after --"); older dnf 5 answers
+# 'Unknown argument "--"'. So for dnf 5 it is left out and the name grammar (no leading "-") is the
+# guard, as it is for every tool.
+END_OF_OPTIONS = "--"
+
 SEVERITY_MAP = {
     "critical": "critical",
     "important": "important",
@@ -457,7 +474,7 @@ class DnfScanner(Scanner):
 
     def _installed_versions(self, names: list[str]) -> dict[tuple[str, str], str]:
         result = self._dnf(
-            "repoquery", "--installed", "--latest-limit=1", "--qf", REPOQUERY_FORMAT, *names
+            "repoquery", "--installed", "--latest-limit=1", "--qf", REPOQUERY_FORMAT, *self._operands(names)
         )
         if result.exit_code != 0:
             raise ScanError(f"dnf repoquery --installed exited {result.exit_code}: {tail(_combined(result), 2000)}")
@@ -553,8 +570,12 @@ class DnfScanner(Scanner):
 
     # -- operations ---------------------------------------------------------
     # Scanner.check_names has already refused an empty list (``dnf upgrade``
-    # without names upgrades the whole machine) and option-like names. Globs,
-    # ``name.arch`` and NEVRAs are plain names, and dnf takes them.
+    # without names upgrades the whole machine) and anything but a name, a
+    # ``name.arch`` or a NEVRA without epoch (protocol.package_name_problem).
+
+    def _operands(self, names: Sequence[str]) -> list[str]:
+        """``names`` as dnf's operands: after "--" where this dnf knows it (see END_OF_OPTIONS)."""
+        return list(names) if self.is_dnf5() else [END_OF_OPTIONS, *names]
 
     def _dry_run(self, names: list[str]) -> OperationResult:
         """Resolve ``dnf upgrade NAMES`` and answer no at the prompt.
@@ -563,19 +584,19 @@ class DnfScanner(Scanner):
         that we declined: that is the normal dry-run ending. Exit 0 means there
         was nothing to do. Anything else is a failure.
         """
-        result = self._operation(["upgrade", "--assumeno"], names)
+        result = self._operation(["upgrade", "--assumeno", *SIGNATURE_OPTIONS], names)
         output = _combined(result)
         declined = result.exit_code == 1 and "Operation aborted" in output
         return self._result(result, names, resolved=result.exit_code == 0 or declined)
 
     def _install(self, names: list[str]) -> OperationResult:
-        result = self._operation(["upgrade", "-y"], names)
+        result = self._operation(["upgrade", "-y", *SIGNATURE_OPTIONS], names)
         return self._result(result, names, resolved=result.exit_code == 0)
 
     def _operation(self, args: list[str], names: list[str]) -> CommandOutput:
         started = time.monotonic()
         try:
-            return self._dnf(*args, *names)
+            return self._dnf(*args, *self._operands(names))
         except ScanError as exc:
             # Missing binary or timeout: report it as the failed operation it is.
             return CommandOutput(

@@ -2,7 +2,9 @@
 
 Local images come from the Docker Engine API over its Unix socket (plain
 HTTP over AF_UNIX, ``http.client`` only: no Docker SDK). Remote digests come
-from the registry HTTP API v2 with anonymous Bearer-token auth.
+from the registry HTTP API v2 with anonymous Bearer-token auth; the token
+service a registry names is asked only over HTTPS or on the registry's own
+origin (see :func:`realm_problem`), otherwise the image is not checked.
 
 How an update is decided, per tagged local image:
 
@@ -57,8 +59,6 @@ MANIFEST_ACCEPT = ", ".join(
 )
 
 _DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
-# The characters of an image reference (registry host[:port], path, :tag, @digest).
-_REFERENCE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$")
 
 
 class RegistryUnavailable(Exception):
@@ -280,6 +280,38 @@ def _parse_bearer_challenge(header: str) -> Optional[dict[str, str]]:
     return {key.lower(): value for key, value in re.findall(r'(\w+)="([^"]*)"', params)}
 
 
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _origin(url: str) -> Optional[tuple[str, str, int]]:
+    """(scheme, host, port) of a URL, the port made explicit; None when it has no usable host."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    if scheme not in _DEFAULT_PORTS or not parts.hostname:
+        return None
+    return scheme, parts.hostname.lower(), port or _DEFAULT_PORTS[scheme]
+
+
+def realm_problem(realm: str, registry_url: str) -> Optional[str]:
+    """Why the agent will not ask this token service; None when it may.
+
+    A registry's 401 names the token service (``WWW-Authenticate: Bearer realm=...``) and the agent
+    would then send a request there on the registry's word. It does so only over HTTPS, or to the
+    registry's own origin (same scheme, host and port: a plain-HTTP registry the admin listed as
+    insecure may serve its own tokens). Anything else - plain HTTP to another host or port, another
+    scheme - could point the agent at any service on its network, unencrypted.
+    """
+    origin = _origin(realm)
+    if origin is not None and (origin[0] == "https" or origin == _origin(registry_url)):
+        return None
+    shown = realm if len(realm) <= 100 else realm[:97] + "..."
+    return f"token service {shown!r} is neither HTTPS nor the registry's own origin; not asked"
+
+
 class RegistryClient:
     """Anonymous, read-only registry v2 client: manifest digests and indexes."""
 
@@ -310,6 +342,9 @@ class RegistryClient:
             challenge = _parse_bearer_challenge(response.headers.get("WWW-Authenticate", ""))
             if challenge is None or "realm" not in challenge:
                 raise RegistryUnavailable(f"{ref.api_host} requires credentials (HTTP 401)")
+            problem = realm_problem(challenge["realm"], self._base_url(ref))
+            if problem is not None:
+                raise RegistryUnavailable(problem)
             self._tokens[token_key] = self._fetch_token(challenge, ref)
             headers["Authorization"] = f"Bearer {self._tokens[token_key]}"
             response = self._send(method, url, headers)
@@ -339,7 +374,8 @@ class RegistryClient:
             params["service"] = challenge["service"]
         params["scope"] = challenge.get("scope") or f"repository:{ref.repository}:pull"
         try:
-            response = self.session.get(challenge["realm"], params=params, timeout=self.timeout)
+            # No redirects: a redirect could lead from the checked realm anywhere (plain HTTP too).
+            response = self.session.get(challenge["realm"], params=params, timeout=self.timeout, allow_redirects=False)
         except requests.RequestException as exc:
             raise RegistryUnavailable(f"token service {challenge['realm']} unreachable: {exc}") from exc
         if response.status_code == 429:
@@ -451,11 +487,12 @@ class DockerScanner(Scanner):
             for tagged in image.get("RepoTags") or []:
                 if tagged == "<none>:<none>" or tagged.endswith(":<none>"):
                     continue
-                try:
-                    ref = ImageReference.parse(tagged)
-                except ValueError:
-                    self.last_not_checked.append({"name": tagged, "reason": "unparseable tag"})
+                # A tag the server would refuse as a name is not worth a registry request either.
+                problem = self.name_problem(tagged)
+                if problem is not None:
+                    self.last_not_checked.append({"name": tagged, "reason": f"not a reportable image name: {problem}"})
                     continue
+                ref = ImageReference.parse(tagged)
                 local_digests = digests_by_repo.get(ref.repo_key, [])
                 if not local_digests:
                     self.last_not_checked.append({
@@ -516,14 +553,19 @@ class DockerScanner(Scanner):
             },
         )
 
-    def is_valid_name(self, name: str) -> bool:
-        if not _REFERENCE_RE.match(name):
-            return False
+    def extra_name_problem(self, name: str) -> Optional[str]:
+        """Stricter than the grammar: the reference must parse the way Docker reads it. "MyHost/app"
+        passes the grammar (an upper-case registry host) but, without a "." or ":" in it, Docker reads
+        MyHost as part of the repository path, which must be lower case.
+
+        No "--" applies here: a name never reaches a command line, only the Engine API's
+        ``fromImage`` query parameter (URL-encoded) and the registry URL's path.
+        """
         try:
             ImageReference.parse(name)
-        except ValueError:
-            return False
-        return True
+        except ValueError as exc:
+            return str(exc)
+        return None
 
     def _dry_run(self, names: list[str]) -> OperationResult:
         started = time.monotonic()

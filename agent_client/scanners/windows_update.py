@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import sys
 import time
@@ -51,7 +50,6 @@ RESULT_CODES = {0: "not started", 1: "in progress", 2: "succeeded", 3: "succeede
                 5: "aborted"}
 RESULT_SUCCEEDED = 2
 
-_GUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
 # Shared tail: turn $out into ASCII-only JSON on stdout; errors become {"error": ...}, exit 1.
 _EMIT_JSON = r"""
@@ -252,11 +250,9 @@ class WindowsUpdateScanner(Scanner):
             },
         )
 
-    def is_valid_name(self, name: str) -> bool:
-        # The ids go into the PowerShell script's text: only a GUID may.
-        return _GUID_RE.match(name) is not None
-
     def _operation(self, names: list[str], dry_run: bool) -> OperationResult:
+        # The ids go into the script's text, not onto a command line (so there is no "--" to
+        # give): only a GUID reaches here, which is what the windows_update grammar admits.
         started = time.monotonic()
         ids = ",".join(f"'{name.lower()}'" for name in names)
         script = INSTALL_SCRIPT.replace("__IDS__", ids).replace("__DRY_RUN__", "$true" if dry_run else "$false")

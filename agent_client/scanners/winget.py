@@ -364,10 +364,6 @@ class WingetScanner(Scanner):
             },
         )
 
-    def is_valid_name(self, name: str) -> bool:
-        # A display-truncated Id ("Publisher.Pack…") names no package.
-        return not is_truncated(name)
-
     def _dry_run(self, names: list[str]) -> OperationResult:
         started = time.monotonic()
         try:
@@ -397,6 +393,9 @@ class WingetScanner(Scanner):
         ok = True
         last_code = 0
         for name in names:
+            # The Id is the value of --id, never an operand; winget's parser has no "--" end-of-options
+            # marker. A display-truncated Id ("Publisher.Pack…", "Microsoft.Edg...") names no package:
+            # the winget grammar already refuses both ellipses, so there is no extra rule here.
             argv = [self._exe(), "upgrade", "--id", name, "--exact", "--silent", "--scope", "machine",
                     "--accept-package-agreements", "--accept-source-agreements", "--disable-interactivity"]
             output = self.run(argv, timeout=self.timeout)

@@ -6,6 +6,11 @@ headers: bearer token, machine id, unique nonce, timestamp skew. Tests can
 script one-off answers (``stub.script("checkin", 429, ..., headers=...)``),
 flip state (expired access token, revoked agent, heartbeat), stop the server
 and start it again on the same port, and read everything it received.
+
+It also answers requests in absolute form (``POST http://host/...``), the way
+an agent sends them through ``HTTP_PROXY``: a test can make the agent believe
+it talks to a server on another machine while every byte stays on loopback
+(``proxied_hosts`` lists the hosts the agent asked for).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import re
 import socket
 import threading
 import time
+import urllib.parse
 import uuid
 from typing import Any, Callable, Optional
 
@@ -75,6 +81,7 @@ class StubServer:
         self.heartbeat_until: Optional[dt.datetime] = None
         self.config_version = 1
         self.on_request: Optional[Callable[[Received], None]] = None
+        self.proxied_hosts: list[str] = []
         # Unix time the Date header claims (a server whose clock differs from ours).
         self.date_override: Optional[float] = None
         # When set, stores the events and then drops the connection without an answer (a lost ack).
@@ -316,7 +323,11 @@ def _make_handler(stub: StubServer) -> type:
             except ValueError:
                 body = None
             headers = {key.lower(): value for key, value in self.headers.items()}
-            status, answer, extra = stub.handle(self.command, self.path, headers, body)
+            path, target = self.path, urllib.parse.urlsplit(self.path)
+            if target.scheme:  # absolute form: sent through HTTP_PROXY to a "remote" server
+                stub.proxied_hosts.append(target.netloc)
+                path = urllib.parse.urlunsplit(("", "", target.path, target.query, ""))
+            status, answer, extra = stub.handle(self.command, path, headers, body)
             if status < 0:
                 self.close_connection = True
                 try:

@@ -31,6 +31,8 @@ from pathlib import Path
 
 import pytest
 
+from agent_client.executor import CommandExecutor, ExecutedLedger
+from agent_client.outbox import KIND_COMMAND_RESULT, Outbox
 from agent_client.scanners.apt import (
     AptScanner,
     normalize_apt_options,
@@ -40,8 +42,10 @@ from agent_client.scanners.apt import (
     parse_simulation,
     parse_unpacked,
 )
-from agent_client.scanners.base import ScanError
+from agent_client.scanners.base import PackageNamesRefused, ScanError
 from tests.agent.conftest import require_root, require_tools
+from tests.agent.hostile import FileServer, ToolShims, hostile_names
+from tests.agent.test_executor import AGENT_ID, Signer
 
 FIXTURES = Path(__file__).parent / "apt_fixtures"
 LOCK_TIMEOUT = 600
@@ -87,6 +91,10 @@ def build_deb(out_dir: Path, work: Path, name: str, version: str, depends: str =
     doc = root / "usr" / "share" / "doc" / name
     doc.mkdir(parents=True)
     (doc / "VERSION").write_text(f"{name} {version}\n")
+    # A conffile, so that "dpkg --remove" leaves the package known to dpkg (state rc) until purged.
+    (root / "etc").mkdir()
+    (root / "etc" / f"{name}.conf").write_text(f"# {name} {version}\n")
+    (root / "DEBIAN" / "conffiles").write_text(f"/etc/{name}.conf\n")
     control = [
         f"Package: {name}",
         f"Version: {version}",
@@ -99,6 +107,11 @@ def build_deb(out_dir: Path, work: Path, name: str, version: str, depends: str =
         control.append(f"Depends: {depends}")
     control += [f"Description: RedFlag APT scanner test package {version}", " Built by tests/agent/test_apt.py."]
     (root / "DEBIAN" / "control").write_text("\n".join(control) + "\n")
+    # dpkg-deb refuses a control directory that is not 0755-ish, and the package's files get
+    # the modes they have here: set them, whatever umask this process runs with (the server's
+    # settings, which pytest-django may import, set 077).
+    for path in [root, *root.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
     out_dir.mkdir(parents=True, exist_ok=True)
     deb = out_dir / f"{name}_{version}_all.deb"
     check(["dpkg-deb", "--root-owner-group", "-Zgzip", "--build", str(root), str(deb)])
@@ -365,26 +378,38 @@ def test_dry_run_of_held_package_fails_like_the_install_would(machine: AptRepo) 
     assert installed_version(HELD) == "1.0"
 
 
-def test_dry_run_of_unknown_package_fails(machine: AptRepo) -> None:
+def test_dry_run_of_unknown_package_fails_without_starting_apt(machine: AptRepo, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     require_tools("apt-get")
     require_root()
+    shims = ToolShims(tmp_path / "shims", ["apt-get", "dpkg-query"], monkeypatch)
     scanner = machine.scanner()
     result = scanner.dry_run(["redflag-test-does-not-exist"])
     assert not result.succeeded
-    assert result.exit_code == 100
-    assert "Unable to locate package redflag-test-does-not-exist" in result.output_tail
+    assert result.exit_code == 1  # dpkg-query's: it knows no such package
+    assert "dpkg-query: no packages found matching redflag-test-does-not-exist" in result.output_tail
+    assert ("redflag: not installed, so not upgraded: redflag-test-does-not-exist; apt-get was not started"
+            in result.output_tail)
+    assert shims.started_by("apt-get") == []
 
 
 def test_dry_run_of_package_not_installed_fails(machine: AptRepo) -> None:
     require_tools("apt-get")
     require_root()
     scanner = machine.scanner()
-    # DEP exists in the repository but is not installed: --only-upgrade skips
-    # it with exit code 0, which must not be reported as a success.
+    # DEP exists in the repository but dpkg has never seen it: refused before apt-get.
+    result = scanner.dry_run([DEP])
+    assert not result.succeeded
+    assert "not installed, so not upgraded: redflag-test-dep; apt-get was not started" in result.output_tail
+
+    # Removed but not purged, dpkg still knows it: apt-get runs, and --only-upgrade skips it with exit
+    # code 0, which must not be reported as a success either.
+    check(["apt-get", "-q", *machine.apt_argv(), "install", "-y", str(machine.new_debs[DEP])])
+    check(["dpkg", "--remove", DEP])
     result = scanner.dry_run([DEP])
     assert not result.succeeded
     assert result.exit_code == 0
-    assert "not installed, so not upgraded: redflag-test-dep" in result.output_tail
+    assert "redflag: not installed, so not upgraded: redflag-test-dep\n" in result.output_tail
 
 
 def test_install_upgrades_for_real(machine: AptRepo) -> None:
@@ -415,10 +440,65 @@ def test_install_of_nonexistent_package_fails(machine: AptRepo) -> None:
     scanner = machine.scanner()
     result = scanner.install(["redflag-test-does-not-exist"])
     assert not result.succeeded
-    assert result.exit_code == 100
-    assert "Unable to locate package redflag-test-does-not-exist" in result.output_tail
+    assert result.exit_code == 1
+    assert "not installed, so not upgraded: redflag-test-does-not-exist" in result.output_tail
     assert result.packages == []
     assert installed_version(PKG) == "1.0"
+
+
+def test_real_apt_never_sees_a_hostile_name(machine: AptRepo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Through the executor (a signed command, as the server sends it) and the scanner itself."""
+    require_tools("apt-get", "dpkg-query")
+    require_root()
+    shims = ToolShims(tmp_path / "shims", ["apt-get", "apt-cache", "apt-mark", "dpkg", "dpkg-query"], monkeypatch)
+    marker = tmp_path / "pwned"
+    signer = Signer()
+    outbox = Outbox(tmp_path / "outbox.sqlite3")
+    scanner = machine.scanner()
+    executor = CommandExecutor(agent_id=AGENT_ID, signing_keys=[signer.public], outbox=outbox,
+                               ledger=ExecutedLedger(tmp_path / "executed.sqlite3"), scanners={"apt": scanner},
+                               system_facts=dict, record=lambda event: None)
+    new_pkg = machine.new_debs[PKG]  # a real .deb that would upgrade PKG from outside the repository
+    with FileServer(new_pkg.parent) as files:
+        names = hostile_names(marker=marker, url=f"{files.url}/{new_pkg.name}", package_file=new_pkg)
+        # apt-get reads "name-" as "remove name", "name=1.1" and "name/suite" as a version or release pick.
+        names += [f"{PKG}-", f"{PKG}=1.1", f"{PKG}/bookworm", f"./{new_pkg.name}"]
+        # "name:stream" is a Debian name with an architecture qualifier: the grammar admits it (below).
+        names.remove("name:stream")
+        for name in names:
+            for command_type in ("dry_run_update", "install_updates"):
+                command = signer.command(command_type, {"package_type": "apt", "packages": [SEC, name]})
+                assert executor.handle(command) == "failed", name
+            for operation in (scanner.dry_run, scanner.install):
+                with pytest.raises(PackageNamesRefused):
+                    operation([name])
+        results = [item.payload for item in outbox.pending() if item.kind == KIND_COMMAND_RESULT]
+        assert len(results) == 2 * len(names)
+        assert all(result["output"].startswith("refused: invalid apt package name(s): ") for result in results)
+        assert shims.started() == []  # no process at all
+        assert files.requests == []
+    assert not marker.exists()
+    assert [installed_version(name) for name in (PKG, SEC, DEP, HELD)] == ["1.0", "1.0", "", "1.0"]
+
+    # Grammar-valid names no installed package has: "redflag-test-.+", which apt-get would read as a
+    # regular expression matching PKG, SEC and HELD, and "name:stream". dpkg-query, which matches
+    # exactly, knows no such package, so apt-get is not started.
+    started_before = len(shims.started())  # installed_version's own dpkg-query calls
+    for name in ("redflag-test-.+", "name:stream"):
+        pattern = signer.command("install_updates", {"package_type": "apt", "packages": [name]})
+        assert executor.handle(pattern) == "failed"
+        assert "apt-get was not started" in outbox.pending()[-1].payload["output"]
+    assert [line.split(" ", 1)[0] for line in shims.started()[started_before:]] == ["dpkg-query", "dpkg-query"]
+    assert [installed_version(name) for name in (PKG, SEC, HELD)] == ["1.0", "1.0", "1.0"]
+
+    # The same route with a valid name reaches the real apt-get, after "--".
+    install = signer.command("install_updates", {"package_type": "apt", "packages": [SEC]})
+    assert executor.handle(install) == "succeeded", outbox.pending()[-1].payload["output"]
+    assert any(line.startswith("apt-get ") and line.endswith(f" install -y --only-upgrade -o "
+                                                               f"Dpkg::Options::=--force-confdef -o "
+                                                               f"Dpkg::Options::=--force-confold -- {SEC}")
+               for line in shims.started_by("apt-get"))
+    assert installed_version(SEC) == "1.1" and installed_version(PKG) == "1.0"
 
 
 # --- parser tests on captured real output -------------------------------------

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import pytest
 
@@ -36,11 +37,27 @@ ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "rf_reg_test-token"
 
 
-def agent(config_path: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    env.pop("REDFLAG_REGISTRATION_TOKEN", None)
+def agent(config_path: Path, *args: str, timeout: float = 60, env: Optional[dict[str, str]] = None,
+          stdin: Optional[str] = None) -> subprocess.CompletedProcess:
+    environment = dict(os.environ, PYTHONPATH=str(ROOT))
+    environment.pop("REDFLAG_REGISTRATION_TOKEN", None)
+    environment.update(env or {})
     return subprocess.run([sys.executable, "-m", "agent_client", "--config", str(config_path), *args],
-                          cwd=str(config_path.parent.parent), env=env, capture_output=True, text=True, timeout=timeout)
+                          cwd=str(config_path.parent.parent), env=environment, capture_output=True, text=True,
+                          timeout=timeout, input=stdin, stdin=None if stdin is not None else subprocess.DEVNULL)
+
+
+def token_file(config_path: Path, token: str = TOKEN, mode: int = 0o600) -> Path:
+    path = config_path.parent.parent / "registration-token"
+    path.write_text(token + "\n")
+    path.chmod(mode)
+    return path
+
+
+def register(config_path: Path, server: str, token: str = TOKEN, *args: str) -> subprocess.CompletedProcess:
+    """``register`` the recommended way: the token in a 0600 file, never in argv."""
+    return agent(config_path, "register", "--server", server, "--token-file", str(token_file(config_path, token)),
+                 *args)
 
 
 def one_error_line(result: subprocess.CompletedProcess) -> str:
@@ -54,7 +71,7 @@ def one_error_line(result: subprocess.CompletedProcess) -> str:
 
 
 def test_register_writes_a_private_config(stub, config_path):
-    result = agent(config_path, "register", "--server", stub.url + "/", "--token", TOKEN)
+    result = register(config_path, stub.url + "/")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"registered as agent {stub.agent_id} with {stub.url}"
     assert stat.S_IMODE(config_path.stat().st_mode) == 0o600
@@ -67,13 +84,13 @@ def test_register_writes_a_private_config(stub, config_path):
 
 
 def test_a_refused_registration_is_kept_and_sent_once_registered(stub, config_path):
-    refused = agent(config_path, "register", "--server", stub.url, "--token", "rf_reg_wrong")
+    refused = register(config_path, stub.url, "rf_reg_wrong")
     assert refused.returncode == 1
     assert "registration failed" in one_error_line(refused) and "registration_refused" in refused.stderr
     assert not config_path.exists()
     assert Outbox.beside(config_path).count() == 1
 
-    registered = agent(config_path, "register", "--server", stub.url, "--token", TOKEN)
+    registered = register(config_path, stub.url)
     assert registered.returncode == 0, registered.stderr
     (kept,) = stub.events.values()
     assert (kept["event_type"], kept["event_subtype"]) == ("agent_registration", "failed")
@@ -85,7 +102,7 @@ def test_a_refused_registration_is_kept_and_sent_once_registered(stub, config_pa
 def test_register_with_an_unreachable_server(config_path):
     with StubServer() as stub:
         url = stub.url
-    result = agent(config_path, "register", "--server", url, "--token", TOKEN)
+    result = register(config_path, url)
     assert result.returncode == 1
     line = [line for line in result.stderr.splitlines() if "error" in line]
     assert len(line) == 1 and "cannot reach" in line[0]
@@ -98,11 +115,172 @@ def test_register_usage_errors(config_path, args):
     one_error_line(result)
 
 
+# --- register: where the token comes from ------------------------------------------------
+
+
+def argv_holding(secret: str) -> list[str]:
+    """The command lines of every process on this machine that hold ``secret`` (what `ps` shows anyone)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue  # gone already, or not ours to read
+        if secret.encode() in cmdline:
+            found.append(cmdline.replace(b"\0", b" ").decode(errors="replace"))
+    return found
+
+
+@pytest.mark.parametrize("way", ["file", "stdin", "environment", "argument"])
+def test_register_takes_the_token_without_putting_it_in_any_argv(stub, config_path, way):
+    """While the server holds the registration request, no process's argv holds the token (but with --token)."""
+    if not os.path.isdir("/proc"):
+        pytest.skip("needs /proc")
+    token = "rf_reg_" + "k" * 36
+    stub.registration_token = token
+    seen: list[list[str]] = []
+    stub.on_request = lambda entry: seen.append(argv_holding(token)) if entry.endpoint == "register" else None
+
+    if way == "file":
+        result = register(config_path, stub.url, token)
+    elif way == "stdin":
+        result = agent(config_path, "register", "--server", stub.url, "--token-stdin", stdin=token + "\n")
+    elif way == "environment":
+        result = agent(config_path, "register", "--server", stub.url, env={"REDFLAG_REGISTRATION_TOKEN": token})
+    else:
+        result = agent(config_path, "register", "--server", stub.url, "--token", token)
+
+    assert result.returncode == 0, result.stderr
+    assert config_module.load(config_path).agent_id == stub.agent_id
+    (registration,) = stub.calls("register")
+    assert registration.body["registration_token"] == token
+    (in_argv,) = seen
+    if way == "argument":  # still accepted, with one warning line: and this is why
+        assert len(in_argv) == 1 and "--token " + token in in_argv[0]
+        assert result.stderr.strip() == (
+            "redflag-agent: warning: --token puts the registration token in the process list, where other local "
+            "users can read it; use --token-file, --token-stdin or REDFLAG_REGISTRATION_TOKEN")
+    else:
+        assert in_argv == []
+        assert "warning" not in result.stderr
+    assert token not in config_path.read_text() + result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("args, env, message", [
+    ([], {}, "a registration token is required: --token-file PATH, --token-stdin or REDFLAG_REGISTRATION_TOKEN"),
+    (["--token-stdin"], {"REDFLAG_REGISTRATION_TOKEN": TOKEN},
+     "give the registration token one way, not 2 (--token-stdin, REDFLAG_REGISTRATION_TOKEN)"),
+    (["--token", TOKEN, "--token-stdin"], {}, "give the registration token one way, not 2 (--token-stdin, --token)"),
+])
+def test_register_needs_exactly_one_token_source(stub, config_path, args, env, message):
+    result = agent(config_path, "register", "--server", stub.url, *args, env=env, stdin=TOKEN)
+    assert result.returncode == 2
+    assert one_error_line(result) == f"redflag-agent: error: {message}"
+    assert stub.calls("register") == [] and not config_path.exists()
+
+
+def test_register_refuses_a_token_file_every_user_can_read_and_warns_for_the_group(stub, config_path):
+    path = token_file(config_path, mode=0o644)
+    refused = agent(config_path, "register", "--server", stub.url, "--token-file", str(path))
+    assert refused.returncode == 2
+    assert one_error_line(refused) == (f"redflag-agent: error: {path} is readable by every user on this machine "
+                                       "(mode 0644): chmod 600 it first")
+    assert stub.calls("register") == []
+
+    path.chmod(0o640)
+    accepted = agent(config_path, "register", "--server", stub.url, "--token-file", str(path))
+    assert accepted.returncode == 0, accepted.stderr
+    assert accepted.stderr.strip() == (f"redflag-agent: warning: {path} is readable by its group (mode 0640); "
+                                       "chmod 600 would keep the token private")
+
+
+@pytest.mark.parametrize("content", ["", "  \n", "two words\n"])
+def test_register_refuses_an_empty_or_odd_token(stub, config_path, content):
+    path = config_path.parent.parent / "token"
+    path.write_text(content)
+    path.chmod(0o600)
+    result = agent(config_path, "register", "--server", stub.url, "--token-file", str(path))
+    assert result.returncode == 2
+    assert one_error_line(result) == "redflag-agent: error: the registration token from --token-file is empty or " \
+                                     "not one word"
+
+
+def test_the_token_variable_is_not_left_for_the_package_tools(monkeypatch):
+    monkeypatch.setenv("REDFLAG_REGISTRATION_TOKEN", TOKEN)
+    args = cli.build_parser().parse_args(["register", "--server", "https://redflag.example"])
+    assert cli._registration_token(args) == TOKEN
+    assert "REDFLAG_REGISTRATION_TOKEN" not in os.environ  # so apt-get & co. never inherit it
+
+
+# --- register: transport ----------------------------------------------------------------------
+
+
+REMOTE = "http://redflag.invalid:8000"  # never resolved: the agent reaches the stub through HTTP_PROXY
+
+
+def through_proxy(stub: StubServer) -> dict[str, str]:
+    return {"HTTP_PROXY": stub.url, "http_proxy": stub.url, "NO_PROXY": "", "no_proxy": ""}
+
+
+@pytest.mark.parametrize("server", ["http://192.0.2.10", REMOTE, "http://10.1.2.3:8000/redflag"])
+def test_register_refuses_plain_http_to_another_machine(stub, config_path, server):
+    result = agent(config_path, "register", "--server", server, "--token-file", str(token_file(config_path)),
+                   env=through_proxy(stub))
+    assert result.returncode == 2
+    assert one_error_line(result) == (
+        f"redflag-agent: error: refusing to register: {server} is plain HTTP to another machine: the registration "
+        "token and the agent's credentials would cross the network unencrypted; use https:// (or register with "
+        "--insecure)")
+    assert stub.received == [] and not config_path.exists()
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "127.0.0.2"])
+def test_plain_http_to_this_machine_needs_no_flag(stub, config_path, host):
+    if host == "127.0.0.2":  # the whole 127.0.0.0/8 is this machine; the stub listens on 127.0.0.1 only
+        result = agent(config_path, "register", "--server", f"http://127.0.0.2:{stub.port}", "--token-file",
+                       str(token_file(config_path)), env=through_proxy(stub))
+    else:
+        result = register(config_path, f"http://{host}:{stub.port}")
+    assert result.returncode == 0, result.stderr
+    assert "warning" not in result.stderr
+    assert config_module.load(config_path).insecure_http is False
+
+
+def test_register_insecure_warns_records_it_and_the_agent_keeps_working(stub, config_path):
+    proxy = through_proxy(stub)
+    result = agent(config_path, "register", "--server", REMOTE, "--insecure", "--token-file",
+                   str(token_file(config_path)), env=proxy)
+
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip() == (
+        f"redflag-agent: warning: --insecure: registering with {REMOTE} over plain HTTP; the token and the agent's "
+        "credentials cross the network unencrypted")
+    assert stub.proxied_hosts == ["redflag.invalid:8000"]
+    config = config_module.load(config_path)
+    assert config.server_url == REMOTE and config.insecure_http is True
+    assert json.loads(config_path.read_text())["insecure_http"] is True
+
+    ran = agent(config_path, "run", "--once", env=proxy)  # the recorded choice keeps it working
+    assert ran.returncode == 0, ran.stderr
+    assert len(stub.calls("checkin")) == 1
+
+    config.insecure_http = False  # a config that never chose it: refused, before anything is sent
+    config_module.save(config, config_path)
+    sent_before = len(stub.received)
+    refused = agent(config_path, "run", "--once", env=proxy)
+    assert refused.returncode == 3
+    assert one_error_line(refused) == (
+        f"redflag-agent: error: {config_path}: {REMOTE} is plain HTTP to another machine: the registration token "
+        "and the agent's credentials would cross the network unencrypted; use https:// (or register with "
+        "--insecure)")
+    assert len(stub.received) == sent_before
+
+
 # --- run --once ---------------------------------------------------------------------------
 
 
 def test_run_once_checks_in_and_flushes(stub, config_path):
-    assert agent(config_path, "register", "--server", stub.url, "--token", TOKEN).returncode == 0
+    assert register(config_path, stub.url).returncode == 0
     result = agent(config_path, "run", "--once")
     assert result.returncode == 0, result.stderr
 
@@ -146,7 +324,7 @@ def test_run_once_with_the_server_down_keeps_the_events(config_path):
 
 
 def test_run_once_when_revoked_stops_with_exit_4(stub, config_path):
-    assert agent(config_path, "register", "--server", stub.url, "--token", TOKEN).returncode == 0
+    assert register(config_path, stub.url).returncode == 0
     stub.revoked = True
     result = agent(config_path, "run", "--once")
     assert result.returncode == 4
@@ -154,7 +332,7 @@ def test_run_once_when_revoked_stops_with_exit_4(stub, config_path):
 
 
 def test_run_service_stops_on_sigterm(stub, config_path):
-    assert agent(config_path, "register", "--server", stub.url, "--token", TOKEN).returncode == 0
+    assert register(config_path, stub.url).returncode == 0
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     process = subprocess.Popen([sys.executable, "-m", "agent_client", "--config", str(config_path), "run"],
                                cwd=str(config_path.parent), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -98,6 +98,7 @@ def test_missing_file_is_not_registered(tmp_path):
         ('{"schema_version": 0}', "old schema version 0"),
         ('{"schema_version": 1, "poll_interval_seconds": "often"}', "poll_interval_seconds must be an? integer"),
         ('{"schema_version": 1, "signing_keys": {}}', "signing_keys must be a list"),
+        ('{"schema_version": 1, "insecure_http": "yes"}', "insecure_http must be true or false"),
     ],
 )
 def test_an_unusable_file_is_a_clear_error_naming_it(tmp_path, content, message):

@@ -7,22 +7,28 @@ Two layers:
   (package dnf 4.14.0-3+deb12u1, rpm 4.18.0) by
   ``python3 -m tests.agent.dnf_fixtures.capture_outputs``.
 * System tests run the real dnf against RPMs built here, in a createrepo_c
-  repository with updateinfo, and an ``--installroot`` under tmp_path. They
-  need root and Debian's ``dnf``, ``rpm`` and ``createrepo-c`` packages.
+  repository with updateinfo, and an ``--installroot`` under tmp_path. The
+  RPMs are signed with a throwaway GnuPG key and the repository checks it
+  (the agent installs only signed packages). They need root and Debian's
+  ``dnf``, ``rpm`` (rpmbuild, rpmsign), ``createrepo-c`` and ``gnupg`` packages.
 
 No Django here: this file also runs under Python 3.9.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import shutil
 from pathlib import Path
 from typing import Optional
 
 import pytest
 
+from agent_client.executor import CommandExecutor, ExecutedLedger
+from agent_client.outbox import KIND_COMMAND_RESULT, Outbox
 from agent_client.scanners import dnf as dnf_module
-from agent_client.scanners.base import CommandOutput, ScanError
+from agent_client.scanners.base import CommandOutput, PackageNamesRefused, ScanError, run_command
 from agent_client.scanners.dnf import (
     DnfScanner,
     parse_advisory_json,
@@ -35,11 +41,20 @@ from agent_client.scanners.dnf import (
     unmatched_names,
 )
 from tests.agent.conftest import require_root, require_tools
-from tests.agent.dnf_fixtures.sandbox import Advisory, DnfSandbox, RpmSpec, build_rpms, make_repository
+from tests.agent.dnf_fixtures.sandbox import (
+    Advisory,
+    DnfSandbox,
+    RpmSpec,
+    SigningKey,
+    build_rpms,
+    make_repository,
+)
+from tests.agent.hostile import FileServer, ToolShims, hostile_names
+from tests.agent.test_executor import AGENT_ID, Signer
 
 FIXTURES = Path(__file__).resolve().parent / "dnf_fixtures"
 LONG_NAME = "redflag-test-a-package-name-much-longer-than-the-column"
-SYSTEM_TOOLS = ("dnf", "rpm", "rpmbuild", "createrepo_c", "modifyrepo_c")
+SYSTEM_TOOLS = ("dnf", "rpm", "rpmbuild", "rpmsign", "createrepo_c", "modifyrepo_c", "gpg", "gpg-agent", "gpgconf")
 
 
 def recorded(name: str) -> CommandOutput:
@@ -311,23 +326,50 @@ def host_state() -> dict[str, object]:
     return snapshot
 
 
+# Unsigned, and newer than anything in the signed repository: what an attacker would like installed.
+EVIL = RpmSpec("redflag-test-pkg", "9.9")
+UNSIGNED_SEC = RpmSpec("redflag-test-sec", "2.0")
+
+
+@dataclasses.dataclass
+class BuiltWorld:
+    base: Path
+    rpms: dict[str, Path]
+    key: SigningKey
+    evil_dir: Path  # holds evil.rpm, an unsigned redflag-test-pkg 9.9
+    unsigned_repo: Path  # a repository of one unsigned redflag-test-sec 2.0
+
+    @property
+    def evil_rpm(self) -> Path:
+        return self.evil_dir / "evil.rpm"
+
+
 @pytest.fixture(scope="module")
-def built_repository(tmp_path_factory):
-    """RPMs and the repository are built once; each test gets a fresh install root."""
+def built_repository(tmp_path_factory) -> BuiltWorld:
+    """Signed RPMs and the repository are built once; each test gets a fresh install root."""
     require_tools(*SYSTEM_TOOLS)
     require_root()
     base = tmp_path_factory.mktemp("dnf-world")
-    rpms = build_rpms(base, OLD + NEW)
+    key = SigningKey(base)
+    try:
+        rpms = build_rpms(base, OLD + NEW, signing_key=key)
+    finally:
+        key.close()
     make_repository(base / "repo", [rpms[spec.filename] for spec in NEW], ADVISORIES)
-    return base, rpms
+    unsigned = build_rpms(base / "unsigned", [EVIL, UNSIGNED_SEC])
+    evil_dir = base / "evil"
+    evil_dir.mkdir()
+    shutil.copy2(unsigned[EVIL.filename], evil_dir / "evil.rpm")
+    make_repository(base / "unsigned-repo", [unsigned[UNSIGNED_SEC.filename]], [])
+    return BuiltWorld(base, rpms, key, evil_dir, base / "unsigned-repo")
 
 
 @pytest.fixture
 def sandbox(built_repository, tmp_path):
-    base, rpms = built_repository
-    world = DnfSandbox(tmp_path)
-    world.repo_dir.symlink_to(base / "repo")
-    world.rpm_install([rpms[spec.filename] for spec in OLD])
+    built = built_repository
+    world = DnfSandbox(tmp_path, signing_key=built.key)
+    world.repo_dir.symlink_to(built.base / "repo")
+    world.rpm_install([built.rpms[spec.filename] for spec in OLD])
     before = host_state()
     yield world
     assert host_state() == before, "dnf/rpm touched the host's own package state"
@@ -448,3 +490,91 @@ def test_real_scan_with_unreachable_repository_raises(sandbox):
     )
     with pytest.raises(ScanError, match="exited 1"):
         DnfScanner(sandbox.dnf_options()).scan()
+
+
+# ---------------------------------------------------------------------------
+# Hostile names against the real dnf: refused before any process, nothing fetched or installed
+
+
+def result_payloads(outbox: Outbox) -> list[dict]:
+    return [item.payload for item in outbox.pending() if item.kind == KIND_COMMAND_RESULT]
+
+
+def test_real_dnf_never_sees_a_hostile_name(sandbox, built_repository, tmp_path, monkeypatch):
+    """Through the executor (a signed command, as the server sends it) and the scanner itself."""
+    system_test()
+    shims = ToolShims(tmp_path / "shims", ["dnf"], monkeypatch)
+    marker = tmp_path / "pwned"
+    # "evil.rpm" alone would be this file: dnf reads a name ending in .rpm as a file in its working directory.
+    monkeypatch.chdir(built_repository.evil_dir)
+    signer = Signer()
+    outbox = Outbox(tmp_path / "outbox.sqlite3")
+    scanner = DnfScanner(sandbox.dnf_options())
+    executor = CommandExecutor(agent_id=AGENT_ID, signing_keys=[signer.public], outbox=outbox,
+                               ledger=ExecutedLedger(tmp_path / "executed.sqlite3"), scanners={"dnf": scanner},
+                               system_facts=dict, record=lambda event: None)
+    with FileServer(built_repository.evil_dir) as files:
+        names = hostile_names(marker=marker, url=f"{files.url}/evil.rpm", package_file=built_repository.evil_rpm)
+        names += ["evil.rpm", "redflag-test-*", "redflag-test-pkg-9.9-1.noarch.rpm"]
+        for name in names:
+            for command_type in ("dry_run_update", "install_updates"):
+                command = signer.command(command_type, {"package_type": "dnf", "packages": ["redflag-test-sec", name]})
+                assert executor.handle(command) == "failed", name
+            for operation in (scanner.dry_run, scanner.install):
+                with pytest.raises(PackageNamesRefused):
+                    operation([name])
+
+        results = result_payloads(outbox)
+        assert len(results) == 2 * len(names)
+        assert all(result["output"].startswith("refused: invalid dnf package name(s): ") for result in results)
+        assert shims.started() == []  # no dnf process at all
+        assert files.requests == []  # nothing was fetched
+        assert not marker.exists()
+        assert sandbox.installed("redflag-test-pkg", "redflag-test-sec") == {
+            "redflag-test-pkg": "1.0-1", "redflag-test-sec": "1.0-1"}
+
+        # The same route with a valid name reaches the real dnf: after "--", with signature checks forced.
+        install = signer.command("install_updates", {"package_type": "dnf", "packages": ["redflag-test-sec"]})
+        assert executor.handle(install) == "succeeded", result_payloads(outbox)[-1]["output"]
+    (started,) = shims.started_by("dnf")
+    assert started.endswith(" upgrade -y --setopt=gpgcheck=1 --setopt=*.gpgcheck=1 --setopt=localpkg_gpgcheck=1 "
+                            "-- redflag-test-sec")
+    assert sandbox.installed("redflag-test-pkg", "redflag-test-sec") == {
+        "redflag-test-pkg": "1.0-1", "redflag-test-sec": "1.1-1"}
+
+
+def test_dnf_refuses_an_unsigned_package_file_or_url_even_past_the_name_check(sandbox, built_repository):
+    """The second line: were a path or URL ever to get past the grammar, dnf's signature check stops it.
+
+    ``_install`` is called directly to skip Scanner.check_names on purpose. The last step shows what
+    the forced options prevent: the same dnf, without localpkg_gpgcheck, installs the unsigned file.
+    """
+    system_test()
+    scanner = DnfScanner(sandbox.dnf_options())
+    with FileServer(built_repository.evil_dir) as files:
+        for spec in (f"{files.url}/evil.rpm", str(built_repository.evil_rpm)):
+            result = scanner._install([spec])
+            assert not result.succeeded, result.output_tail
+            assert "is not signed" in result.output_tail
+        assert files.requests == ["/evil.rpm"]  # dnf did download it: the signature check alone stopped it
+    assert sandbox.installed("redflag-test-pkg") == {"redflag-test-pkg": "1.0-1"}
+
+    unchecked = run_command(["dnf", *sandbox.dnf_options(), "upgrade", "-y", "--", str(built_repository.evil_rpm)])
+    assert unchecked.exit_code == 0, unchecked.stdout + unchecked.stderr
+    assert sandbox.installed("redflag-test-pkg") == {"redflag-test-pkg": "9.9-1"}
+
+
+def test_a_repository_that_says_gpgcheck_0_is_checked_anyway(sandbox, built_repository):
+    """A .repo file with gpgcheck=0 serving an unsigned, newer package: the agent's install refuses it."""
+    system_test()
+    (sandbox.reposdir / "unsigned.repo").write_text(
+        f"[unsigned]\nname=unsigned\nbaseurl=file://{built_repository.unsigned_repo}\nenabled=1\ngpgcheck=0\n"
+        "metadata_expire=0\n")
+    scanner = DnfScanner(sandbox.dnf_options())
+    assert {record.name: record.available_version for record in scanner.scan()}["redflag-test-sec"] == "2.0-1"
+
+    result = scanner.install(["redflag-test-sec"])
+
+    assert not result.succeeded
+    assert "is not signed" in result.output_tail
+    assert sandbox.installed("redflag-test-sec") == {"redflag-test-sec": "1.0-1"}

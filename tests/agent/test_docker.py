@@ -9,12 +9,15 @@ Rate limiting (429) and Bearer-token auth use tiny loopback HTTP servers.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import http.server
+import ipaddress
 import json
 import os
 import socket
 import socketserver
+import ssl
 import string
 import subprocess
 import threading
@@ -25,7 +28,13 @@ from typing import Optional
 
 import pytest
 import requests
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
+from agent_client.executor import CommandExecutor, ExecutedLedger
+from agent_client.outbox import Outbox
 from agent_client.scanners.docker import (
     MEDIA_DOCKER_MANIFEST,
     MEDIA_DOCKER_MANIFEST_LIST,
@@ -36,6 +45,7 @@ from agent_client.scanners.docker import (
     pick_platform_digest,
 )
 from tests.agent.conftest import require_tools
+from tests.agent.test_executor import AGENT_ID, Signer
 
 FIXTURES = Path(__file__).parent / "docker_fixtures"
 
@@ -431,7 +441,9 @@ TOKEN = "anonymous-pull-token"
 FAKE_DIGEST = "sha256:" + "ab" * 32
 
 
-def _token_auth_handler(owner):
+def _token_auth_handler(owner, realm=lambda owner: f"http://{owner.host}/token"):
+    """A registry that serves its own tokens at /token; ``realm(owner)`` is the token service it names."""
+
     class Handler(http.server.BaseHTTPRequestHandler):
         def log_message(self, *args) -> None:
             pass
@@ -455,7 +467,7 @@ def _token_auth_handler(owner):
                 self.send_response(401)
                 self.send_header(
                     "WWW-Authenticate",
-                    f'Bearer realm="http://{owner.host}/token",service="tiny.registry",'
+                    f'Bearer realm="{realm(owner)}",service="tiny.registry",'
                     f'scope="repository:team/tool:pull"',
                 )
                 self.send_header("Content-Length", "0")
@@ -532,6 +544,122 @@ def test_bearer_challenge_fetches_anonymous_token_and_retries(engine, tiny_regis
     assert token_query == {"service": ["tiny.registry"], "scope": ["repository:team/tool:pull"]}
     assert authed.seen[2][2]["Authorization"] == f"Bearer {TOKEN}"
     assert MEDIA_OCI_INDEX in authed.seen[0][2]["Accept"]
+
+
+def _https_token_service(owner, cert_dir: Path):
+    """The token half of _token_auth_handler, over TLS with a fresh self-signed certificate for 127.0.0.1."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+            .sign(key, hashes.SHA256()))
+    (cert_dir / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (cert_dir / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                                         serialization.PrivateFormat.PKCS8,
+                                                         serialization.NoEncryption()))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(str(cert_dir / "cert.pem"), str(cert_dir / "key.pem"))
+    owner.server.socket = context.wrap_socket(owner.server.socket, server_side=True)
+    return owner
+
+
+def _only_tokens(owner):
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            owner.seen.append(("GET", self.path, dict(self.headers)))
+            body = json.dumps({"token": TOKEN, "expires_in": 300}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    return Handler
+
+
+@pytest.mark.parametrize("realm_of", [
+    lambda registry, elsewhere: f"http://{elsewhere.host}/token",  # plain HTTP, another port
+    lambda registry, elsewhere: f"http://localhost:{registry.host.rsplit(':', 1)[1]}/token",  # another host name
+    lambda registry, elsewhere: f"ftp://{elsewhere.host}/token",
+    lambda registry, elsewhere: "/token",  # no origin at all
+], ids=["http-other-port", "http-other-host", "ftp", "relative"])
+def test_a_token_service_neither_https_nor_the_registrys_own_is_never_asked(engine, tiny_registry, tmp_path,
+                                                                             realm_of):
+    elsewhere = tiny_registry(_only_tokens)  # would hand out a token to anyone who asks
+    registry = tiny_registry(lambda owner: _token_auth_handler(owner, realm=lambda o: realm_of(o, elsewhere)))
+    engine.images = [_image(f"{registry.host}/team/tool:3", "sha256:" + "33" * 32)]
+    scanner = DockerScanner(socket_path=engine.socket_path, insecure_registries=[registry.host], registry_timeout=5)
+    realm = realm_of(registry, elsewhere)
+
+    assert scanner.scan() == []
+
+    reason = f"token service {realm!r} is neither HTTPS nor the registry's own origin; not asked"
+    assert scanner.last_not_checked == [{"name": f"{registry.host}/team/tool:3", "reason": reason}]
+    assert elsewhere.seen == []
+    assert [(method, path) for method, path, _ in registry.seen] == [("HEAD", "/v2/team/tool/manifests/3")]
+
+    # The scan report the executor queues says so, in one line of not_checked.
+    signer = Signer()
+    outbox = Outbox(tmp_path / "outbox.sqlite3")
+    executor = CommandExecutor(agent_id=AGENT_ID, signing_keys=[signer.public], outbox=outbox,
+                               ledger=ExecutedLedger(tmp_path / "executed.sqlite3"), scanners={"docker": scanner},
+                               system_facts=dict, record=lambda event: None)
+    assert executor.handle(signer.command("scan_docker", {"package_type": "docker"})) == "succeeded"
+    report = outbox.pending()[0].payload
+    assert report["updates"] == [] and report["not_checked"] == [f"{registry.host}/team/tool:3: {reason}"]
+    assert elsewhere.seen == []
+
+
+def test_an_https_token_service_on_another_host_is_asked(engine, tiny_registry, tmp_path, monkeypatch):
+    # requests lets these override a session's own verify= (psf/requests#3829): trust only the test's certificate.
+    monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
+    monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
+    tokens = _https_token_service(tiny_registry(_only_tokens), tmp_path)
+    registry = tiny_registry(lambda owner: _token_auth_handler(owner, realm=lambda o: f"https://{tokens.host}/token"))
+    engine.images = [_image(f"{registry.host}/team/tool:3", "sha256:" + "33" * 32)]
+    session = requests.Session()
+    session.verify = str(tmp_path / "cert.pem")
+    scanner = DockerScanner(socket_path=engine.socket_path, insecure_registries=[registry.host], registry_timeout=5,
+                            session=session)
+
+    records = scanner.scan()
+
+    assert scanner.last_not_checked == []
+    assert [(r.name, r.metadata["remote_digest"]) for r in records] == [(f"{registry.host}/team/tool:3", FAKE_DIGEST)]
+    assert [path.split("?")[0] for _, path, _ in tokens.seen] == ["/token"]
+
+
+def test_a_token_service_redirect_is_not_followed(engine, tiny_registry):
+    elsewhere = tiny_registry(_only_tokens)
+    # The realm is the registry's own origin, which answers with a redirect to plain HTTP elsewhere.
+    registry = tiny_registry(lambda owner: _token_auth_handler(owner))
+    registry_handler = registry.server.RequestHandlerClass
+
+    class Redirecting(registry_handler):
+        def do_GET(self) -> None:
+            if self.path.startswith("/token"):
+                self.send_response(302)
+                self.send_header("Location", f"http://{elsewhere.host}/token")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            super().do_GET()
+
+    registry.server.RequestHandlerClass = Redirecting
+    engine.images = [_image(f"{registry.host}/team/tool:3", "sha256:" + "33" * 32)]
+    scanner = DockerScanner(socket_path=engine.socket_path, insecure_registries=[registry.host], registry_timeout=5)
+
+    assert scanner.scan() == []
+    assert scanner.last_not_checked == [{"name": f"{registry.host}/team/tool:3",
+                                         "reason": "token service answered HTTP 302"}]
+    assert elsewhere.seen == []
 
 
 # --- tests: pulls through the fake Engine --------------------------------------

@@ -12,9 +12,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent_client.executor import CommandExecutor, ExecutedLedger, system_report_body
 from agent_client.outbox import KIND_COMMAND_RESULT, KIND_SYSTEM_REPORT, KIND_UPDATES_REPORT, Outbox
-from agent_client.protocol import command_signing_bytes, key_endorsement_bytes
+from agent_client.protocol import command_signing_bytes, key_endorsement_bytes, package_name_problem
 from agent_client.scanners.base import OperationResult, ScanError, Scanner, UpdateRecord
 from agent_client.selfupdate import UpdateRefused
+from tests.agent.test_winget import recorded, scanner_with
 
 AGENT_ID = str(uuid.uuid4())
 
@@ -172,7 +173,9 @@ def test_refused_package_names_are_a_failed_result_with_the_reason_and_nothing_r
     # Not a list of names (a string must not become its letters): no names.
     assert executor.handle(signer.command(command_type, {"package_type": "apt", "packages": "openssl"})) == "failed"
     (_, bad_name), (_, no_names) = queued(outbox)
-    assert bad_name["output"] == "refused: invalid apt package name(s): 'foo;rm -rf /'; nothing was run"
+    assert bad_name["output"] == ("refused: invalid apt package name(s): 'foo;rm -rf /' (not a Debian package name: "
+                                  "lowercase letters, digits, '+', '.', '-' (not last), an optional ':arch'); "
+                                  "nothing was run")
     assert no_names["output"] == "refused: no apt package names given; nothing was run"
     assert scanner.calls == [] and events == []
 
@@ -250,3 +253,64 @@ def test_a_refused_update_is_a_security_violation_and_a_failed_result(setup, sig
     (kind, result), = queued(outbox)
     assert kind == KIND_COMMAND_RESULT and "update refused (downgrade)" in result["output"]
     assert [(e["event_type"], e["metadata"]["reason"]) for e in events] == [("security_violation", "downgrade")]
+
+
+# -- scan reports never carry a name the server would refuse -------------------------------
+
+
+class CannedScanner(RecordingScanner):
+    def __init__(self, records, not_checked=(), package_type="apt"):
+        super().__init__()
+        self.records, self.last_not_checked, self.package_type = records, list(not_checked), package_type
+
+    def scan(self):
+        return list(self.records)
+
+
+def scan_report(setup, signer, scanner) -> dict:
+    executor, _, outbox, _, _ = setup(scanners={scanner.package_type: scanner})
+    assert executor.handle(signer.command("scan_updates", {"package_type": scanner.package_type})) == "succeeded"
+    report, result = (payload for _, payload in queued(outbox))
+    assert result["details"]["updates"] == len(report["updates"])
+    return report
+
+
+def test_a_scanned_name_the_server_would_refuse_is_not_checked_never_an_update(setup, signer):
+    def record(name):
+        return UpdateRecord("apt", name, "1.0", "1.1")
+
+    scanner = CannedScanner([record("openssl"), record("-oAPT::Get::Trivial-Only=false"), record("openssl"),
+                             record("bad\nname"), record("x" * 300), record("openssh-server-"), record("vim")],
+                            not_checked=[{"name": "held-thing", "reason": "r" * 400}])
+
+    report = scan_report(setup, signer, scanner)
+
+    assert [update["name"] for update in report["updates"]] == ["openssl", "vim"]
+    grammar = "not a Debian package name: lowercase letters, digits, '+', '.', '-' (not last), an optional ':arch'"
+    assert report["not_checked"][0] == "held-thing: " + "r" * 243
+    assert report["not_checked"][1:4] == [
+        f"-oAPT::Get::Trivial-Only=false: not reported: {grammar}",
+        "openssl: not reported: reported twice by one scan",
+        f"'bad\\nname': not reported: {grammar}",
+    ]
+    assert report["not_checked"][5] == f"openssh-server-: not reported: {grammar}"
+    assert report["not_checked"][4].startswith("'xxx") and report["not_checked"][4].endswith(
+        "a package name has 1 to 255 characters")
+    assert all(len(line) <= 255 and line.isprintable() for line in report["not_checked"])
+
+
+def test_recorded_winget_output_with_an_id_the_grammar_refuses(setup, signer, monkeypatch):
+    """Real winget output (recorded/) lists "IDMComputerSolutions,Inc.UltraEdit": a comma is not in the winget
+    grammar, so the server would refuse the whole report; it is not checked instead."""
+    scanner, _ = scanner_with(recorded("winget_upgrade_truncated_no_source.txt"))
+    monkeypatch.setattr(scanner, "is_available", lambda: True)
+
+    report = scan_report(setup, signer, scanner)
+
+    names = [update["name"] for update in report["updates"]]
+    assert names == ["Mozilla.Firefox", "ElectronicArts.EADesktop", "Microsoft.Teams", "Microsoft.WindowsSDK",
+                     "Microsoft.DotNet.SDK.3_1"]
+    assert all(package_name_problem("winget", name) is None for name in names)
+    assert report["not_checked"] == [
+        "IDMComputerSolutions,Inc.UltraEdit: not reported: not a winget package id: Publisher.Package (letters, "
+        "digits, '_', '+', '-') or a 12-character Store id"]

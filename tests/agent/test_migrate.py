@@ -10,7 +10,7 @@ import pytest
 from agent_client.machine import machine_id_hash
 from agent_client.outbox import Outbox
 from tests.agent.stub_server import StubServer, enrolled_config
-from tests.agent.test_cli import agent, one_error_line
+from tests.agent.test_cli import REMOTE, agent, one_error_line, through_proxy
 
 
 def aggregator_config(stub: StubServer, *, refresh: bool = True) -> dict:
@@ -128,3 +128,19 @@ def test_nothing_to_migrate(stub, config_path):
     enrolled_config(stub, config_path)
     result = agent(config_path, "migrate")
     assert result.returncode == 0 and "nothing to migrate" in result.stdout
+
+
+def test_a_legacy_install_on_plain_http_to_another_machine_keeps_working_and_says_so(stub, tmp_path, config_path):
+    """The old agent already used this server over plain HTTP: the migrated config records insecure_http."""
+    legacy = tmp_path / "aggregator" / "config.json"
+    write(legacy, dict(aggregator_config(stub), server_url=REMOTE))
+    proxy = through_proxy(stub)  # REMOTE is answered by the stub, on loopback
+
+    result = agent(config_path, "migrate", "--from", str(legacy), env=proxy)
+
+    assert result.returncode == 0, result.stderr
+    assert f"{REMOTE} is plain HTTP to another machine: kept working (insecure_http in the config)" in result.stdout
+    migrated = json.loads(config_path.read_text())
+    assert migrated["server_url"] == REMOTE and migrated["insecure_http"] is True
+    assert agent(config_path, "run", "--once", env=proxy).returncode == 0
+    assert set(stub.proxied_hosts) == {"redflag.invalid:8000"}

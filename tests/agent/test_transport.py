@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 import pytest
+import requests
 
 from agent_client import config as config_module
 from agent_client.transport import (
@@ -25,6 +26,7 @@ from agent_client.transport import (
     TransportError,
     normalize_server_url,
     parse_retry_after,
+    plain_http_problem,
     register,
 )
 from tests.agent.stub_server import TEST_MACHINE_ID, enrolled_config
@@ -280,3 +282,48 @@ def test_server_url_normalization():
     for bad in ("redflag.example", "ftp://x", "https://", "https://x/?a=1"):
         with pytest.raises(ValueError):
             normalize_server_url(bad)
+
+
+# --- plain HTTP only to this machine, or where an admin chose it (register --insecure) ----------
+
+
+@pytest.mark.parametrize("url, refused", [
+    ("https://redflag.example", False),
+    ("https://10.0.0.5:8443", False),
+    ("http://localhost:8000", False),
+    ("http://LOCALHOST", False),
+    ("http://127.0.0.1:8000", False),
+    ("http://127.9.9.9", False),
+    ("http://[::1]:8000", False),
+    ("http://redflag.example", True),
+    ("http://10.0.0.5:8000", True),
+    ("http://192.168.1.2", True),
+    ("http://[fe80::1]:8000", True),
+    ("http://localhost.example.com", True),
+    ("http://127.0.0.1.nip.io", True),
+])
+def test_plain_http_problem(url, refused):
+    assert (plain_http_problem(url) is not None) is refused
+
+
+def test_the_client_sends_nothing_over_plain_http_to_another_machine_unless_the_config_chose_it(stub, config_path):
+    config = enrolled_config(stub, config_path)
+    config.server_url = "http://redflag.invalid:8000"
+    proxied = requests.Session()
+    proxied.proxies = {"http": stub.url}  # the stub answers for "redflag.invalid", on loopback
+    proxied.trust_env = False
+    client = Client(config, machine_id_hash=TEST_MACHINE_ID, session=proxied, retry=RetryPolicy(max_attempts=1))
+    with pytest.raises(TerminalError) as refused:
+        client.checkin({"metrics": {}})
+    assert refused.value.code == "insecure_transport"
+    with pytest.raises(TerminalError):
+        client.download("/api/v1/releases/1.0/artifact", config_path.parent / "x", max_bytes=10)
+    with pytest.raises(TerminalError):
+        register(config.server_url, registration_token=stub.registration_token, machine_id_hash=TEST_MACHINE_ID,
+                 facts={}, retry=RetryPolicy(max_attempts=1))
+    assert stub.received == []
+
+    config.insecure_http = True
+    chosen = Client(config, machine_id_hash=TEST_MACHINE_ID, session=proxied, retry=RetryPolicy(max_attempts=1))
+    chosen.checkin({"metrics": {}})
+    assert stub.proxied_hosts == ["redflag.invalid:8000"] and len(stub.calls("checkin")) == 1

@@ -3,7 +3,16 @@
 Everything lives under one directory (pytest's tmp_path): noarch RPMs built
 with rpmbuild from generated spec files, a createrepo_c repository with an
 updateinfo.xml added by modifyrepo_c, and an install root whose rpmdb holds
-the "old" versions. The machine's own rpm and dnf state is never touched:
+the "old" versions.
+
+The agent installs only signed packages (DnfScanner forces gpgcheck on every
+repository), so the repository is signed the honest way: a throwaway GnuPG key
+(:class:`SigningKey`, in its own GNUPGHOME) signs the RPMs with rpmsign, the
+repository definition says ``gpgcheck=1`` with that key as ``gpgkey``, and the
+key is imported into the install root's rpmdb, as a distribution's release
+package does on a real host. Nothing is switched off to make the tests pass.
+
+The machine's own rpm and dnf state is never touched:
 rpmbuild gets a private ``--dbpath`` (Debian's rpm would otherwise create
 ``~/.rpmdb``) and every rpm/dnf call is confined with ``--root`` /
 ``--installroot``.
@@ -18,6 +27,7 @@ import dataclasses
 import os
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional
@@ -63,6 +73,31 @@ def _run(argv: Sequence[str], **kwargs) -> subprocess.CompletedProcess:
     return completed
 
 
+class SigningKey:
+    """A passphrase-less RSA key in a private GNUPGHOME, for rpmsign; ``close`` stops its gpg-agent."""
+
+    uid = "RedFlag Test Packages <packages@redflag.invalid>"
+
+    def __init__(self, workdir: Path) -> None:
+        # gpg-agent's socket lives in the home when /run/user/<uid> does not exist: keep the path short.
+        self.home = Path(tempfile.mkdtemp(prefix="rf-gpg-"))
+        self.public_key = workdir / "RPM-GPG-KEY-redflag-test"
+        self._gpg("--pinentry-mode", "loopback", "--passphrase", "", "--quick-gen-key", self.uid, "rsa2048", "sign",
+                  "never")
+        self.public_key.write_text(self._gpg("--armor", "--export", self.uid).stdout)
+
+    def _gpg(self, *args: str) -> subprocess.CompletedProcess:
+        return _run(["gpg", "--batch", "--homedir", str(self.home), *args])
+
+    def sign(self, rpm_path: Path) -> None:
+        _run(["rpmsign", "--addsign", "--define", f"__gpg {shutil.which('gpg')}", "--define", f"_gpg_name {self.uid}",
+              "--define", f"_gpg_path {self.home}", str(rpm_path)], stdin=subprocess.DEVNULL)
+
+    def close(self) -> None:
+        subprocess.run(["gpgconf", "--homedir", str(self.home), "--kill", "gpg-agent"], capture_output=True)
+        shutil.rmtree(self.home, ignore_errors=True)
+
+
 def _spec_text(spec: RpmSpec) -> str:
     lines = [
         f"Name: {spec.name}",
@@ -91,8 +126,8 @@ def _spec_text(spec: RpmSpec) -> str:
     return "\n".join(lines)
 
 
-def build_rpms(workdir: Path, specs: Sequence[RpmSpec]) -> dict[str, Path]:
-    """Build each spec into a noarch RPM; returns {filename: path}."""
+def build_rpms(workdir: Path, specs: Sequence[RpmSpec], signing_key: Optional[SigningKey] = None) -> dict[str, Path]:
+    """Build each spec into a noarch RPM, signed when a key is given; returns {filename: path}."""
     topdir = workdir / "rpmbuild"
     for sub in ("SPECS", "SOURCES", "BUILD", "RPMS", "SRPMS"):
         (topdir / sub).mkdir(parents=True, exist_ok=True)
@@ -110,6 +145,8 @@ def build_rpms(workdir: Path, specs: Sequence[RpmSpec]) -> dict[str, Path]:
         )
         path = topdir / "RPMS" / "noarch" / spec.filename
         assert path.is_file(), f"rpmbuild did not produce {path}"
+        if signing_key is not None:
+            signing_key.sign(path)
         built[spec.filename] = path
     return built
 
@@ -171,11 +208,16 @@ def make_repository(repo_dir: Path, rpm_paths: Sequence[Path], advisories: Seque
 
 
 class DnfSandbox:
-    """An install root, a private repository definition and dnf options for both."""
+    """An install root, a private repository definition and dnf options for both.
+
+    With a ``signing_key`` the repository is checked like a distribution's (gpgcheck=1, its key
+    imported into the root); without one it is unsigned (gpgcheck=0), which only the output
+    recorder uses: the agent's own installs refuse unsigned packages.
+    """
 
     repo_id = "redflag-test"
 
-    def __init__(self, base: Path) -> None:
+    def __init__(self, base: Path, signing_key: Optional[SigningKey] = None) -> None:
         self.base = base
         self.root = base / "installroot"
         self.repo_dir = base / "repo"
@@ -183,16 +225,20 @@ class DnfSandbox:
         self.config = base / "dnf.conf"
         self.root.mkdir(parents=True, exist_ok=True)
         self.reposdir.mkdir(parents=True, exist_ok=True)
-        self.config.write_text("[main]\ngpgcheck=0\nbest=False\nskip_if_unavailable=False\n")
+        gpgcheck = "1" if signing_key is not None else "0"
+        self.config.write_text(f"[main]\ngpgcheck={gpgcheck}\nbest=False\nskip_if_unavailable=False\n")
         (self.reposdir / f"{self.repo_id}.repo").write_text(
             f"[{self.repo_id}]\n"
             "name=RedFlag test repository\n"
             f"baseurl=file://{self.repo_dir}\n"
             "enabled=1\n"
-            "gpgcheck=0\n"
-            "metadata_expire=0\n"
+            f"gpgcheck={gpgcheck}\n"
+            + (f"gpgkey=file://{signing_key.public_key}\n" if signing_key is not None else "")
+            + "metadata_expire=0\n"
         )
         _run(["rpm", "--root", str(self.root), "--initdb"])
+        if signing_key is not None:
+            _run(["rpm", "--root", str(self.root), "--import", str(signing_key.public_key)])
 
     def dnf_options(self) -> list[str]:
         # With --installroot, dnf 4 puts logs and persistdir inside the root
