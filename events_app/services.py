@@ -8,10 +8,12 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from events_app.choices import Component, EventSubtype, EventType, Severity
 from events_app.models import AuditApiToken, SystemEvent
+from redflag.models import EVENT_RETENTION_FLOOR_DAYS, SECURITY_EVENT_RETENTION_FLOOR_DAYS
 
 if TYPE_CHECKING:
     from agents_app.models import Agent
@@ -96,17 +98,39 @@ def event_export_record(*, actor: str, export_format: str, filters: dict[str, An
     )
 
 
-def events_purge(*, now: datetime, retention_days: int, batch_size: int = 5000) -> int:
-    """Delete events created before ``now - retention_days``, oldest first, in batches; record it.
+# Events kept SECURITY_EVENT_RETENTION_FLOOR_DAYS at least: the security component, and the audit
+# trail's record of itself (a purge, a configuration change such as a new retention).
+SECURITY_EVENT_TYPES = (EventType.EVENTS_PURGED, EventType.CONFIG_CHANGED)
 
-    1. Take the next ``batch_size`` expired ids (index event_time serves created_at < cutoff).
+
+def security_events() -> Q:
+    return Q(component=Component.SECURITY) | Q(event_type__in=SECURITY_EVENT_TYPES)
+
+
+def retention_cutoffs(*, now: datetime, retention_days: int) -> tuple[datetime, datetime]:
+    """(ordinary, security) cutoffs for ``retention_days``, never later than the floors allow."""
+    return (now - timedelta(days=max(retention_days, EVENT_RETENTION_FLOOR_DAYS)),
+            now - timedelta(days=max(retention_days, SECURITY_EVENT_RETENTION_FLOOR_DAYS)))
+
+
+def events_purge(*, now: datetime, retention_days: int, batch_size: int = 5000) -> int:
+    """Delete events past their retention, oldest first, in batches; record it.
+
+    Whatever ``retention_days`` says, no event younger than its floor goes: ordinary events stay
+    EVENT_RETENTION_FLOOR_DAYS (90), security events (security_events()) SECURITY_EVENT_RETENTION_FLOOR_DAYS
+    (365). An admin who sets a short retention, or a caller passing 0, cannot wipe the audit trail,
+    nor the record of the purge or of the settings change that asked for it.
+
+    1. Take the next ``batch_size`` expired ids: created before the ordinary cutoff (index event_time
+       serves that range), and for security events before the security cutoff too.
     2. Delete them in one statement, its own short transaction (autocommit), so writers are never blocked long
        and a crash loses at most one batch of work, which the next run redoes.
     3. Repeat until a batch comes back short, then write ONE events_purged event saying how many
-       rows went and the cutoff.
+       rows went and the cutoffs.
     """
-    cutoff = now - timedelta(days=retention_days)
-    expired = SystemEvent.objects.filter(created_at__lt=cutoff)
+    cutoff, security_cutoff = retention_cutoffs(now=now, retention_days=retention_days)
+    expired = SystemEvent.objects.filter(created_at__lt=cutoff).filter(
+        Q(created_at__lt=security_cutoff) | ~security_events())
     removed = 0
     oldest = expired.order_by("created_at").values_list("created_at", flat=True).first()
     while True:
@@ -122,8 +146,11 @@ def events_purge(*, now: datetime, retention_days: int, batch_size: int = 5000) 
         event_type=EventType.EVENTS_PURGED,
         subtype=EventSubtype.SUCCESS,
         component=Component.SCHEDULER,
-        message=f"Retention removed {removed} events created before {cutoff:%Y-%m-%d %H:%M} UTC",
-        metadata={"removed": removed, "cutoff": cutoff.isoformat(), "retention_days": retention_days,
+        message=(f"Retention removed {removed} events created before {cutoff:%Y-%m-%d %H:%M} UTC "
+                 f"(security events before {security_cutoff:%Y-%m-%d %H:%M} UTC)"),
+        # retention_days: what was applied to ordinary events (the request, raised to the floor).
+        metadata={"removed": removed, "cutoff": cutoff.isoformat(),
+                  "retention_days": max(retention_days, EVENT_RETENTION_FLOOR_DAYS),
                   "oldest_removed": oldest.isoformat() if oldest else None},
         standalone=True,  # the batches committed one by one; this sums them up
     )

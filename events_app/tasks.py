@@ -11,6 +11,10 @@ PURGE_BATCH_SIZE = 5000
 
 
 def purge_expired_events() -> int:
-    """Daily: delete events older than ServerSettings.event_retention_days (default 365)."""
+    """Daily: delete events older than ServerSettings.event_retention_days (default 365).
+
+    events_purge keeps every event younger than its floor (90 days, security events 365) even if
+    the row holds less, e.g. a value saved before the floor existed.
+    """
     return events_purge(now=timezone.now(), retention_days=ServerSettings.current().event_retention_days,
                         batch_size=PURGE_BATCH_SIZE)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import secrets
+import shlex
+import stat
 from pathlib import Path
 
 import dj_database_url
@@ -20,8 +22,65 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 REDFLAG_ENV = env_choice("REDFLAG_ENV", "development", ("development", "production"))
 PRODUCTION = REDFLAG_ENV == "production"
 
+# --- data at rest -------------------------------------------------------------
+# The data folder holds the SQLite database (sessions included), the keys and the release
+# artifacts: nobody but the account RedFlag runs as may read it. Two layers:
+# 1. The folder is 0700 (created so; an existing one with any group or other bit stops start-up).
+# 2. Everything created in it is 0600 whatever umask the service manager, shell or ASGI server
+#    handed us: this process (and the web server and workers it starts) runs with umask 077, which
+#    covers what SQLite, Django and libraries create (the test database, lock files, compressed
+#    static files). Where a file's mode must not depend on the umask we set it explicitly: the
+#    SQLite database is created 0600 before SQLite opens it -- SQLite gives -wal the database
+#    file's mode and -shm at most that mode -- and uploads get FILE_UPLOAD_PERMISSIONS below
+#    (Django's default chmods them to 0644).
+# The check runs here, at settings import, so every way in gets it: manage.py (any command,
+# run_portal, qcluster), redflag/asgi.py and redflag/wsgi.py. It exits with one line, no traceback.
+os.umask(0o077)
+PRIVATE_FILE_MODE = 0o600
+PRIVATE_DIRECTORY_MODE = 0o700
+
 DATA_DIR = Path(env_str("REDFLAG_DATA_DIR", str(BASE_DIR / "var")))
-DATA_DIR.mkdir(parents=True, exist_ok=True)
+
+
+def _private_data_dir(path: Path) -> None:
+    """Create the data folder 0700, or refuse one that other users can read, write or enter."""
+    if not path.exists():
+        try:
+            path.mkdir(mode=PRIVATE_DIRECTORY_MODE, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SystemExit(f"RedFlag will not start: cannot create the data directory {path}: {exc.strerror}")
+    if not path.is_dir():
+        raise SystemExit(f"RedFlag will not start: the data directory {path} is not a directory")
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        # SystemExit with a message: Python prints that one line to stderr and exits 1, in
+        # manage.py, under uvicorn and in a multiprocessing worker alike; no traceback.
+        raise SystemExit(f"RedFlag will not start: the data directory {path} is open to other users "
+                         f"(mode {mode:04o}). Run: chmod 700 {shlex.quote(str(path))}")
+
+
+def _private_sqlite_files(database: Path) -> None:
+    """Create the SQLite database 0600 before SQLite does, and tighten files an older version left 0644.
+
+    SQLite creates -wal with the database file's mode and -shm with at most that mode, so these
+    stay 0600 even if something resets the umask after this point.
+    """
+    try:
+        os.close(os.open(database, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE))
+    except FileExistsError:
+        pass
+    except FileNotFoundError:  # its folder is missing: SQLite itself says so on first use
+        return
+    for path in (database, database.with_name(database.name + "-wal"), database.with_name(database.name + "-shm")):
+        try:
+            info = path.stat()
+        except FileNotFoundError:
+            continue
+        if stat.S_IMODE(info.st_mode) & 0o077 and info.st_uid == os.geteuid():
+            path.chmod(PRIVATE_FILE_MODE)
+
+
+_private_data_dir(DATA_DIR)
 
 
 def _development_secret_key() -> str:
@@ -135,6 +194,7 @@ else:
             "TEST": {"NAME": str(DATA_DIR / "test-redflag.sqlite3")},
         }
     }
+    _private_sqlite_files(DATABASES["default"]["NAME"])
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # Shared by every web process and worker (rate-limit counters live here): a database table by
@@ -167,7 +227,11 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = DATA_DIR / "static"
-STATIC_ROOT.mkdir(exist_ok=True)
+STATIC_ROOT.mkdir(mode=PRIVATE_DIRECTORY_MODE, exist_ok=True)
+# Release artifacts and collected static files are saved through FileSystemStorage, which chmods
+# each file to FILE_UPLOAD_PERMISSIONS (Django's default, 0644, would override the umask).
+FILE_UPLOAD_PERMISSIONS = PRIVATE_FILE_MODE
+FILE_UPLOAD_DIRECTORY_PERMISSIONS = PRIVATE_DIRECTORY_MODE
 # Development serves admin assets straight from the apps; production runs collectstatic.
 WHITENOISE_USE_FINDERS = not PRODUCTION
 STORAGES = {
