@@ -11,13 +11,16 @@ from __future__ import annotations
 import uuid
 
 import pytest
+from django.apps import apps
 from django.contrib import admin
 from django.contrib.auth.models import Group, User
+from django.contrib.sessions.models import Session
 from django.test import Client, RequestFactory
 from django.urls import NoReverseMatch, URLPattern, URLResolver, get_resolver, reverse
 
 from agents_app.models import Agent, Command
 from events_app.choices import Component, EventSubtype, EventType
+from events_app.models import SystemEvent
 from events_app.services import record_event
 from redflag.models import ServerSettings
 from tests.server.events_app.helpers import PASSWORD, make_user
@@ -98,9 +101,16 @@ def concrete_url(name: str, pattern: URLPattern, world) -> str | None:
     raise AssertionError(f"no sample value fits the parameters {unknown} of {name}; add one above")
 
 
+def every_row() -> dict:
+    """Every row of every model (sessions aside: a log-in writes one), to prove a refusal stored nothing."""
+    return {model._meta.label: list(model._default_manager.order_by("pk").values())
+            for model in apps.get_models() if model is not Session}
+
+
 def test_every_mutating_route_refuses_an_auditor(world):
     client = Client()
     client.force_login(world["auditor"])
+    before = every_row()
     checked, unreachable, failures = [], [], []
     for name, pattern in walk(get_resolver().url_patterns):
         if name in SELF_SERVICE or name in READ_ONLY_ADMIN or name.endswith(READ_ONLY_ADMIN_SUFFIXES):
@@ -116,6 +126,8 @@ def test_every_mutating_route_refuses_an_auditor(world):
         if response.status_code not in allowed:
             failures.append(f"{name} {url}: {response.status_code}")
     assert not failures, failures
+    after = every_row()
+    assert {label: rows for label, rows in after.items() if rows != before[label]} == {}  # nothing stored
     # The walk really covered the admin's add/change/delete pages and the agent API.
     assert "admin:agents_app_agent_change" in checked and "admin:auth_user_add" in checked
     assert "agent-checkin" in checked and "events:history" in checked
@@ -165,6 +177,7 @@ def test_auditor_reads_events_and_changes_nothing(client, auditor, agent):
     assert client.get("/admin/events_app/systemevent/").status_code == 200
     assert client.get("/admin/agents_app/agent/").status_code == 200
     token = RegistrationToken.objects.get()
+    before = every_row()
     forbidden = [
         ("get", "/admin/tokens_app/registrationtoken/"),
         ("get", "/admin/tokens_app/registrationtoken/add/"),
@@ -176,6 +189,7 @@ def test_auditor_reads_events_and_changes_nothing(client, auditor, agent):
     ]
     for method, url in forbidden:
         assert getattr(client, method)(url).status_code == 403, url
+    assert every_row() == before  # the refused posts changed and deleted nothing
     response = client.post("/admin/agents_app/agent/", {"action": "revoke_credentials", "_selected_action": [agent.id]})
     assert agent.model.revoked_at is None, response.status_code
 
@@ -198,6 +212,7 @@ def test_users_without_the_auditor_role_are_refused(db, client, kind):
                          component=Component.SERVER, message="up")
     for url in (HISTORY, f"{HISTORY}{event.id}/", f"{HISTORY}export.csv"):
         assert client.get(url).status_code == 403, url
+    assert not SystemEvent.objects.filter(event_type=EventType.AUDIT_EXPORT).exists()  # a refused export is no export
 
 
 def test_auditor_and_admin_may_read(db, auditor_client):
@@ -208,4 +223,6 @@ def test_auditor_and_admin_may_read(db, auditor_client):
     assert "server up" in response.content.decode()
     admin = Client()
     admin.force_login(make_user("root", superuser=True))
-    assert admin.get(HISTORY).status_code == 200
+    response = admin.get(HISTORY)
+    assert response.status_code == 200
+    assert "server up" in response.content.decode()

@@ -61,5 +61,10 @@ def test_admin_issues_a_token_shown_once_and_revokes_it(db):
     assert token.token_hash == hashlib.sha256(secret.encode()).hexdigest() and token.user == auditor
     assert secret not in admin.get(f"/admin/events_app/auditapitoken/{token.pk}/change/").content.decode()
     assert get(Client(), secret).status_code == 200
-    admin.post("/admin/events_app/auditapitoken/", {"action": "revoke_selected", "_selected_action": [str(token.pk)]})
+    response = admin.post("/admin/events_app/auditapitoken/",
+                          {"action": "revoke_selected", "_selected_action": [str(token.pk)]}, follow=True)
+    assert "Revoked 1 token(s)." in response.content.decode()
+    assert AuditApiToken.objects.get(pk=token.pk).revoked_at is not None
+    revoked = SystemEvent.objects.get(event_type=EventType.TOKEN_REVOKED)
+    assert revoked.actor == "root" and revoked.metadata["audit_token_id"] == str(token.pk)
     assert get(Client(), secret).status_code == 401

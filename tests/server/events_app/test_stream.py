@@ -192,15 +192,17 @@ def end_other_sessions_of_this_test_database() -> None:
 
 @pytest.mark.django_db(transaction=True)
 def test_stream_refuses_others_and_bad_ids(client):
-    def status(**headers):
-        return in_thread(lambda: client.get("/audit/events/stream", **headers).status_code)
+    def get(query="", **headers):
+        return in_thread(lambda: client.get(f"/audit/events/stream{query}", **headers))
 
-    assert status() == 302
+    anonymous = get()
+    assert anonymous.status_code == 302 and anonymous["Location"].startswith("/admin/login/?next=")
     client.force_login(make_user("plain"))
-    assert status() == 403
+    assert get().status_code == 403
     client.force_login(make_user("audrey", auditor=True))
-    assert status(HTTP_LAST_EVENT_ID="abc") == 400
-    assert in_thread(lambda: client.get("/audit/events/stream?severity=loud").status_code) == 400
+    for refused, name in ((get(HTTP_LAST_EVENT_ID="abc"), "Last-Event-ID"), (get("?severity=loud"), "severity")):
+        assert refused.status_code == 400
+        assert refused["Content-Type"].startswith("text/plain") and name in refused.content.decode()  # not a stream
 
 
 @pytest.mark.django_db(transaction=True)

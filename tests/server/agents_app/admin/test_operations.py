@@ -56,6 +56,7 @@ def test_command_list_and_detail(admin_client, fleet):
     assert 'name="_save"' not in page
     assert admin_client.get(f"{COMMANDS}add/").status_code == 403
     assert admin_client.post(f"{COMMANDS}{command.pk}/delete/", {"post": "yes"}).status_code == 403
+    assert Command.objects.filter(pk=command.pk).exists()
     failed = admin_client.get(COMMANDS, {"outcome": "failed_24h"}).context["cl"].result_list
     assert {c.command_type for c in failed} == {"scan_storage", "scan_system"} and len(failed) == 2
 

@@ -12,11 +12,19 @@ import uuid
 import pytest
 from django.core import signing
 
+from agents_app.models import Agent
 from agents_app.services.agents import agent_revoke
 from events_app.models import SystemEvent
+from redflag.models import RequestNonce
 from tests.server.conftest import machine_hash, security_headers, valid_body
 
 AGENT_ENDPOINTS = ["checkin", "events"]
+
+
+def request_effects(agent) -> tuple:
+    """What an accepted check-in or events request leaves: the agent's row, the event it sends, a spent nonce."""
+    return (Agent.objects.filter(pk=agent.id).values().get(),
+            SystemEvent.objects.filter(event_type="agent_startup").count(), RequestNonce.objects.count())
 
 
 
@@ -30,12 +38,19 @@ class TestCredentialsFirst:
         assert response.json()["error"]["code"] == "not_authenticated"
 
     def test_garbage_token_is_401(self, agent, endpoint):
+        before = request_effects(agent)
         response = agent.post(endpoint, valid_body(endpoint), HTTP_AUTHORIZATION="Bearer rf_acc_forged")
         assert response.status_code == 401
+        assert response.json()["error"]["code"] == "invalid_credentials"
+        assert request_effects(agent) == before  # not applied, and no nonce spent before authentication
 
     def test_token_signed_with_another_key_is_401(self, agent, endpoint, settings):
         forged = "rf_acc_" + signing.dumps({"a": agent.id, "g": 1}, key="x" * 50, salt="redflag.agent-access-token")
-        assert agent.post(endpoint, valid_body(endpoint), HTTP_AUTHORIZATION=f"Bearer {forged}").status_code == 401
+        before = request_effects(agent)
+        response = agent.post(endpoint, valid_body(endpoint), HTTP_AUTHORIZATION=f"Bearer {forged}")
+        assert response.status_code == 401
+        assert response.json()["error"]["code"] == "invalid_credentials"
+        assert request_effects(agent) == before
 
     def test_wrong_machine_is_403_and_recorded(self, agent, endpoint):
         response = agent.post(endpoint, valid_body(endpoint), HTTP_X_MACHINE_ID=machine_hash("other"))
@@ -53,8 +68,15 @@ class TestCredentialsFirst:
 
     def test_revoked_agent_is_403(self, agent, endpoint):
         agent_revoke(agent=agent.model, actor="alice")
+        before = request_effects(agent)
         # Its access token is dead too (generation bumped): 401 before the revocation check.
-        assert agent.post(endpoint, valid_body(endpoint)).status_code == 401
+        response = agent.post(endpoint, valid_body(endpoint))
+        assert response.status_code == 401
+        assert response.json()["error"]["code"] == "invalid_credentials"
+        assert request_effects(agent) == before
+        event = SystemEvent.objects.get(event_type="auth_failure")
+        assert event.agent_id == uuid.UUID(agent.id)
+        assert event.metadata == {"reason": "revoked_access_token", "path": f"/api/v1/agents/{agent.id}/{endpoint}"}
 
     def test_replayed_nonce_is_409_and_recorded(self, agent, endpoint):
         headers = security_headers(agent.machine_id)

@@ -478,7 +478,12 @@ def test_empty_body_is_400_naming_a_required_field(fleet, endpoint):
 
 def test_an_empty_checkin_is_a_plain_checkin(fleet):
     """Every check-in field is optional, so no body is the smallest valid check-in (not hostile)."""
-    assert CHECKIN.send(fleet, b"").status_code == 200
+    Agent.objects.filter(pk=fleet.agent.id).update(last_seen_at=None, metrics={"cpu_percent": 50.0})
+    response = CHECKIN.send(fleet, b"")
+    assert response.status_code == 200
+    assert response.json()["commands"] == []  # the fleet's one command was already sent
+    seen = Agent.objects.get(pk=fleet.agent.id)
+    assert seen.last_seen_at is not None and seen.metrics == {}  # recorded like any check-in, metrics empty
 
 
 @pytest.mark.parametrize("endpoint", POSTS, ids=lambda endpoint: endpoint.name)

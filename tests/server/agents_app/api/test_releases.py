@@ -7,6 +7,7 @@ import hashlib
 import pytest
 
 from agents_app.services.releases import release_revoke
+from events_app.models import SystemEvent
 from tests.server.agents_app.helpers import build, verify
 from tests.server.conftest import machine_hash
 
@@ -36,6 +37,10 @@ class TestReleaseApi:
         build("0.1.23")
         response = client.get(url, **agent.headers(HTTP_X_MACHINE_ID=machine_hash("elsewhere")))
         assert response.status_code == 403
+        assert response.json()["error"]["code"] == "machine_mismatch"
+        event = SystemEvent.objects.get(event_type="security_violation")
+        assert str(event.agent_id) == agent.id and event.metadata["reason"] == "machine_mismatch"
+        assert event.metadata["presented_machine_id"] == machine_hash("elsewhere")[:12]
 
     def test_latest_manifest_verifies(self, client, agent):
         build("0.1.23")
@@ -77,4 +82,5 @@ class TestReleaseApi:
             response = client.get(url, **agent.headers())
             assert response.status_code == 410
             assert response.json()["error"]["code"] == "release_revoked"
-        assert client.get("/api/v1/releases/latest", **agent.headers()).status_code == 404
+        response = client.get("/api/v1/releases/latest", **agent.headers())
+        assert response.status_code == 404 and response.json()["error"]["code"] == "not_found"

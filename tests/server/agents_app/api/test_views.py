@@ -12,7 +12,10 @@ from agents_app.services.commands import command_create
 
 
 def test_config_requires_credentials(client, agent):
-    assert client.get(f"/api/v1/agents/{agent.id}/config").status_code == 401
+    response = client.get(f"/api/v1/agents/{agent.id}/config")
+    assert response.status_code == 401
+    assert response.json()["error"]["code"] == "not_authenticated"
+    assert "ETag" not in response  # nothing of the config is given away
 
 
 def test_checkin_query_count_does_not_grow_with_the_fleet(agent, enroll, django_assert_num_queries):

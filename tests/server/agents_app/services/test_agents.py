@@ -227,9 +227,13 @@ def test_missing_body_fields_are_named(client, db):
 def test_rebind_lets_a_reinstalled_machine_through_once(agent):
     new_machine = machine_hash("reinstalled")
     assert agent.post("checkin", {}, HTTP_X_MACHINE_ID=new_machine).status_code == 403
+    assert agent.model.machine_id_hash == agent.machine_id  # refused without a window: not bound
     agent_allow_rebind(agent=agent.model, actor="alice")
     assert agent.post("checkin", {}, HTTP_X_MACHINE_ID=new_machine).status_code == 200
     assert agent.model.machine_id_hash == new_machine and agent.model.rebind_allowed_until is None
     # The old machine id is now the stranger.
-    assert agent.post("checkin", {}).status_code == 403
+    stranger = agent.post("checkin", {})
+    assert stranger.status_code == 403 and stranger.json()["error"]["code"] == "machine_mismatch"
+    refusal = SystemEvent.objects.get(event_type="security_violation", metadata__bound_machine_id=new_machine[:12])
+    assert refusal.metadata["presented_machine_id"] == agent.machine_id[:12]
     assert SystemEvent.objects.filter(event_type="config_changed", message__contains="new machine id").exists()

@@ -105,7 +105,13 @@ def test_renew_from_another_machine_is_403_and_recorded(client, agent):
 
 def test_expired_refresh_token_is_refused(client, agent):
     RefreshToken.objects.update(expires_at=timezone.now() - timedelta(seconds=1))
-    assert renew(client, agent.refresh_token, agent.machine_id).status_code == 401
+    response = renew(client, agent.refresh_token, agent.machine_id)
+    assert response.status_code == 401
+    assert response.json()["error"]["code"] == "invalid_credentials"
+    token = RefreshToken.objects.get()  # no successor issued, the expired one not rotated
+    assert token.rotated_at is None and token.replaced_by is None
+    event = SystemEvent.objects.get(event_type="auth_failure")
+    assert str(event.agent_id) == agent.id and event.metadata["reason"] == "expired"
 
 
 def test_expired_access_token_is_401_with_a_renew_hint(agent, settings):

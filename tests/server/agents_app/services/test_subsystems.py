@@ -34,6 +34,7 @@ def test_subsystem_change_bumps_config_version_and_config_has_an_etag(enroll):
     assert body["subsystems"] == [{"name": "apt", "enabled": True, "auto_run": True, "interval_minutes": 360}]
     unchanged = agent.client.get(f"/api/v1/agents/{agent.id}/config", HTTP_IF_NONE_MATCH=etag, **agent.headers())
     assert unchanged.status_code == 304
+    assert unchanged.content == b"" and unchanged["ETag"] == etag
     subsystem = AgentSubsystem.objects.get(agent_id=agent.id)
     assert subsystems_update(changes={subsystem.pk: {"interval_minutes": 360}}, actor="alice") == 0  # as it was
     assert agent.model.config_version == body["config_version"]

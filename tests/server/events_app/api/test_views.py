@@ -35,20 +35,31 @@ def test_revoked_token_is_401(auditor_token, client):
     assert get(client, secret).status_code == 200
     assert audit_token_revoke(token=token, revoked_by="root") is True
     assert audit_token_revoke(token=token, revoked_by="root") is False
-    assert get(client, secret).status_code == 401
+    response = get(client, secret)
+    assert response.status_code == 401
+    assert response.json()["error"] == {"code": "authentication_failed", "message": "Invalid token."}
     assert SystemEvent.objects.filter(event_type=EventType.TOKEN_REVOKED, metadata__kind="audit_api").count() == 1
 
 
 def test_user_who_is_not_an_auditor_is_403(db, client):
     _, secret = audit_token_issue(user=make_user("plain"), label="x", issued_by="root")
-    assert get(client, secret).status_code == 403
+    bulk_events(1, message="not for plain users")
+    response = get(client, secret)
+    assert response.status_code == 403
+    assert response.json()["error"] == {"code": "permission_denied",
+                                        "message": "This token's user may not read the event history."}
+    assert "not for plain users" not in response.content.decode()
 
 
 def test_inactive_user_is_401(auditor_token, client):
     token, secret = auditor_token
     token.user.is_active = False
     token.user.save()
-    assert get(client, secret).status_code == 401
+    response = get(client, secret)
+    assert response.status_code == 401
+    # The same answer as a wrong token (no hint which), and the refused token is not marked used.
+    assert response.json()["error"] == {"code": "authentication_failed", "message": "Invalid token."}
+    assert AuditApiToken.objects.get(pk=token.pk).last_used_at is None
 
 
 # --- reading ------------------------------------------------------------------------------------------

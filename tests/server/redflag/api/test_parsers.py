@@ -6,6 +6,13 @@ import json
 
 import pytest
 
+from agents_app.models import Agent
+
+
+def agent_row(agent) -> dict:
+    """What a check-in would change (last seen, version, metrics): equal before and after a refused one."""
+    return Agent.objects.filter(pk=agent.id).values().get()
+
 
 def test_malformed_json_is_400(agent):
     response = agent.client.post(f"/api/v1/agents/{agent.id}/checkin", "{not json",
@@ -14,9 +21,12 @@ def test_malformed_json_is_400(agent):
 
 
 def test_invalid_utf8_is_400(agent):
+    before = agent_row(agent)
     response = agent.client.post(f"/api/v1/agents/{agent.id}/checkin", b'{"agent_version": "\xff\xfe"}',
                                  content_type="application/json", **agent.headers())
     assert response.status_code == 400
+    assert response.json()["error"] == {"code": "parse_error", "message": "The body is not valid UTF-8."}
+    assert agent_row(agent) == before
 
 
 @pytest.mark.parametrize("depth", [40, 100_000])
@@ -29,15 +39,23 @@ def test_deep_nesting_is_400(agent, depth):
 
 
 def test_nan_is_400(agent):
+    before = agent_row(agent)
     response = agent.client.post(f"/api/v1/agents/{agent.id}/checkin", '{"metrics": {"cpu_percent": NaN}}',
                                  content_type="application/json", **agent.headers())
     assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == "parse_error" and "NaN is not valid JSON" in error["message"]
+    assert agent_row(agent) == before
 
 
 def test_wrong_top_level_type_is_400(agent):
+    before = agent_row(agent)
     response = agent.client.post(f"/api/v1/agents/{agent.id}/checkin", json.dumps([1, 2]),
                                  content_type="application/json", **agent.headers())
     assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == "invalid" and "Expected a dictionary" in " ".join(error["fields"]["body"])
+    assert agent_row(agent) == before
 
 
 def test_nul_characters_are_400_not_a_database_error(agent):
