@@ -106,9 +106,9 @@ def footprint(url: str, token: str, work: Path, seconds: float, warmup: float, s
     config = work / "agent" / "config.json"
     agent_env = clean_env()
     registered = subprocess.run(
-        [sys.executable, "-m", "agent_client", "--config", str(config), "register", "--server", url, "--token", token,
+        [sys.executable, "-m", "agent_client", "--config", str(config), "register", "--server", url,
          "--capabilities", "system,storage"],
-        cwd=work, env=agent_env, capture_output=True, text=True, timeout=120)
+        cwd=work, env={**agent_env, "REDFLAG_REGISTRATION_TOKEN": token}, capture_output=True, text=True, timeout=120)
     if registered.returncode != 0:
         raise RuntimeError(f"agent registration failed:\n{registered.stderr[-3000:]}")
     total = warmup + seconds + 5

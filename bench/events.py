@@ -90,7 +90,7 @@ def load(rows: int) -> list[str]:
             """
             INSERT INTO events_app_systemevent
                 (id, agent_id, hostname, event_type, event_subtype, severity, component, message, metadata, actor,
-                 created_at)
+                 origin, created_at)
             SELECT gen_random_uuid(),
                    (%(agents)s::uuid[])[1 + i %% %(n_agents)s],
                    'host-' || lpad((i %% %(n_agents)s)::text, 2, '0'),
@@ -101,6 +101,7 @@ def load(rows: int) -> list[str]:
                    'event number ' || i,
                    jsonb_build_object('n', i, 'package_type', CASE WHEN i %% 2 = 0 THEN 'apt' ELSE 'dnf' END),
                    'agent:host-' || lpad((i %% %(n_agents)s)::text, 2, '0'),
+                   'agent',
                    now() - make_interval(secs => i)
             FROM generate_series(1, %(rows)s) AS i
             """,

@@ -17,8 +17,8 @@ class SystemEventAdmin(admin.ModelAdmin):
     """Read-only history: events are append-only, for admins and auditors alike."""
 
     list_display = ("created_at", "event_type", "event_subtype", "severity", "component", "hostname", "actor",
-                    "message", "history_link")
-    list_filter = ("event_type", "event_subtype", "severity", "component", "created_at")
+                    "origin", "message", "history_link")
+    list_filter = ("event_type", "event_subtype", "severity", "component", "origin", "created_at")
     search_fields = ("message", "hostname")
     date_hierarchy = "created_at"
     list_select_related = False
@@ -33,6 +33,8 @@ class SystemEventAdmin(admin.ModelAdmin):
         "agent",
         "hostname",
         "actor",
+        "origin",
+        "reported_at",
         "message",
         "metadata_pretty",
     )

@@ -29,6 +29,16 @@ class EventType(models.TextChoices):
     EVENTS_PURGED = "events_purged"
 
 
+class Origin(models.TextChoices):
+    """Who recorded an event: the server itself, or an agent reporting about itself (its own account,
+    shown as such wherever the event is shown or exported)."""
+
+    SERVER = "server", "Recorded by the server"
+    AGENT = "agent", "Reported by the agent"
+    # Events stored before origins were recorded (migration 0007): either may be true.
+    UNKNOWN = "unknown", "Not known (recorded before origins were kept)"
+
+
 class EventSubtype(models.TextChoices):
     INITIATED = "initiated"
     SUCCESS = "success"

@@ -16,7 +16,7 @@ from django import forms
 from django.core.validators import ProhibitNullCharactersValidator
 from django.utils.http import urlencode
 
-from events_app.choices import Component, EventSubtype, EventType, Severity
+from events_app.choices import Component, EventSubtype, EventType, Origin, Severity
 from events_app.querysets import (
     EventFilter,
     InvalidCursor,
@@ -26,7 +26,7 @@ from events_app.querysets import (
     parse_metadata_value,
 )
 
-FILTER_FIELDS = ("agent", "event_type", "subtype", "severity", "component", "since", "until", "q", "meta")
+FILTER_FIELDS = ("agent", "event_type", "subtype", "severity", "component", "origin", "since", "until", "q", "meta")
 MAX_METADATA_TERMS = 5
 # "2026-01-31T08:00:00.000000+14:00" is 32 characters; room for spaces, nothing for a payload.
 MAX_DATETIME_LENGTH = 64
@@ -80,6 +80,7 @@ class EventFilterForm(forms.Form):
     subtype = forms.ChoiceField(required=False, choices=_blank(EventSubtype.choices))
     severity = forms.ChoiceField(required=False, choices=_blank(Severity.choices))
     component = forms.ChoiceField(required=False, choices=_blank(Component.choices))
+    origin = forms.ChoiceField(required=False, choices=_blank(Origin.choices), label="Recorded by")
     since = InstantField(required=False, help_text="From (inclusive), e.g. 2026-01-31 08:00 (UTC) or …T08:00+02:00")
     until = InstantField(required=False, help_text="To (exclusive)")
     q = forms.CharField(required=False, max_length=200, label="Message contains", strip=True)
@@ -144,6 +145,7 @@ class EventFilterForm(forms.Form):
             subtype=data.get("subtype") or "",
             severity=data.get("severity") or "",
             component=data.get("component") or "",
+            origin=data.get("origin") or "",
             since=data.get("since"),
             until=data.get("until"),
             text=data.get("q") or "",

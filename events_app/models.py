@@ -5,7 +5,7 @@ from django.db import connections, models
 from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
-from events_app.choices import Component, EventSubtype, EventType, Severity
+from events_app.choices import Component, EventSubtype, EventType, Origin, Severity
 from events_app.querysets import SystemEventQuerySet
 
 # PostgreSQL sequence behind SystemEvent.seq (created by migration 0003).
@@ -36,9 +36,14 @@ class SystemEvent(models.Model):
     message = models.TextField()
     metadata = models.JSONField(default=dict, blank=True)
     actor = models.CharField(max_length=255, help_text="User name, agent:<hostname> or system.")
+    # Also the column's DEFAULT, so raw SQL and COPY loads get one (migration 0007).
+    origin = models.CharField(max_length=8, choices=Origin.choices, default=Origin.SERVER, db_default=Origin.SERVER,
+                              help_text="Recorded by the server, or reported by the agent about itself.")
+    # When the server recorded (or received) the event: the history orders and filters by it.
     created_at = models.DateTimeField(default=timezone.now)
-    # Insertion order, for the live stream (see next_seq_expression). created_at is not insertion
-    # order: agent-side events carry the agent's own (possibly past) time.
+    # An agent-reported event: the time the agent claims it happened (kept and shown as its claim).
+    reported_at = models.DateTimeField(null=True, blank=True)
+    # Insertion order, for the live stream (see next_seq_expression).
     seq = models.BigIntegerField(null=True, blank=True, unique=True, editable=False)
 
     objects = SystemEventQuerySet.as_manager()

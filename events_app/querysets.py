@@ -110,6 +110,7 @@ class EventFilter:
     subtype: str = ""
     severity: str = ""
     component: str = ""
+    origin: str = ""
     since: datetime | None = None
     until: datetime | None = None
     text: str = ""
@@ -118,7 +119,7 @@ class EventFilter:
     def as_dict(self) -> dict[str, Any]:
         """What the filter was, for an audit record (the export event) or a log line."""
         out: dict[str, Any] = {}
-        for name in ("agent", "event_type", "subtype", "severity", "component", "since", "until", "text"):
+        for name in ("agent", "event_type", "subtype", "severity", "component", "origin", "since", "until", "text"):
             value = getattr(self, name)
             if value:
                 out[name] = value.isoformat() if isinstance(value, datetime) else str(value)
@@ -162,6 +163,8 @@ class SystemEventQuerySet(models.QuerySet):
             qs = qs.filter(severity=spec.severity)
         if spec.component:
             qs = qs.filter(component=spec.component)
+        if spec.origin:
+            qs = qs.filter(origin=spec.origin)
         if spec.since:
             qs = qs.filter(created_at__gte=spec.since)
         if spec.until:

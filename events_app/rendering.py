@@ -12,7 +12,7 @@ from events_app.models import SystemEvent
 
 CSV_COLUMNS = (
     "id", "created_at", "event_type", "event_subtype", "severity", "component",
-    "agent_id", "hostname", "actor", "message", "metadata",
+    "agent_id", "hostname", "actor", "origin", "reported_at", "message", "metadata",
 )
 # A spreadsheet would run these as formulas (CSV injection); prefixing a quote keeps them text.
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
@@ -29,6 +29,9 @@ def event_record(event: SystemEvent) -> dict[str, Any]:
         "agent_id": str(event.agent_id) if event.agent_id else None,
         "hostname": event.hostname,
         "actor": event.actor,
+        # "agent": the agent's own account of itself; reported_at is the time it claims.
+        "origin": event.origin,
+        "reported_at": event.reported_at.isoformat() if event.reported_at else None,
         "message": event.message,
         "metadata": event.metadata,
     }

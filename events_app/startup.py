@@ -11,6 +11,7 @@ from django.db import DatabaseError, connections
 
 from events_app.choices import Component, EventSubtype, EventType, Severity
 from events_app.services import record_event
+from redflag.models import ServerSettings, public_url_is_insecure
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +28,19 @@ def record_server_startup(*, server: str) -> None:
             metadata=details,
             standalone=True,
         )
+        public_url = ServerSettings.current().public_url
+        if public_url_is_insecure(public_url):
+            logger.warning("the public URL %s is plain http: agents' traffic is not encrypted", public_url)
+            record_event(
+                event_type=EventType.CONFIG_CHANGED,
+                subtype=EventSubtype.WARNING,
+                severity=Severity.WARNING,
+                component=Component.SECURITY,
+                message=f"The public URL {public_url} is plain http: tokens, credentials and commands travel "
+                        "unencrypted",
+                metadata={**details, "public_url": public_url},
+                standalone=True,
+            )
         if not settings.REDFLAG_RATE_LIMIT_ENABLED:
             logger.warning("REDFLAG_RATE_LIMIT_ENABLED=false: rate limits are off")
             record_event(

@@ -6,7 +6,7 @@ message, and management commands print it. Messages carry no secrets.
 """
 
 from rest_framework import status
-from rest_framework.exceptions import APIException
+from rest_framework.exceptions import APIException, Throttled
 
 
 class ApiError(APIException):
@@ -71,6 +71,12 @@ class Conflict(ApiError):
     status_code = status.HTTP_409_CONFLICT
     default_code = "conflict"
     default_detail = "The request conflicts with the current state; retry."
+
+
+class BudgetExhausted(Throttled):
+    """429 with Retry-After: a per-window budget (not a request rate) is used up."""
+
+    default_detail = "The budget for this kind of request is used up; retry after the time in Retry-After."
 
 
 class ServiceUnavailable(ApiError):

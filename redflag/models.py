@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import time
 from datetime import timedelta
+from urllib.parse import urlsplit
 
 from django.core.exceptions import ValidationError
 from django.db import models
@@ -12,10 +13,35 @@ from django.utils import timezone
 
 RATE_PATTERN = re.compile(r"^\d+/(s|sec|second|m|min|minute|h|hour|d|day)$")
 
+# The audit trail's retention floors. No setting can purge an event younger than these: the
+# purge itself (events_app.services.events_purge) enforces them whatever it is passed, and the
+# setting refuses less than the ordinary floor. Security events (component security, purges,
+# configuration changes) keep the longer one.
+EVENT_RETENTION_FLOOR_DAYS = 90
+SECURITY_EVENT_RETENTION_FLOOR_DAYS = 365
+
+
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
+
+
+def public_url_is_insecure(url: str) -> bool:
+    """http:// to a host that is not this machine: everything agents send crosses the network in clear."""
+    parts = urlsplit(url or "")
+    host = (parts.hostname or "").lower()
+    return parts.scheme == "http" and not (host in LOCAL_HOSTS or host.startswith("127."))
+
 
 def validate_rate(value: str) -> None:
     if not RATE_PATTERN.match(value):
         raise ValidationError(f"{value!r} is not a rate like 60/min, 10/hour or 1000/day")
+
+
+def validate_event_retention_days(value: int) -> None:
+    if value < EVENT_RETENTION_FLOOR_DAYS:
+        raise ValidationError(
+            f"Events are kept at least {EVENT_RETENTION_FLOOR_DAYS} days (security events "
+            f"{SECURITY_EVENT_RETENTION_FLOOR_DAYS}), so the audit trail cannot be wiped from here; "
+            f"{value} is too short.")
 
 
 class ServerSettings(models.Model):
@@ -48,9 +74,24 @@ class ServerSettings(models.Model):
     rate_admin = models.CharField(
         max_length=32, default="30/min", validators=[validate_rate], help_text="Admin log-in attempts per client IP."
     )
-    event_retention_days = models.PositiveIntegerField(default=365)
+    rate_agent_events = models.CharField(
+        max_length=32, default="3000/hour", validators=[validate_rate],
+        help_text="Events one agent may report per period (a full outbox holds 2000 items); past it they are "
+                  "refused with 429 and one warning event per period records it.",
+    )
+    event_retention_days = models.PositiveIntegerField(
+        default=365, validators=[validate_event_retention_days],
+        help_text=f"Days events are kept: at least {EVENT_RETENTION_FLOOR_DAYS}. Security events, purges and "
+                  f"configuration changes are kept at least {SECURITY_EVENT_RETENTION_FLOOR_DAYS} days whatever "
+                  "this says.",
+    )
     public_url = models.URLField(
         blank=True, help_text="How agents reach this server, e.g. https://redflag.example.net. Used in installers."
+    )
+    allow_insecure_public_url = models.BooleanField(
+        default=False,
+        help_text="Allow a plain http:// public URL for another machine: tokens, commands and the agent itself "
+                  "then cross the network unencrypted. Warned about on the dashboard and the token page.",
     )
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -63,6 +104,17 @@ class ServerSettings(models.Model):
 
     def __str__(self) -> str:
         return "Server settings"
+
+    def clean(self):
+        if public_url_is_insecure(self.public_url) and not self.allow_insecure_public_url:
+            raise ValidationError({"public_url": "A plain http:// URL for another machine sends registration tokens, "
+                                                 "credentials and commands unencrypted: use https://, or tick "
+                                                 "'allow insecure public URL' below."})
+
+    @property
+    def insecure_public_url(self) -> bool:
+        """An http:// public URL for another machine (allowed only by allow_insecure_public_url)."""
+        return public_url_is_insecure(self.public_url)
 
     def save(self, *args, **kwargs):
         self.pk = 1

@@ -131,6 +131,7 @@ class RegistrationTokenAdmin(admin.ModelAdmin):
                 "secret": secret,
                 "commands": install_commands(secret),
                 "public_url_missing": not ServerSettings.current().public_url,
+                "insecure_public_url": ServerSettings.current().insecure_public_url,
             },
         )
         response["Cache-Control"] = "no-store"

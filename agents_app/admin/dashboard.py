@@ -20,6 +20,7 @@ from agents_app.admin.common import (
 )
 from agents_app.choices import OPEN_COMMAND_STATUSES, PackageType, UpdateSeverity
 from agents_app.models import Agent, BulkOperation, Command, PackageUpdate
+from redflag.models import ServerSettings
 
 # --- the dashboard's numbers (redflag.admin_site renders them) -------------------
 
@@ -91,4 +92,6 @@ def fleet_summary(now: datetime | None = None) -> dict[str, Any]:
             "bulk_operations": changelist_url(BulkOperation),
         },
         "colours": {"online": GREEN, "offline": GREY, "security": RED},
+        "insecure_public_url": ServerSettings.current().public_url if ServerSettings.current().insecure_public_url
+        else "",
     }

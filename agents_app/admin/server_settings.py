@@ -17,10 +17,11 @@ class ServerSettingsAdmin(admin.ModelAdmin):
     formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
 
     fieldsets = (
-        ("Agents", {"fields": ("public_url", "default_poll_interval_seconds", "heartbeat_duration_minutes",
-                               "offline_threshold_seconds", "max_pending_commands")}),
+        ("Agents", {"fields": ("public_url", "allow_insecure_public_url", "default_poll_interval_seconds",
+                               "heartbeat_duration_minutes", "offline_threshold_seconds", "max_pending_commands")}),
         ("Registration tokens", {"fields": ("registration_token_max_hours",)}),
-        ("Rate limits", {"fields": ("rate_registration", "rate_checkin", "rate_reports", "rate_admin")}),
+        ("Rate limits", {"fields": ("rate_registration", "rate_checkin", "rate_reports", "rate_admin",
+                                    "rate_agent_events")}),
         ("Events", {"fields": ("event_retention_days",)}),
     )
 

@@ -20,6 +20,7 @@ from agents_app.services.package_updates import (
     updates_install,
     updates_unignore,
 )
+from redflag.errors import ApiError
 
 # --- updates across the fleet ---------------------------------------------------
 
@@ -93,29 +94,33 @@ class PackageUpdateAdmin(ReadOnlyDetailMixin, admin.ModelAdmin):
     @admin.action(description="Install (dry-run first)", permissions=["change"])
     def install(self, request, queryset):
         """One call per agent, so one agent's open dry-run does not hold back the others."""
-        started, conflicts = [], []
+        started, conflicts, refused = [], [], []
         for agent in Agent.objects.filter(pk__in=queryset.values("agent_id")).order_by("hostname"):
             try:
                 started += updates_install(updates=queryset.filter(agent=agent), actor=actor_of(request),
                                            created_by=request.user)
             except CommandAlreadyOpen:
                 conflicts.append(agent.hostname)
+            except ApiError as exc:  # e.g. a stored name that is no package name: never signed
+                refused.append(f"{agent.hostname}: {exc.detail}")
         if started:
             self.message_user(request, f"Started {len(started)} dry-run(s); the install follows when the agent "
                                        f"reports no new dependencies.", messages.SUCCESS)
-        elif not conflicts:
+        elif not conflicts and not refused:
             self.message_user(request, "None of the selected updates can be installed in their state.",
                               messages.WARNING)
         if conflicts:
             self.message_user(request, f"A dry-run of the same kind is already open for: {', '.join(conflicts)}.",
                               messages.ERROR)
+        for message in refused:
+            self.message_user(request, f"Not started: {message}", messages.ERROR)
 
     @admin.action(description="Confirm dependencies and install", permissions=["change"])
     def confirm_dependencies(self, request, queryset):
         try:
             commands = updates_confirm_dependencies(updates=queryset, actor=actor_of(request),
                                                     created_by=request.user)
-        except CommandAlreadyOpen as exc:
+        except ApiError as exc:  # the same kind already open, or a dependency that is no package name
             self.message_user(request, f"Not confirmed: {exc.detail}", messages.ERROR)
             return
         if commands:

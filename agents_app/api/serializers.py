@@ -1,6 +1,13 @@
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from agent_client.protocol import (
+    EVENT_METADATA_MAX_BYTES,
+    EVENT_METADATA_MAX_DEPTH,
+    EVENT_METADATA_MAX_KEYS,
+    event_metadata_problem,
+    package_name_problem,
+)
 from agents_app.choices import CommandStatus, PackageType, SubsystemName, UpdateSeverity
 from events_app.choices import AGENT_REPORTABLE_TYPES, Component, EventSubtype, Severity
 from tokens_app.api.serializers import SigningKeySerializer
@@ -20,7 +27,6 @@ BIGINT_MAX = 2**63 - 1
 INT_MIN, INT_MAX = -(2**31), 2**31 - 1
 OS_FAMILIES = ("linux", "windows", "darwin", "freebsd", "other")
 MAX_EVENTS_PER_REQUEST = 500
-MAX_EVENT_METADATA_KEYS = 100
 
 
 class Count(serializers.IntegerField):
@@ -145,12 +151,18 @@ class AgentEventSerializer(serializers.Serializer):
     severity = serializers.ChoiceField(choices=Severity.choices, default=Severity.INFO)
     component = serializers.ChoiceField(choices=Component.choices, default=Component.AGENT)
     message = Text(max_length=2000)
-    metadata = serializers.DictField(required=False, default=dict)
-    occurred_at = serializers.DateTimeField()
+    metadata = serializers.DictField(
+        required=False, default=dict,
+        help_text=f"At most {EVENT_METADATA_MAX_BYTES} bytes as compact JSON, {EVENT_METADATA_MAX_DEPTH} levels deep "
+                  f"and {EVENT_METADATA_MAX_KEYS} keys in all (agent_client.protocol.event_metadata_problem).",
+    )
+    occurred_at = serializers.DateTimeField(help_text="When the agent says it happened; kept as its claim "
+                                                      "(reported_at). The history orders by when the server got it.")
 
     def validate_metadata(self, value):
-        if len(value) > MAX_EVENT_METADATA_KEYS:
-            raise serializers.ValidationError(f"At most {MAX_EVENT_METADATA_KEYS} keys.")
+        problem = event_metadata_problem(value)
+        if problem:
+            raise serializers.ValidationError(f"{problem[0].upper()}{problem[1:]}.")
         return value
 
 
@@ -217,6 +229,17 @@ class UpdatesReportSerializer(serializers.Serializer):
         if duplicates:
             raise serializers.ValidationError(f"Package names appear twice: {', '.join(sorted(duplicates)[:10])}.")
         return updates
+
+    def validate(self, data):
+        """Every name is a name of this package type (the same grammar the agent and the signer apply)."""
+        errors = [{} for _ in data["updates"]]
+        for index, update in enumerate(data["updates"]):
+            problem = package_name_problem(data["package_type"], update["name"])
+            if problem:
+                errors[index] = {"name": [f"{update['name'][:100]!r} is {problem}."]}
+        if any(errors):
+            raise serializers.ValidationError({"updates": errors})
+        return data
 
 
 class UpdatesReportResponseSerializer(serializers.Serializer):

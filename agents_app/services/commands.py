@@ -12,12 +12,12 @@ from typing import Any
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from agent_client.protocol import command_signing_bytes
+from agent_client.protocol import command_signing_bytes, package_name_problem
 from agents_app.choices import CommandSource, CommandStatus
 from agents_app.models import Agent, Command
 from events_app.choices import Component, EventSubtype, EventType
 from events_app.services import SYSTEM_ACTOR, record_event
-from redflag.errors import Conflict
+from redflag.errors import Conflict, InvalidRequest
 from tokens_app.signing import LoadedKey, sign
 
 DELIVERY_BATCH = 10
@@ -37,6 +37,16 @@ def dedupe_key(command_type: str, params: dict[str, Any]) -> str:
     return f"{command_type}:{package_type}" if package_type else str(command_type)
 
 
+def package_names_check(params: dict[str, Any]) -> None:
+    """Every package a command names is a name of its package type, checked again right before signing
+    (the scan report that brought it in was checked too): InvalidRequest naming the first bad one."""
+    names = [*params.get("packages", ()), *params.get("dependencies", ())]
+    for name in names:
+        problem = package_name_problem(params.get("package_type", ""), name)
+        if problem:
+            raise InvalidRequest(f"refusing to sign a command for package {str(name)[:100]!r}: {problem}")
+
+
 def command_build(
     *,
     agent_id,
@@ -51,7 +61,9 @@ def command_build(
     key: LoadedKey | None = None,
 ) -> Command:
     """An unsaved, signed Command. Nothing is delivered unsigned: signing happens here, once
-    (with ``key`` when the caller builds many: see ``tokens_app.signing.sign``)."""
+    (with ``key`` when the caller builds many: see ``tokens_app.signing.sign``), and never over a
+    package name that is not one (package_names_check)."""
+    package_names_check(params)
     command = Command(
         agent_id=agent_id,
         command_type=command_type,

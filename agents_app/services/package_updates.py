@@ -18,6 +18,7 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
+from agent_client.protocol import package_name_problem
 from agents_app.choices import CommandSource, CommandType, UpdateStatus
 from agents_app.models import Agent, Command, PackageUpdate, UpdateLog
 from agents_app.services.commands import OUTPUT_LIMIT, command_create
@@ -150,6 +151,9 @@ def package_operation_finished(*, command: Command, succeeded: bool, result: dic
     if dry_run:
         requested = set(command.params.get("packages", []))
         extra = [name for name in result.get("dependencies", []) if name not in requested]
+        package_type = command.params.get("package_type", "")
+        if any(package_name_problem(package_type, name) for name in extra):
+            succeeded = False  # a "dependency" that is no package name is never signed into an install
         _dry_run_finished(command=command, succeeded=succeeded, dependencies=extra, now=now)
     else:
         status = UpdateStatus.INSTALLED if succeeded else UpdateStatus.FAILED

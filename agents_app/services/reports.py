@@ -17,10 +17,12 @@ from django.utils import timezone
 
 from agents_app.choices import UpdateStatus
 from agents_app.models import Agent, IngestedReport, PackageUpdate
-from events_app.choices import Component, EventSubtype, EventType, Severity
+from events_app.choices import Component, EventSubtype, EventType, Origin, Severity
 from events_app.models import SystemEvent
 from events_app.services import agent_actor, record_event
-from redflag.errors import Conflict
+from redflag.api.throttling import budget_take
+from redflag.errors import BudgetExhausted, Conflict
+from redflag.models import ServerSettings
 
 TABLE = PackageUpdate._meta.db_table
 # Refreshed by every report; status, approvals and dependencies are not.
@@ -165,10 +167,28 @@ def system_report_ingest(*, agent: Agent, report: dict[str, Any], now: datetime 
 def agent_events_ingest(*, agent: Agent, events: list[dict[str, Any]], now: datetime) -> int:
     """Store agent-side events, idempotent by the agent's event id. Returns how many were new.
 
+    Each event is stored as the agent's own account (origin agent, its claimed time kept as
+    reported_at, ordered by when the server received it). Events count against the agent's budget
+    (ServerSettings.rate_agent_events); past it the whole request is refused with 429 and
+    Retry-After, and one warning per window records the overflow.
+
     One INSERT per new event (SystemEvent.save gives each its insertion ``seq`` for the live
     stream, which bulk_create would leave empty). A concurrent retry of the same batch that
     commits first makes this one a 409; the agent retries and finds them known.
     """
+    wait, first_refusal = budget_take(bucket="agent_events", identity=str(agent.pk), amount=len(events))
+    if wait is not None:
+        if first_refusal:  # once per window, not once per refused request
+            record_event(
+                event_type=EventType.AGENT_CHECKIN, subtype=EventSubtype.WARNING, severity=Severity.WARNING,
+                component=Component.SECURITY, agent=agent,
+                message=f"{agent.hostname} sent more events than its budget allows; refusing them for "
+                        f"{int(wait)} s",
+                metadata={"reason": "event_budget_exhausted", "refused": len(events),
+                          "budget": ServerSettings.current().rate_for("agent_events")},
+                standalone=True,  # a refusal changes nothing
+            )
+        raise BudgetExhausted(wait=wait)
     ids = [event["id"] for event in events]
     try:
         with transaction.atomic():
@@ -191,7 +211,9 @@ def _store_agent_events(agent: Agent, events: list[dict[str, Any]], ids: list, n
             message=event["message"],
             metadata=event["metadata"],
             actor=agent_actor(agent),
-            created_at=min(event["occurred_at"], now),
+            origin=Origin.AGENT,
+            created_at=now,  # the history orders by when the server learnt of it
+            reported_at=event["occurred_at"],
         )
         for event in events
         if event["id"] not in known

@@ -2,12 +2,12 @@
 
 from rest_framework import serializers
 
-from events_app.choices import Component, EventSubtype, EventType, Severity
+from events_app.choices import Component, EventSubtype, EventType, Origin, Severity
 
 
 class AuditEventSerializer(serializers.Serializer):
     id = serializers.UUIDField()
-    created_at = serializers.DateTimeField()
+    created_at = serializers.DateTimeField(help_text="When the server recorded or received the event.")
     # Plain strings in the schema: named enums would collide with the agent API's "severity"
     # vocabulary (drf-spectacular W001, which fails check --deploy). The values are listed instead.
     event_type = serializers.CharField(help_text="One of: " + ", ".join(EventType.values))
@@ -17,6 +17,10 @@ class AuditEventSerializer(serializers.Serializer):
     agent_id = serializers.UUIDField(allow_null=True)
     hostname = serializers.CharField()
     actor = serializers.CharField()
+    origin = serializers.CharField(help_text="Who recorded it: " + "; ".join(f"{value}: {label}" for value, label
+                                                                           in Origin.choices))
+    reported_at = serializers.DateTimeField(allow_null=True,
+                                            help_text="Agent-reported events: the time the agent claims.")
     message = serializers.CharField()
     metadata = serializers.DictField()
 

@@ -13,7 +13,7 @@ from rest_framework.views import APIView
 
 from events_app.api.auth import AuditTokenAuthentication, CanReadEvents
 from events_app.api.serializers import AuditEventPageSerializer
-from events_app.choices import Component, EventSubtype, EventType, Severity
+from events_app.choices import Component, EventSubtype, EventType, Origin, Severity
 from events_app.filters import REPEATED, EventFilterForm, repeated_parameters
 from events_app.models import SystemEvent
 from events_app.rendering import event_record
@@ -28,6 +28,8 @@ PARAMETERS = [
     OpenApiParameter("subtype", OpenApiTypes.STR, Q, enum=EventSubtype.values),
     OpenApiParameter("severity", OpenApiTypes.STR, Q, enum=Severity.values),
     OpenApiParameter("component", OpenApiTypes.STR, Q, enum=Component.values),
+    OpenApiParameter("origin", OpenApiTypes.STR, Q, enum=Origin.values,
+                     description="server: recorded by the server; agent: an agent's report about itself."),
     OpenApiParameter("since", OpenApiTypes.DATETIME, Q,
                      description="From (inclusive). UTC without an offset; years 1-9999 once in UTC."),
     OpenApiParameter("until", OpenApiTypes.DATETIME, Q, description="To (exclusive), as since."),

@@ -30,9 +30,12 @@ from tokens_app.hashing import hash_secret
 from tokens_app.services import token_create
 
 
-def run_agent(config_path: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+def run_agent(config_path: Path, *args: str, timeout: float = 120,
+              token: str | None = None) -> subprocess.CompletedProcess:
     env = {key: value for key, value in os.environ.items() if not key.startswith(("DJANGO_", "REDFLAG_"))}
     env["PYTHONPATH"] = str(ROOT)
+    if token:
+        env["REDFLAG_REGISTRATION_TOKEN"] = token  # as the installer passes it: never an argument
     return subprocess.run(
         [sys.executable, "-m", "agent_client", "--config", str(config_path), *args],
         cwd=str(config_path.parent.parent), env=env, capture_output=True, text=True, timeout=timeout,
@@ -52,8 +55,7 @@ def config_path(tmp_path) -> Path:
 
 def register(config_path: Path, server: str, token: str) -> subprocess.CompletedProcess:
     # System and storage facts only: a real APT scan of this machine is tested in tests/agent/test_apt.py.
-    return run_agent(config_path, "register", "--server", server, "--token", token,
-                     "--capabilities", "system,storage")
+    return run_agent(config_path, "register", "--server", server, "--capabilities", "system,storage", token=token)
 
 
 def enroll_for_commands(server_url: str, tmp_path: Path, label: str):
@@ -69,6 +71,24 @@ def enroll_for_commands(server_url: str, tmp_path: Path, label: str):
     agent = Agent.objects.get(pk=json.loads(config_path.read_text())["agent_id"])
     AgentSubsystem.objects.filter(agent=agent).update(auto_run=False)
     return agent, config_path
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_reinstall_re_enrols_with_its_refresh_token_and_a_stranger_config_is_refused(live_server, secret, tmp_path):
+    """Same machine id both times: only the config that holds the agent's refresh token may re-enrol it."""
+    config_path = tmp_path / "agent" / "config.json"
+    assert register(config_path, live_server.url, secret).returncode == 0
+    agent_id = json.loads(config_path.read_text())["agent_id"]
+    again = register(config_path, live_server.url, secret)
+    assert again.returncode == 0, again.stderr
+    assert "re-enrolled" in again.stdout and json.loads(config_path.read_text())["agent_id"] == agent_id
+    stranger = register(tmp_path / "other" / "config.json", live_server.url, secret)
+    assert stranger.returncode != 0 and "already enrolled" in stranger.stderr
+    assert not (tmp_path / "other" / "config.json").exists()
+    assert Agent.objects.count() == 1
+    assert SystemEvent.objects.filter(event_type="security_violation", metadata__reason="reenrolment_not_proven",
+                                      agent_id=agent_id).count() == 1
+    assert run_agent(config_path, "run", "--once").returncode == 0  # the re-enrolled agent still works
 
 
 @pytest.mark.django_db(transaction=True)

@@ -8,6 +8,7 @@ the test starting the file again after exit code 75).
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -28,9 +29,10 @@ from redflag.models import ServerSettings
 from tokens_app.services import token_create
 
 
-def run_pyz(pyz: Path, config: Path, *args: str) -> subprocess.CompletedProcess:
+def run_pyz(pyz: Path, config: Path, *args: str, token: str | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "REDFLAG_REGISTRATION_TOKEN": token} if token else None
     return subprocess.run([sys.executable, str(pyz), "--config", str(config), *args],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, env=env)
 
 
 @pytest.fixture
@@ -48,8 +50,8 @@ def installed(live_server, releases, tmp_path):
     shutil.copyfile(releases["0.1.23"].artifact.path, pyz)
     config = tmp_path / "agent" / "config.json"
     _, secret = token_create(label="update", max_seats=1, expires_in=timedelta(hours=1))
-    registered = run_pyz(pyz, config, "register", "--server", live_server.url, "--token", secret,
-                         "--capabilities", "system")
+    registered = run_pyz(pyz, config, "register", "--server", live_server.url, "--capabilities", "system",
+                         token=secret)
     assert registered.returncode == 0, registered.stderr
     agent = Agent.objects.get(pk=json.loads(config.read_text())["agent_id"])
     assert agent.agent_version == "0.1.23"

@@ -152,9 +152,11 @@ def agent_env() -> dict:
     return env
 
 
-def agent_cli(config_path: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+def agent_cli(config_path: Path, *args: str, timeout: float = 60,
+              token: str | None = None) -> subprocess.CompletedProcess:
+    env = {**agent_env(), **({"REDFLAG_REGISTRATION_TOKEN": token} if token else {})}
     return subprocess.run([sys.executable, "-m", "agent_client", "--config", str(config_path), *args],
-                          cwd=config_path.parent.parent, env=agent_env(), capture_output=True, text=True,
+                          cwd=config_path.parent.parent, env=env, capture_output=True, text=True,
                           timeout=timeout)
 
 
@@ -233,8 +235,8 @@ def test_postgresql_outage_gives_503_the_agent_backs_off_and_everything_recovers
                     agent_env(), tmp_path)
     try:
         server.start()
-        registered = agent_cli(config_path, "register", "--server", server.url, "--token", secret,
-                               "--capabilities", "system,storage")
+        registered = agent_cli(config_path, "register", "--server", server.url, "--capabilities", "system,storage",
+                               token=secret)
         assert registered.returncode == 0, registered.stderr
         config = json.loads(config_path.read_text())
         agent_id = config["agent_id"]

@@ -14,6 +14,7 @@ from agents_app.services.package_updates import (
     updates_unignore,
 )
 from events_app.models import SystemEvent
+from redflag.errors import InvalidRequest
 
 pytestmark = pytest.mark.usefixtures("no_automatic_heartbeat")
 
@@ -89,3 +90,24 @@ def test_install_groups_by_package_type(agent):
     add_updates(agent, "nginx:1.27", package_type="docker")
     dry_runs = updates_install(updates=PackageUpdate.objects.all(), actor="alice")
     assert sorted(command.params["package_type"] for command in dry_runs) == ["apt", "docker"]
+
+
+@pytest.mark.parametrize(("package_type", "name"), [
+    ("apt", "-oAPT::Get::Trivial-Only=false"), ("apt", "openssh-server-"), ("dnf", "https://127.0.0.1/x.rpm"),
+    ("dnf", "/tmp/x.rpm"), ("dnf", "@core"), ("dnf", "evil.rpm"), ("docker", "nginx;id"),
+    ("winget", "--source=evil"), ("windows_update", "KB5034441 & calc"),
+])
+def test_a_stored_name_that_is_no_package_name_is_never_signed(agent, package_type, name):
+    """A row from before names were checked at ingestion: the signer checks again and refuses."""
+    add_updates(agent, name, package_type=package_type)
+    with pytest.raises(InvalidRequest, match="refusing to sign a command for package"):
+        updates_install(updates=PackageUpdate.objects.all(), actor="alice")
+    assert not Command.objects.exists() and PackageUpdate.objects.get().status == UpdateStatus.PENDING
+
+
+def test_a_dry_run_that_reports_a_dependency_that_is_no_package_name_fails(agent):
+    add_updates(agent, "curl")
+    updates_install(updates=PackageUpdate.objects.all(), actor="alice")
+    finish(agent, deliver(agent)[CommandType.DRY_RUN_UPDATE], dependencies=["curl", "-o", "Dpkg::Options=x"])
+    assert PackageUpdate.objects.get().status == UpdateStatus.FAILED
+    assert deliver(agent) == {}  # no install was built over those names

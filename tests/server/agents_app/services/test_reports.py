@@ -12,8 +12,9 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from agents_app.choices import UpdateStatus
-from agents_app.models import Agent, PackageUpdate
+from agents_app.models import Agent, IngestedReport, PackageUpdate
 from events_app.models import SystemEvent
+from redflag.models import ServerSettings
 from tests.server.conftest import NOW, valid_body
 
 
@@ -45,15 +46,15 @@ def test_report_is_stored_with_every_field(agent):
 
 
 def test_snapshot_closes_absent_packages_and_keeps_approved_and_ignored(agent):
-    report(agent, [package("a"), package("b"), package("c"), package("d")])
-    PackageUpdate.objects.filter(name="b").update(status=UpdateStatus.APPROVED)
-    PackageUpdate.objects.filter(name="c").update(status=UpdateStatus.IGNORED)
-    report(agent, [package("b", "2.1"), package("c"), package("e")])
-    assert statuses(agent) == {"a": "closed", "b": "approved", "c": "ignored", "d": "closed", "e": "pending"}
-    assert PackageUpdate.objects.get(name="b").available_version == "2.1"
-    # b gone while approved: the version moved on, it is installed. a comes back: pending again.
-    report(agent, [package("a", "3.0"), package("c")])
-    assert statuses(agent) == {"a": "pending", "b": "installed", "c": "ignored", "d": "closed", "e": "closed"}
+    report(agent, [package("aa"), package("bb"), package("cc"), package("dd")])
+    PackageUpdate.objects.filter(name="bb").update(status=UpdateStatus.APPROVED)
+    PackageUpdate.objects.filter(name="cc").update(status=UpdateStatus.IGNORED)
+    report(agent, [package("bb", "2.1"), package("cc"), package("ee")])
+    assert statuses(agent) == {"aa": "closed", "bb": "approved", "cc": "ignored", "dd": "closed", "ee": "pending"}
+    assert PackageUpdate.objects.get(name="bb").available_version == "2.1"
+    # bb gone while approved: the version moved on, it is installed. aa comes back: pending again.
+    report(agent, [package("aa", "3.0"), package("cc")])
+    assert statuses(agent) == {"aa": "pending", "bb": "installed", "cc": "ignored", "dd": "closed", "ee": "closed"}
 
 
 def test_reports_of_other_package_types_do_not_close_each_other(agent):
@@ -64,11 +65,11 @@ def test_reports_of_other_package_types_do_not_close_each_other(agent):
 
 def test_same_report_id_twice_changes_nothing(agent):
     report_id = uuid.uuid4().hex
-    report(agent, [package("a")], report_id=report_id)
+    report(agent, [package("aa")], report_id=report_id)
     PackageUpdate.objects.update(status=UpdateStatus.APPROVED)
-    response = report(agent, [package("b")], report_id=report_id)
+    response = report(agent, [package("bb")], report_id=report_id)
     assert response.status_code == 200 and response.json()["duplicate"] is True
-    assert statuses(agent) == {"a": "approved"}
+    assert statuses(agent) == {"aa": "approved"}
 
 
 def _ingest_queries(agent, count: int) -> int:
@@ -100,13 +101,34 @@ def test_bad_package_is_a_400_naming_it(agent, change, field):
     assert not PackageUpdate.objects.exists()
 
 
+@pytest.mark.parametrize(("package_type", "good", "hostile"), [
+    ("apt", "libc6:amd64", "-oDpkg::Options::=--force-all"),
+    ("apt", "g++-12", "openssh-server-"),
+    ("dnf", "kernel.x86_64", "https://127.0.0.1/unsigned.rpm"),
+    ("dnf", "libstdc++", "/tmp/x.rpm"),
+    ("dnf", "python3.11", "@core"),
+    ("dnf", "bash", "nodejs:18"),
+    ("docker", "ghcr.io/owner/app:1.2", "nginx;id"),
+    ("winget", "Microsoft.VisualStudioCode", "--source=evil"),
+    ("windows_update", "0b6f5a4e-3a9c-4d2b-9e6f-1234567890ab", "$(calc)"),
+])
+def test_a_reported_name_that_is_no_package_name_is_a_400_naming_it(agent, package_type, good, hostile):
+    response = report(agent, [package(good), package(hostile)], package_type=package_type)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == "invalid" and list(error["fields"]) == ["updates[1].name"]
+    assert repr(hostile) in error["fields"]["updates[1].name"][0] and "updates[1].name" in error["message"]
+    assert not PackageUpdate.objects.exists()
+    assert report(agent, [package(good)], package_type=package_type).status_code == 200  # the report id was not spent
+
+
 def test_unknown_severity_is_named_in_the_message(agent):
-    response = report(agent, [package("x", severity="urgent")])
+    response = report(agent, [package("xz-utils", severity="urgent")])
     assert '"urgent" is not a valid choice' in response.json()["error"]["message"]
 
 
 def test_duplicate_names_are_400(agent):
-    response = report(agent, [package("x"), package("x")])
+    response = report(agent, [package("xz-utils"), package("xz-utils")])
     assert response.status_code == 400 and "appear twice: x" in response.json()["error"]["message"]
 
 
@@ -120,6 +142,9 @@ def test_oversized_report_is_413(agent, settings):
     settings.REDFLAG_MAX_BODY_BYTES = 64 * 1024
     response = report(agent, [package(f"p{index}", metadata={"pad": "x" * 100}) for index in range(1000)])
     assert response.status_code == 413
+    assert response.json()["error"]["code"] == "payload_too_large"
+    assert not PackageUpdate.objects.exists() and not IngestedReport.objects.exists()
+    assert not SystemEvent.objects.filter(event_type="agent_scan").exists()
 
 
 def test_system_report_and_the_reboot_flag(agent):
@@ -160,7 +185,10 @@ def test_events_are_ingested_idempotently(agent):
     stored = SystemEvent.objects.filter(agent_id=agent.id, event_type__in=["agent_startup", "agent_scan"])
     assert stored.count() == 2
     scan = stored.get(event_type="agent_scan")
-    assert scan.actor == "agent:web-01" and scan.metadata == {"exit_code": 100} and scan.created_at == NOW
+    assert scan.actor == "agent:web-01" and scan.metadata == {"exit_code": 100}
+    # The agent's claimed time is kept as its claim; the history orders by when the server got it.
+    assert scan.origin == "agent" and scan.reported_at == NOW
+    assert timezone.now() - timedelta(minutes=1) < scan.created_at <= timezone.now()
 
 
 def test_agents_cannot_send_server_side_event_types(agent):
@@ -171,11 +199,52 @@ def test_agents_cannot_send_server_side_event_types(agent):
     assert "events[0].event_type" in response.json()["error"]["fields"]
 
 
-def test_event_time_in_the_future_is_clamped(agent):
+def test_an_agents_claimed_time_never_moves_its_event_in_the_history(agent):
+    """A year ahead or ten years back: the event is filed at the time the server received it."""
+    claims = [timezone.now() + timedelta(days=365), timezone.now() - timedelta(days=3650)]
+    for claim in claims:
+        body = valid_body("events")
+        body["events"][0]["occurred_at"] = claim.isoformat()
+        assert agent.post("events", body).status_code == 200
+    stored = SystemEvent.objects.filter(event_type="agent_startup").order_by("seq")
+    assert [event.reported_at for event in stored] == claims
+    assert all(timezone.now() - timedelta(minutes=1) < event.created_at <= timezone.now() for event in stored)
+
+
+def test_what_an_agent_reports_is_marked_as_its_report_wherever_it_is_shown(agent, admin_client):
     body = valid_body("events")
-    body["events"][0]["occurred_at"] = (timezone.now() + timedelta(days=365)).isoformat()
-    agent.post("events", body)
-    assert SystemEvent.objects.get(event_type="agent_startup").created_at <= timezone.now()
+    body["events"][0].update(event_type="config_changed", component="security", event_subtype="success",
+                             message="Rate limits switched off by admin")
+    assert agent.post("events", body).status_code == 200
+    forged = SystemEvent.objects.get(event_type="config_changed", agent_id=agent.id)
+    assert (forged.origin, forged.actor) == ("agent", "agent:web-01")
+    page = admin_client.get("/audit/events/").content.decode()
+    assert "the agent (its report)" in page
+    detail = admin_client.get(f"/audit/events/{forged.pk}/").content.decode()
+    assert "its own account, not checked by the server" in detail and "as the agent claims" in detail
+    export = b"".join(admin_client.get("/audit/events/export.csv").streaming_content).decode()
+    header, *rows = [line for line in export.splitlines() if line]
+    assert "origin" in header.split(",") and any(str(forged.pk) in row and ",agent," in row for row in rows)
+    only_server = admin_client.get("/audit/events/", {"origin": "server"}).content.decode()
+    assert "Rate limits switched off by admin" not in only_server
+    assert SystemEvent.objects.filter(origin="server").exists()  # the registration, recorded by the server
+
+
+@pytest.mark.parametrize(("metadata", "problem"), [
+    ({"blob": "x" * 9000}, "bytes as JSON"),
+    ({"a": {"b": {"c": {"d": {"e": 1}}}}}, "deeper than 4"),
+    ({"list": [[[[1]]]]}, "deeper than 4"),
+    ({f"k{index}": {"x": 1} for index in range(60)}, "more than 100 keys"),
+])
+def test_event_metadata_over_the_caps_is_refused_and_nothing_is_stored(agent, metadata, problem):
+    body = valid_body("events")
+    body["events"].append({**body["events"][0], "id": str(uuid.uuid4()), "metadata": metadata})
+    before = SystemEvent.objects.count()
+    response = agent.post("events", body)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == "invalid" and problem in " ".join(error["fields"]["events[1].metadata"])
+    assert SystemEvent.objects.count() == before
 
 
 def test_agent_events_get_an_insertion_seq_for_the_live_stream(agent):
@@ -183,3 +252,23 @@ def test_agent_events_get_an_insertion_seq_for_the_live_stream(agent):
     newest = SystemEvent.objects.order_by("-seq").first()
     assert newest.event_type == "agent_startup"  # the last row inserted has the highest seq
     assert not SystemEvent.objects.filter(seq__isnull=True).exists()
+
+
+def test_past_its_event_budget_an_agent_gets_429_with_retry_after_and_one_warning(agent, enroll):
+    row = ServerSettings.current()
+    row.rate_agent_events = "3/hour"
+    row.save()
+    two = valid_body("events")
+    two["events"].append({**two["events"][0], "id": str(uuid.uuid4())})
+    assert agent.post("events", two).json() == {"received": 2, "stored": 2}
+    refused = [agent.post("events", {"events": [{**two["events"][0], "id": str(uuid.uuid4())} for _ in range(2)]})
+               for _ in range(2)]
+    for response in refused:
+        assert response.status_code == 429 and response.json()["error"]["code"] == "rate_limited"
+        assert 1 <= int(response["Retry-After"]) <= 3600
+    assert SystemEvent.objects.filter(agent_id=agent.id, origin="agent").count() == 2  # nothing of the refused
+    warning = SystemEvent.objects.get(metadata__reason="event_budget_exhausted")  # one, not one per refusal
+    assert warning.agent_id == agent.model.pk and warning.origin == "server" and warning.metadata["budget"] == "3/hour"
+    # One event still fits this window; another agent has a budget of its own.
+    assert agent.post("events", valid_body("events")).status_code == 200
+    assert enroll().post("events", two).status_code == 200
