@@ -54,13 +54,18 @@ def test_bad_result_is_400_naming_the_field(agent, body, field):
     assert response.status_code == 400 and field in response.json()["error"]["fields"]
 
 
-def test_silent_commands_time_out_and_fail_their_package_operation(agent):
-    model = agent.model
+def approved_dry_run(model):
+    """A dry-run command and the approved update it works on."""
     command = command_create(agent=model, command_type="dry_run_update", source="api",
                              params={"package_type": "apt", "packages": ["curl"]})
     update = PackageUpdate.objects.create(agent=model, package_type="apt", name="curl", current_version="1",
                                           available_version="2", status=UpdateStatus.APPROVED,
                                           operation_command=command)
+    return command, update
+
+
+def test_silent_commands_time_out_and_fail_their_package_operation(agent):
+    command, update = approved_dry_run(agent.model)
     agent.post("checkin", {})
     assert commands_time_out(now=timezone.now() + SENT_TIMEOUT - timedelta(minutes=1)) == 0
     assert commands_time_out(now=timezone.now() + SENT_TIMEOUT + timedelta(minutes=1)) == 1
@@ -81,12 +86,7 @@ def test_undelivered_commands_expire(agent):
 
 
 def test_cancelling_a_dry_run_keeps_its_updates_approved(agent):
-    model = agent.model
-    command = command_create(agent=model, command_type="dry_run_update", source="api",
-                             params={"package_type": "apt", "packages": ["curl"]})
-    update = PackageUpdate.objects.create(agent=model, package_type="apt", name="curl", current_version="1",
-                                          available_version="2", status=UpdateStatus.APPROVED,
-                                          operation_command=command)
+    command, update = approved_dry_run(agent.model)
     commands_cancel(commands=[command], actor="alice")
     update.refresh_from_db()
     assert update.status == UpdateStatus.APPROVED
