@@ -21,6 +21,14 @@ from agents_app.choices import (
 from agents_app.querysets import AgentQuerySet, AgentSubsystemQuerySet, CommandQuerySet, PackageUpdateQuerySet
 from redflag.models import ServerSettings
 
+# How much of a machine-id hash events and pages show: enough to tell machines apart, not the
+# identifier itself.
+MACHINE_ID_PREFIX_CHARS = 12
+
+
+def machine_id_prefix(machine_id_hash: str) -> str:
+    return machine_id_hash[:MACHINE_ID_PREFIX_CHARS]
+
 
 class Agent(models.Model):
     """One enrolled machine.

@@ -11,7 +11,7 @@ from django.db import DatabaseError, connections
 
 from events_app.choices import Component, EventSubtype, EventType, Severity
 from events_app.services import record_event
-from redflag.models import ServerSettings, public_url_is_insecure
+from redflag.models import ServerSettings
 
 logger = logging.getLogger(__name__)
 
@@ -28,8 +28,9 @@ def record_server_startup(*, server: str) -> None:
             metadata=details,
             standalone=True,
         )
-        public_url = ServerSettings.current().public_url
-        if public_url_is_insecure(public_url):
+        server_settings = ServerSettings.current()
+        public_url = server_settings.public_url
+        if server_settings.insecure_public_url:
             logger.warning("the public URL %s is plain http: agents' traffic is not encrypted", public_url)
             record_event(
                 event_type=EventType.CONFIG_CHANGED,

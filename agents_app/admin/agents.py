@@ -31,7 +31,15 @@ from agents_app.admin.common import (
     usage_bar,
 )
 from agents_app.choices import CommandSource
-from agents_app.models import Agent, AgentRelease, AgentSubsystem, BulkOperation, Command, PackageUpdate
+from agents_app.models import (
+    Agent,
+    AgentRelease,
+    AgentSubsystem,
+    BulkOperation,
+    Command,
+    PackageUpdate,
+    machine_id_prefix,
+)
 from agents_app.services.agent_upgrade import agent_update_start
 from agents_app.services.agents import agent_allow_rebind, agent_revoke, agent_settings_update
 from agents_app.services.bulk import bulk_operation_start
@@ -40,9 +48,6 @@ from agents_app.services.releases import latest_release
 from agents_app.services.subsystems import subsystems_update
 from events_app.models import SystemEvent
 from redflag.errors import ApiError
-
-# Events show the same prefix of a machine id (agents_app.services.agents).
-MACHINE_ID_PREFIX_CHARS = 12
 
 # --- agents -------------------------------------------------------------------
 
@@ -162,7 +167,7 @@ class AgentAdmin(admin.ModelAdmin):
     @admin.display(description="machine id")
     def machine_id_prefix(self, agent: Agent) -> str:
         """A short prefix: enough to tell machines apart, not the identifier itself (anyone may read it)."""
-        return f"{agent.machine_id_hash[:MACHINE_ID_PREFIX_CHARS]}…"
+        return f"{machine_id_prefix(agent.machine_id_hash)}…"
 
     @admin.display(description="status")
     def status_badge(self, agent: Agent):

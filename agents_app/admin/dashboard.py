@@ -32,6 +32,7 @@ def fleet_summary(now: datetime | None = None) -> dict[str, Any]:
     3. commands: open ones and failures within the last 24 h.
     """
     now = now or timezone.now()
+    server = ServerSettings.current()
     agents = Agent.objects.aggregate(
         total=Count("pk"),
         online=Count("pk", filter=Q(pk__in=Agent.objects.online(now).values("pk"))),
@@ -92,6 +93,5 @@ def fleet_summary(now: datetime | None = None) -> dict[str, Any]:
             "bulk_operations": changelist_url(BulkOperation),
         },
         "colours": {"online": GREEN, "offline": GREY, "security": RED},
-        "insecure_public_url": ServerSettings.current().public_url if ServerSettings.current().insecure_public_url
-        else "",
+        "insecure_public_url": server.public_url if server.insecure_public_url else "",
     }

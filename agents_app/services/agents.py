@@ -9,7 +9,7 @@ from typing import Any
 from django.db import IntegrityError, models, transaction
 from django.utils import timezone
 
-from agents_app.models import Agent
+from agents_app.models import Agent, machine_id_prefix
 from agents_app.services.credentials import (
     IssuedCredentials,
     credentials_current,
@@ -223,7 +223,8 @@ def agent_check_machine(*, agent: Agent, machine_id_hash: str) -> None:
                         component=Component.SECURITY,
                         message=f"Agent {agent.hostname} bound to a new machine id",
                         agent=agent,
-                        metadata={"old_machine_id": agent.machine_id_hash[:12], "new_machine_id": machine_id_hash[:12]},
+                        metadata={"old_machine_id": machine_id_prefix(agent.machine_id_hash),
+                                  "new_machine_id": machine_id_prefix(machine_id_hash)},
                         actor=agent_actor(agent),
                     )
         except IntegrityError:
@@ -235,8 +236,8 @@ def agent_check_machine(*, agent: Agent, machine_id_hash: str) -> None:
     security_violation(
         f"Request for {agent.hostname} came from another machine",
         agent=agent,
-        metadata={"reason": "machine_mismatch", "presented_machine_id": machine_id_hash[:12],
-                  "bound_machine_id": agent.machine_id_hash[:12]},
+        metadata={"reason": "machine_mismatch", "presented_machine_id": machine_id_prefix(machine_id_hash),
+                  "bound_machine_id": machine_id_prefix(agent.machine_id_hash)},
         standalone=True,  # a refusal changes nothing
     )
     raise MachineMismatch()

@@ -19,7 +19,7 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from agents_app.models import Agent, RefreshToken
+from agents_app.models import Agent, RefreshToken, machine_id_prefix
 from events_app.choices import Component, EventSubtype, EventType, Severity
 from events_app.services import agent_actor, auth_failure, record_event, security_violation
 from redflag.errors import AgentRevoked, InvalidCredentials, MachineMismatch
@@ -105,7 +105,8 @@ def _renew_outcome(secret: str, machine_id_hash: str, now: datetime):
         security_violation(
             f"Refresh token of {agent.hostname} presented from another machine",
             agent=agent,
-            metadata={**details, "reason": "machine_mismatch", "presented_machine_id": machine_id_hash[:12]},
+            metadata={**details, "reason": "machine_mismatch",
+                      "presented_machine_id": machine_id_prefix(machine_id_hash)},
         )
         return MachineMismatch()
     if agent.revoked_at is not None:
