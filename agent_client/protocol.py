@@ -63,7 +63,10 @@ class PackageType:
     DOCKER = "docker"
     WINDOWS_UPDATE = "windows_update"
     WINGET = "winget"
-    ALL = (APT, DNF, DOCKER, WINDOWS_UPDATE, WINGET)
+    PACMAN = "pacman"
+    ZYPPER = "zypper"
+    FLATPAK = "flatpak"
+    ALL = (APT, DNF, DOCKER, WINDOWS_UPDATE, WINGET, PACMAN, ZYPPER, FLATPAK)
 
 
 class Capability:
@@ -123,6 +126,8 @@ _DOCKER_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _DOCKER_LABEL = r"[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?"
 _DOCKER_DOMAIN = rf"{_DOCKER_LABEL}(?:\.{_DOCKER_LABEL})*(?::[0-9]{{1,5}})?"
 _WINGET_SEGMENT = r"[A-Za-z0-9][A-Za-z0-9_+-]{0,31}"
+_RPM_NAME = r"(?!.*\.[rR][pP][mM]$)[A-Za-z0-9_+][A-Za-z0-9._+-]*"
+_FLATPAK_SEGMENT = r"[A-Za-z_][A-Za-z0-9_-]*"
 
 PACKAGE_NAME_GRAMMAR: dict[str, tuple[re.Pattern, str]] = {
     PackageType.APT: (
@@ -130,7 +135,7 @@ PACKAGE_NAME_GRAMMAR: dict[str, tuple[re.Pattern, str]] = {
         "a Debian package name: lowercase letters, digits, '+', '.', '-' (not last), an optional ':arch'",
     ),
     PackageType.DNF: (
-        re.compile(r"(?!.*\.[rR][pP][mM]$)[A-Za-z0-9_+][A-Za-z0-9._+-]*"),
+        re.compile(_RPM_NAME),
         "an RPM package name: letters, digits, '_', '+', '.', '-' (an optional '.arch'), no path, URL, glob, "
         "@group or .rpm file",
     ),
@@ -146,6 +151,18 @@ PACKAGE_NAME_GRAMMAR: dict[str, tuple[re.Pattern, str]] = {
     PackageType.WINGET: (
         re.compile(rf"{_WINGET_SEGMENT}(?:\.{_WINGET_SEGMENT}){{1,7}}|[A-Z0-9]{{12}}"),
         "a winget package id: Publisher.Package (letters, digits, '_', '+', '-') or a 12-character Store id",
+    ),
+    PackageType.PACMAN: (
+        re.compile(r"[a-z0-9@_+][a-z0-9@._+-]*"),
+        "an Arch package name: lowercase letters, digits, '@', '.', '_', '+', '-' (not first)",
+    ),
+    PackageType.ZYPPER: (
+        re.compile(_RPM_NAME),
+        "an RPM package name: letters, digits, '_', '+', '.', '-', no path, URL, glob, pattern: or .rpm file",
+    ),
+    PackageType.FLATPAK: (
+        re.compile(rf"{_FLATPAK_SEGMENT}(?:\.{_FLATPAK_SEGMENT}){{2,}}(?:/[A-Za-z0-9_]+/[A-Za-z0-9_.-]+)?"),
+        "a Flatpak ref: a reverse-DNS application or runtime id of at least three parts, optionally /arch/branch",
     ),
 }
 

@@ -9,6 +9,9 @@ class PackageType(models.TextChoices):
     DOCKER = "docker", "Docker images"
     WINDOWS_UPDATE = "windows_update", "Windows Update"
     WINGET = "winget", "winget"
+    PACMAN = "pacman", "pacman"
+    ZYPPER = "zypper", "zypper"
+    FLATPAK = "flatpak", "Flatpak"
 
 
 class SubsystemName(models.TextChoices):
@@ -17,6 +20,9 @@ class SubsystemName(models.TextChoices):
     DOCKER = "docker", "Docker image updates"
     WINDOWS_UPDATE = "windows_update", "Windows Update"
     WINGET = "winget", "winget updates"
+    PACMAN = "pacman", "pacman updates"
+    ZYPPER = "zypper", "zypper updates"
+    FLATPAK = "flatpak", "Flatpak updates"
     STORAGE = "storage", "Storage"
     SYSTEM = "system", "System facts"
 
@@ -91,6 +97,9 @@ SUBSYSTEM_SCAN = {
     SubsystemName.DNF: (CommandType.SCAN_UPDATES, {"package_type": PackageType.DNF}),
     SubsystemName.WINDOWS_UPDATE: (CommandType.SCAN_UPDATES, {"package_type": PackageType.WINDOWS_UPDATE}),
     SubsystemName.WINGET: (CommandType.SCAN_UPDATES, {"package_type": PackageType.WINGET}),
+    SubsystemName.PACMAN: (CommandType.SCAN_UPDATES, {"package_type": PackageType.PACMAN}),
+    SubsystemName.ZYPPER: (CommandType.SCAN_UPDATES, {"package_type": PackageType.ZYPPER}),
+    SubsystemName.FLATPAK: (CommandType.SCAN_UPDATES, {"package_type": PackageType.FLATPAK}),
     SubsystemName.DOCKER: (CommandType.SCAN_DOCKER, {"package_type": PackageType.DOCKER}),
     SubsystemName.STORAGE: (CommandType.SCAN_STORAGE, {}),
     SubsystemName.SYSTEM: (CommandType.SCAN_SYSTEM, {}),
