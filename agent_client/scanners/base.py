@@ -250,3 +250,12 @@ class Scanner:
 
     def _install(self, names: list[str]) -> OperationResult:
         raise NotImplementedError
+
+    def native_listing(self) -> dict[str, str]:
+        """The package tool's own plain listing of pending updates, name -> available version.
+
+        Taken by a different route from :meth:`scan` (the tool's simplest "what would upgrade"
+        command), so that ``scan --verify`` can show where the two disagree. A scanner with no
+        such listing raises NotImplementedError.
+        """
+        raise NotImplementedError
