@@ -4,7 +4,12 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint test-agent-py39
+# Where `make run` serves: make run PORT=8001 ADDR=0.0.0.0
+ADDR ?= 127.0.0.1
+PORT ?= 8000
+MANAGE := $(BIN)/python manage.py
+
+.PHONY: run test lint test-agent-py39 token release admin-password
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +24,25 @@ $(VENV)/.test-installed: requirements.txt requirements-test.txt | $(BIN)/python
 	touch $@ $(VENV)/.runtime-installed
 
 run: $(VENV)/.runtime-installed
-	$(BIN)/python manage.py run_portal
+	@$(MANAGE) run_portal --addr "$(ADDR):$(PORT)"
+
+# Helpers for what the README and the admin show (each installs the runtime first, like `run`).
+# A registration token, printed alone: make token LABEL=rack-2 SEATS=5 EXPIRES=24h
+LABEL ?= enrolment
+SEATS ?= 1
+EXPIRES ?= 24h
+token: $(VENV)/.runtime-installed
+	@$(MANAGE) create_registration_token --label "$(LABEL)" --seats "$(SEATS)" --expires-in "$(EXPIRES)"
+
+# A signed agent release that installers and agents download: make release VERSION=0.1.0
+release: $(VENV)/.runtime-installed
+	@test -n "$(VERSION)" || { echo "make release needs a version: make release VERSION=0.1.0" >&2; exit 2; }
+	@$(MANAGE) build_agent_release --version "$(VERSION)"
+
+# Set a new password for an admin account (asked twice, hidden): make admin-password [USER_NAME=admin]
+USER_NAME ?= admin
+admin-password: $(VENV)/.runtime-installed
+	@$(MANAGE) changepassword "$(USER_NAME)"
 
 test: $(VENV)/.test-installed
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

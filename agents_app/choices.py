@@ -104,3 +104,20 @@ SUBSYSTEM_SCAN = {
     SubsystemName.STORAGE: (CommandType.SCAN_STORAGE, {}),
     SubsystemName.SYSTEM: (CommandType.SCAN_SYSTEM, {}),
 }
+
+
+def names_in_words(names, limit: int = 3) -> str:
+    """'openssl, curl, zlib1g and 4 more': a list of names short enough for a message or a list row."""
+    names = list(names)
+    shown = ", ".join(names[:limit])
+    return f"{shown} and {len(names) - limit} more" if len(names) > limit else shown
+
+
+def command_title(command_type: str, params: dict) -> str:
+    """A command in words, naming its package manager and packages: 'Install updates (APT): openssl, curl'."""
+    title = CommandType(command_type).label.capitalize() if command_type in CommandType.values else command_type
+    package_type = params.get("package_type")
+    if package_type in PackageType.values:
+        title += f" ({PackageType(package_type).label})"
+    packages = params.get("packages") or []
+    return f"{title}: {names_in_words(packages)}" if packages else title

@@ -17,6 +17,8 @@ from agents_app.choices import (
     SubsystemStatus,
     UpdateSeverity,
     UpdateStatus,
+    command_title,
+    names_in_words,
 )
 from agents_app.querysets import AgentQuerySet, AgentSubsystemQuerySet, CommandQuerySet, PackageUpdateQuerySet
 from redflag.models import ServerSettings
@@ -236,7 +238,12 @@ class Command(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.command_type} for {self.agent_id} ({self.status})"
+        return f"{self.title} for {self.agent_id} ({self.status})"
+
+    @property
+    def title(self) -> str:
+        """What the command does, naming its package manager and packages (agents_app.choices.command_title)."""
+        return command_title(self.command_type, self.params or {})
 
 
 class PackageUpdate(models.Model):
@@ -305,7 +312,7 @@ class UpdateLog(models.Model):
         ordering = ["-created_at"]
 
     def __str__(self) -> str:
-        return f"{self.get_action_display()} of {len(self.packages)} package(s) on {self.agent}"
+        return f"{self.get_action_display()} of {names_in_words(self.packages or [])} on {self.agent}"
 
 
 class IngestedReport(models.Model):

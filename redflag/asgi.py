@@ -11,9 +11,25 @@ os.environ.setdefault("REDFLAG_DB_POOL", "true")
 application = get_asgi_application()
 
 from events_app.startup import record_server_startup  # noqa: E402  (needs Django set up)
+from redflag.env import StartupRefused  # noqa: E402
+from redflag.preflight import services_problem  # noqa: E402
+
+_problems: list[str] = []
+
+
+def _start() -> None:
+    """Check the database and Redis, then record the start-up (redflag/preflight.py)."""
+    problem = services_problem()
+    if problem:
+        _problems.append(problem)
+        return
+    record_server_startup(server="asgi")
+
 
 # uvicorn --workers imports this module inside a running event loop, where Django
-# refuses database calls: the start-up event is written from a thread of its own.
-_startup = threading.Thread(target=record_server_startup, kwargs={"server": "asgi"}, name="redflag-startup")
+# refuses database calls: the checks and the start-up event run in a thread of their own.
+_startup = threading.Thread(target=_start, name="redflag-startup")
 _startup.start()
 _startup.join()
+if _problems:
+    raise StartupRefused(_problems[0])

@@ -1,7 +1,8 @@
 """Strict parsing of RedFlag's environment variables.
 
-A value that cannot be parsed stops start-up with ImproperlyConfigured naming
-the variable: a typo in production must never silently become a default.
+A value that cannot be parsed stops start-up with one line naming the variable
+and what it accepts (:class:`StartupRefused`): a typo in production must never
+silently become a default, and never hides behind a traceback.
 """
 
 from __future__ import annotations
@@ -11,7 +12,18 @@ import re
 from datetime import timedelta
 from urllib.parse import urlsplit
 
-from django.core.exceptions import ImproperlyConfigured
+
+class StartupRefused(SystemExit):
+    """RedFlag cannot start with this configuration: one line on stderr, exit status 1, no traceback.
+
+    A SystemExit, because settings are imported by every entry point (manage.py and every command,
+    qcluster's worker processes, uvicorn, wsgi) and each of them prints a SystemExit's message as one
+    line and exits; an ordinary exception would end in a traceback in each.
+    """
+
+    def __init__(self, problem: str) -> None:
+        self.problem = problem
+        super().__init__(f"RedFlag will not start: {problem}")
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -30,7 +42,7 @@ def env_str(name: str, default: str | None = None, *, required: bool = False) ->
     value = _raw(name)
     if value is None:
         if required:
-            raise ImproperlyConfigured(f"{name} must be set")
+            raise StartupRefused(f"{name} must be set")
         return default
     return value
 
@@ -44,7 +56,7 @@ def env_bool(name: str, default: bool) -> bool:
         return True
     if lowered in _FALSE:
         return False
-    raise ImproperlyConfigured(f"{name} must be true or false, not {value!r}")
+    raise StartupRefused(f"{name} must be true or false, not {value!r}")
 
 
 def env_int(name: str, default: int, *, minimum: int | None = None) -> int:
@@ -54,9 +66,9 @@ def env_int(name: str, default: int, *, minimum: int | None = None) -> int:
     try:
         number = int(value)
     except ValueError:
-        raise ImproperlyConfigured(f"{name} must be a whole number, not {value!r}") from None
+        raise StartupRefused(f"{name} must be a whole number, not {value!r}") from None
     if minimum is not None and number < minimum:
-        raise ImproperlyConfigured(f"{name} must be at least {minimum}, not {number}")
+        raise StartupRefused(f"{name} must be at least {minimum}, not {number}")
     return number
 
 
@@ -72,7 +84,7 @@ def env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
     if value is None:
         return default
     if value not in choices:
-        raise ImproperlyConfigured(f"{name} must be one of {', '.join(choices)}, not {value!r}")
+        raise StartupRefused(f"{name} must be one of {', '.join(choices)}, not {value!r}")
     return value
 
 
@@ -84,8 +96,21 @@ def env_redis_url(name: str) -> str | None:
         return None
     scheme = urlsplit(value).scheme if "://" in value else ""
     if scheme not in ("redis", "rediss", "unix"):
-        raise ImproperlyConfigured(f"{name} must be a redis://, rediss:// or unix:// URL, "
+        raise StartupRefused(f"{name} must be a redis://, rediss:// or unix:// URL, "
                                    f"not {scheme + '://' if scheme else 'one without a scheme'}")
+    return value
+
+
+def env_database_url(name: str) -> str | None:
+    """A postgresql:// (or postgres://) URL, or None when unset (the embedded SQLite). The URL may hold a
+    password: a refusal names only its scheme."""
+    value = _raw(name)
+    if value is None:
+        return None
+    scheme = urlsplit(value).scheme if "://" in value else ""
+    if scheme not in ("postgresql", "postgres"):
+        raise StartupRefused(f"{name} must be a postgresql://user@host:port/database URL (unset: the embedded "
+                             f"SQLite), not {scheme + '://' if scheme else 'one without a scheme'}")
     return value
 
 

@@ -13,9 +13,17 @@ import stat
 from pathlib import Path
 
 import dj_database_url
-from django.core.exceptions import ImproperlyConfigured
 
-from redflag.env import env_bool, env_choice, env_int, env_list, env_redis_url, env_str
+from redflag.env import (
+    StartupRefused,
+    env_bool,
+    env_choice,
+    env_database_url,
+    env_int,
+    env_list,
+    env_redis_url,
+    env_str,
+)
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -48,14 +56,12 @@ def _private_data_dir(path: Path) -> None:
         try:
             path.mkdir(mode=PRIVATE_DIRECTORY_MODE, parents=True, exist_ok=True)
         except OSError as exc:
-            raise SystemExit(f"RedFlag will not start: cannot create the data directory {path}: {exc.strerror}")
+            raise StartupRefused(f"cannot create the data directory {path}: {exc.strerror}")
     if not path.is_dir():
-        raise SystemExit(f"RedFlag will not start: the data directory {path} is not a directory")
+        raise StartupRefused(f"the data directory {path} is not a directory")
     mode = stat.S_IMODE(path.stat().st_mode)
     if mode & 0o077:
-        # SystemExit with a message: Python prints that one line to stderr and exits 1, in
-        # manage.py, under uvicorn and in a multiprocessing worker alike; no traceback.
-        raise SystemExit(f"RedFlag will not start: the data directory {path} is open to other users "
+        raise StartupRefused(f"the data directory {path} is open to other users "
                          f"(mode {mode:04o}). Run: chmod 700 {shlex.quote(str(path))}")
 
 
@@ -99,10 +105,10 @@ def _development_secret_key() -> str:
 if PRODUCTION:
     SECRET_KEY = env_str("REDFLAG_SECRET_KEY", required=True)
     if len(SECRET_KEY) < 50 or len(set(SECRET_KEY)) < 5:
-        raise ImproperlyConfigured("REDFLAG_SECRET_KEY must be at least 50 varied characters")
+        raise StartupRefused("REDFLAG_SECRET_KEY must be at least 50 varied characters")
     ALLOWED_HOSTS = env_list("REDFLAG_ALLOWED_HOSTS", [])
     if not ALLOWED_HOSTS:
-        raise ImproperlyConfigured("REDFLAG_ALLOWED_HOSTS must be set in production")
+        raise StartupRefused("REDFLAG_ALLOWED_HOSTS must be set in production")
 else:
     SECRET_KEY = env_str("REDFLAG_SECRET_KEY") or _development_secret_key()
     ALLOWED_HOSTS = env_list("REDFLAG_ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"])
@@ -158,7 +164,7 @@ TEMPLATES = [
 ]
 
 # SQLite (WAL) is the embedded default; DATABASE_URL switches to PostgreSQL.
-DATABASE_URL = env_str("DATABASE_URL")
+DATABASE_URL = env_database_url("DATABASE_URL")
 # A connection pool per web process (psycopg_pool): under ASGI each request runs in a thread of
 # its own, so persistent connections would pile up. redflag/asgi.py switches it on; forking
 # processes (django-q2) keep plain persistent connections. A request that waits longer than
@@ -168,8 +174,9 @@ if DATABASE_URL:
     try:
         DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=0 if DB_POOL else 60,
                                                       conn_health_checks=True)}
-    except ValueError as exc:
-        raise ImproperlyConfigured(f"DATABASE_URL is not a valid database URL: {exc}") from None
+    except ValueError:
+        raise StartupRefused("DATABASE_URL is not a valid URL (characters such as @, : or / in the password "
+                             "must be percent-encoded)") from None
     if DB_POOL and DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
         # With health checks on, Django checks each pooled connection on checkout: after a
         # PostgreSQL restart no request gets a dead one.

@@ -3,12 +3,15 @@
 from django.contrib import admin
 from django.urls import include, path
 from django.views.defaults import page_not_found, server_error
+from django.views.generic.base import RedirectView
 from drf_spectacular.views import SpectacularAPIView
 
 from redflag.api.errors import api_not_found, api_server_error
 from redflag.api.views import HealthView
 
 urlpatterns = [
+    # The portal is the admin: a bare visit (or the admin's "View site") lands there, not on a 404.
+    path("", RedirectView.as_view(url="/admin/", permanent=False), name="home"),
     path("", include("agents_app.api.urls")),
     path("", include("tokens_app.api.urls")),
     path("api/v1/health", HealthView.as_view(), name="health"),

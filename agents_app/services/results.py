@@ -16,7 +16,7 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
-from agents_app.choices import OPEN_COMMAND_STATUSES, CommandStatus, CommandType, UpdateStatus
+from agents_app.choices import OPEN_COMMAND_STATUSES, CommandStatus, CommandType, UpdateStatus, names_in_words
 from agents_app.models import Agent, Command
 from agents_app.services.agent_upgrade import UPDATE_REPORT_TIMEOUT, agent_update_finished
 from agents_app.services.commands import OUTPUT_LIMIT
@@ -32,6 +32,7 @@ TIMEOUT_SWEEP_BATCH = 1000
 
 SCAN_TYPES = (CommandType.SCAN_UPDATES, CommandType.SCAN_DOCKER, CommandType.SCAN_STORAGE, CommandType.SCAN_SYSTEM)
 PACKAGE_OPERATION_TYPES = (CommandType.DRY_RUN_UPDATE, CommandType.INSTALL_UPDATES, CommandType.CONFIRM_DEPENDENCIES)
+INSTALL_TYPES = (CommandType.INSTALL_UPDATES, CommandType.CONFIRM_DEPENDENCIES)
 HEARTBEAT_TYPES = (CommandType.ENABLE_HEARTBEAT, CommandType.DISABLE_HEARTBEAT)
 
 
@@ -88,18 +89,42 @@ def command_result_record(*, agent: Agent, command: Command, status: str, output
             return False
         command.refresh_from_db()
         _apply_effects(command, ending, now)
-        record_event(
-            event_type=EventType.COMMAND_COMPLETED,
-            subtype=EventSubtype.SUCCESS if ending.succeeded else EventSubtype.FAILED,
-            severity=Severity.INFO if ending.succeeded else Severity.ERROR,
-            component=Component.AGENT,
-            message=f"{command.command_type} on {agent.hostname} {'succeeded' if ending.succeeded else 'failed'}",
-            agent=agent,
-            metadata={"command_id": str(command.pk), "command_type": command.command_type,
-                      "exit_code": result.get("exit_code"), "source": command.source},
-            actor=agent_actor(agent),
-        )
+        outcome = "succeeded" if ending.succeeded else "failed"
+        subtype = EventSubtype.SUCCESS if ending.succeeded else EventSubtype.FAILED
+        severity = Severity.INFO if ending.succeeded else Severity.ERROR
+        metadata = {"command_id": str(command.pk), "command_type": command.command_type,
+                    "exit_code": result.get("exit_code"), "source": command.source}
+        message = f"{command.title} on {agent.hostname} {outcome}"
+        if command.command_type in PACKAGE_OPERATION_TYPES:
+            packages = operation_packages(command)
+            metadata.update(package_type=command.params.get("package_type", ""), packages=packages)
+            message = f"{message}: {versions_in_words(packages)}" if packages else message
+        record_event(event_type=EventType.COMMAND_COMPLETED, subtype=subtype, severity=severity,
+                     component=Component.AGENT, message=message, agent=agent, metadata=metadata,
+                     actor=agent_actor(agent))
+        if command.command_type in INSTALL_TYPES:
+            # The fact an auditor asks for ("what was installed where, at which version"), filterable on its own.
+            record_event(event_type=EventType.AGENT_INSTALL, subtype=subtype, severity=severity,
+                         component=Component.AGENT, message=message, agent=agent, metadata=metadata,
+                         actor=agent_actor(agent))
     return True
+
+
+def operation_packages(command: Command) -> list[dict[str, str]]:
+    """The packages a dry-run or install concerns, each with the versions it moves between (at most 100)."""
+    rows = command.package_updates.order_by("name").values_list("name", "current_version", "available_version")
+    named = {name: {"name": name, "from": current, "to": available} for name, current, available in rows[:100]}
+    # Dependencies an admin confirmed are in the command but have no pending-update row of their own.
+    for name in command.params.get("dependencies") or []:
+        named.setdefault(name, {"name": name, "from": "", "to": ""})
+    return list(named.values())[:100]
+
+
+def versions_in_words(packages: list[dict[str, str]], limit: int = 5) -> str:
+    """'openssl 3.0.13-1 → 3.0.14-1, curl 7.88.1 → 7.88.2 and 3 more'."""
+    return names_in_words(
+        [f"{package['name']} {package['from']} → {package['to']}" if package["to"] else package["name"]
+         for package in packages], limit)
 
 
 def _end_unanswered(command: Command, *, from_statuses, ending: Ending, now: datetime, subtype, severity,
@@ -113,7 +138,7 @@ def _end_unanswered(command: Command, *, from_statuses, ending: Ending, now: dat
         _apply_effects(command, ending, now)
         record_event(
             event_type=EventType.COMMAND_COMPLETED, subtype=subtype, severity=severity, component=component,
-            message=f"{command.command_type} for {command.agent.hostname} {ending.verb}", agent=command.agent,
+            message=f"{command.title} for {command.agent.hostname} {ending.verb}", agent=command.agent,
             metadata={"command_id": str(command.pk), "status": ending.status, "was": command.status}, actor=actor,
         )
     return True

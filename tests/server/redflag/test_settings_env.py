@@ -49,7 +49,7 @@ def test_development_settings_do_not_pass_check_deploy(tmp_path):
     ("REDFLAG_ACCESS_TOKEN_SECONDS", "1h", "REDFLAG_ACCESS_TOKEN_SECONDS must be a whole number"),
     ("REDFLAG_ACCESS_TOKEN_SECONDS", "5", "REDFLAG_ACCESS_TOKEN_SECONDS must be at least 60"),
     ("REDFLAG_ENV", "prod", "REDFLAG_ENV must be one of development, production"),
-    ("DATABASE_URL", "mongodb://nope", "DATABASE_URL is not a valid database URL"),
+    ("DATABASE_URL", "mongodb://nope", "DATABASE_URL must be a postgresql://"),
 ])
 def test_bad_value_stops_start_up_naming_the_variable(tmp_path, variable, value, message):
     result = manage("check", env={variable: value}, tmp_path=tmp_path)
