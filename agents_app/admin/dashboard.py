@@ -77,7 +77,9 @@ def fleet_summary(now: datetime | None = None) -> dict[str, Any]:
         "updates_total": total_updates,
         "security": security,
         "severity_bars": bars(by_severity, dict(UpdateSeverity.choices), SEVERITY_COLOURS, "severity__exact"),
-        "type_bars": bars(by_type, dict(PackageType.choices), {}, "package_type__exact"),
+        # Only the package managers this fleet has updates from: eight bars of zero say nothing.
+        "type_bars": bars({value: count for value, count in by_type.items() if count}, dict(PackageType.choices), {},
+                          "package_type__exact"),
         "commands": commands,
         "links": {
             "agents": changelist_url(Agent),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 
 from django.contrib import admin, messages
+from django.db.models import Count, Q
 from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
@@ -27,6 +28,7 @@ from agents_app.admin.common import (
     pretty_json,
     table,
 )
+from agents_app.choices import names_in_words
 from agents_app.models import BulkOperation, Command, UpdateLog
 from agents_app.services.commands import CommandAlreadyOpen, command_retry
 from agents_app.services.results import commands_cancel
@@ -78,7 +80,7 @@ class BulkOperationFilter(admin.SimpleListFilter):
 class CommandAdmin(ReadOnlyDetailMixin, admin.ModelAdmin):
     """'Live operations': commands are created by the workflow, never by hand."""
 
-    list_display = ("command_type", "agent", "status_label", "source", "age", "created_by", "completed_at")
+    list_display = ("title", "agent", "status_label", "source", "age", "created_by", "completed_at")
     list_filter = (CommandOutcomeFilter, "status", "command_type", "source", BulkOperationFilter)
     search_fields = ("agent__hostname", "=id")
     list_select_related = ("agent", "created_by")
@@ -90,6 +92,10 @@ class CommandAdmin(ReadOnlyDetailMixin, admin.ModelAdmin):
 
     def changelist_view(self, request, extra_context=None):
         return super().changelist_view(request, {"title": "Live operations", **(extra_context or {})})
+
+    @admin.display(description="command", ordering="command_type")
+    def title(self, command: Command) -> str:
+        return command.title
 
     @admin.display(description="status", ordering="status")
     def status_label(self, command: Command):
@@ -167,11 +173,19 @@ class BulkOperationAdmin(ReadOnlyDetailMixin, admin.ModelAdmin):
               "created_by", "created_at", "finished_at", "commands_created")
     readonly_fields = fields
 
+    def get_queryset(self, request):
+        # A finished operation whose commands later failed must not read as a success.
+        return super().get_queryset(request).annotate(
+            failed_commands=Count("commands", filter=Q(commands__status__in=FAILED_COMMAND_STATUSES)))
+
     @admin.display(description="status", ordering="status")
     def status_label(self, operation: BulkOperation):
         colour = {BulkOperation.Status.QUEUED: GREY, BulkOperation.Status.RUNNING: BLUE}.get(
-            operation.status, RED if operation.failed else GREEN)
-        return badge(operation.get_status_display(), colour)
+            operation.status, RED if operation.failed or operation.failed_commands else GREEN)
+        label = operation.get_status_display()
+        if operation.failed_commands:
+            label = f"{label}, {operation.failed_commands} command(s) failed"
+        return badge(label, colour)
 
     @admin.display(description="progress")
     def progress(self, operation: BulkOperation):
@@ -193,11 +207,14 @@ class BulkOperationAdmin(ReadOnlyDetailMixin, admin.ModelAdmin):
     def commands_created(self, operation: BulkOperation):
         commands = list(operation.commands.select_related("agent").order_by("agent__hostname", "created_at")
                         [:COMMANDS_ON_OPERATION_PAGE])
-        rows = [(admin_link(command, command.command_type), command.agent.hostname, command_badge(command))
+        rows = [(admin_link(command, command.title), command.agent.hostname, command_badge(command))
                 for command in commands]
-        link = format_html('<p><a href="{}">All commands of this operation</a></p>',
+        outcomes = dict(operation.commands.order_by().values_list("status").annotate(count=Count("pk")))
+        summary = ", ".join(f"{count} {status.replace('_', ' ')}" for status, count in sorted(outcomes.items()))
+        link = format_html('<p>{} command(s) started{}. <a href="{}">All commands of this operation</a></p>',
+                           sum(outcomes.values()), f": {summary}" if summary else "",
                            changelist_url(Command, bulk_operation=operation.pk))
-        return format_html("{}{}", table(("Command", "Agent", "Status"), rows, "No commands (yet)."), link)
+        return format_html("{}{}", link, table(("Command", "Agent", "Status"), rows, "No commands (yet)."))
 
 
 @admin.register(UpdateLog)
@@ -212,8 +229,8 @@ class UpdateLogAdmin(ReadOnlyDetailMixin, admin.ModelAdmin):
     readonly_fields = fields
 
     @admin.display(description="packages")
-    def package_count(self, log: UpdateLog) -> int:
-        return len(log.packages or [])
+    def package_count(self, log: UpdateLog) -> str:
+        return names_in_words(log.packages or [])
 
     @admin.display(description="output tail")
     def output(self, log: UpdateLog):

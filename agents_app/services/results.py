@@ -88,6 +88,8 @@ def command_result_record(*, agent: Agent, command: Command, status: str, output
         if not claimed:
             return False
         command.refresh_from_db()
+        # Read before the effects: a finished dry-run hands its updates on to the install it starts.
+        packages = operation_packages(command) if command.command_type in PACKAGE_OPERATION_TYPES else []
         _apply_effects(command, ending, now)
         outcome = "succeeded" if ending.succeeded else "failed"
         subtype = EventSubtype.SUCCESS if ending.succeeded else EventSubtype.FAILED
@@ -96,7 +98,6 @@ def command_result_record(*, agent: Agent, command: Command, status: str, output
                     "exit_code": result.get("exit_code"), "source": command.source}
         message = f"{command.title} on {agent.hostname} {outcome}"
         if command.command_type in PACKAGE_OPERATION_TYPES:
-            packages = operation_packages(command)
             metadata.update(package_type=command.params.get("package_type", ""), packages=packages)
             message = f"{message}: {versions_in_words(packages)}" if packages else message
         record_event(event_type=EventType.COMMAND_COMPLETED, subtype=subtype, severity=severity,

@@ -53,8 +53,9 @@ def test_development_settings_do_not_pass_check_deploy(tmp_path):
 ])
 def test_bad_value_stops_start_up_naming_the_variable(tmp_path, variable, value, message):
     result = manage("check", env={variable: value}, tmp_path=tmp_path)
-    assert result.returncode != 0
-    assert message in result.stderr
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [result.stderr.strip()]  # one line, no traceback
+    assert result.stderr.startswith(f"RedFlag will not start: {message}")
 
 
 @pytest.mark.parametrize("missing", ["REDFLAG_SECRET_KEY", "REDFLAG_ALLOWED_HOSTS"])
@@ -62,6 +63,14 @@ def test_production_requires_secret_key_and_hosts(tmp_path, missing):
     env = {key: value for key, value in PRODUCTION_ENV.items() if key != missing}
     result = manage("check", env=env, tmp_path=tmp_path)
     assert result.returncode != 0 and missing in result.stderr
+
+
+def test_a_database_url_password_is_never_echoed(tmp_path):
+    result = manage("check", env={"DATABASE_URL": "postgresql://redflag:s3cret@db:notaport/redflag"},
+                    tmp_path=tmp_path)
+    assert result.returncode == 1 and "s3cret" not in result.stderr
+    assert result.stderr.strip() == ("RedFlag will not start: DATABASE_URL is not a valid URL (characters such as @, "
+                                     ": or / in the password must be percent-encoded)")
 
 
 def test_weak_production_secret_key_is_refused(tmp_path):

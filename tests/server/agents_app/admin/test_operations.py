@@ -29,12 +29,19 @@ def test_bulk_operation_page_refreshes_until_finished(admin_client, fleet, djang
     bulk_operation_run(str(operation.pk))
     page = admin_client.get(url).content.decode()
     assert 'http-equiv="refresh"' not in page
-    assert "2 / 2" in page and "Finished" in page and "scan_updates" in page and "web-02" in page
+    assert "2 / 2" in page and "Finished" in page and "Scan updates (APT)" in page and "web-02" in page
+    assert "4 command(s) started: 4 pending" in page
     assert 'name="_save"' not in page  # view-only
     listing = admin_client.get(OPERATIONS).content.decode()
     assert "2 / 2" in listing and "rf-progress" in listing
     commands = admin_client.get(COMMANDS, {"bulk_operation": operation.pk})
     assert commands.context["cl"].result_count == Command.objects.filter(bulk_operation=operation).count() == 4
+
+    # A command that fails after the operation finished shows on the operation, in the list and on its page.
+    Command.objects.filter(pk=Command.objects.filter(bulk_operation=operation).first().pk).update(status="failed")
+    page = admin_client.get(url).content.decode()
+    assert "Finished, 1 command(s) failed" in page and "4 command(s) started: 1 failed, 3 pending" in page
+    assert "Finished, 1 command(s) failed" in admin_client.get(OPERATIONS).content.decode()
 
 
 def test_bulk_operation_errors_are_listed(admin_client, fleet):
@@ -47,7 +54,7 @@ def test_bulk_operation_errors_are_listed(admin_client, fleet):
 
 def test_command_list_and_detail(admin_client, fleet):
     page = admin_client.get(COMMANDS).content.decode()
-    assert "Live operations" in page and "scan_updates" in page and "web-02" in page
+    assert "Live operations" in page and "Scan updates (DNF)" in page and "web-02" in page
     command = Command.objects.get(command_type="scan_storage", status="failed")
     Command.objects.filter(pk=command.pk).update(result={"exit_code": 2}, output="disk <full>")
     response = admin_client.get(f"{COMMANDS}{command.pk}/change/")

@@ -111,3 +111,41 @@ def test_a_dry_run_that_reports_a_dependency_that_is_no_package_name_fails(agent
     finish(agent, deliver(agent)[CommandType.DRY_RUN_UPDATE], dependencies=["curl", "-o", "Dpkg::Options=x"])
     assert PackageUpdate.objects.get().status == UpdateStatus.FAILED
     assert deliver(agent) == {}  # no install was built over those names
+
+
+def test_events_and_logs_name_the_packages_and_their_versions(agent):
+    """What an auditor reads: which packages, from which version to which, on which machine, by which manager."""
+    PackageUpdate.objects.create(agent=agent.model, package_type="apt", name="openssl", current_version="3.0.13-1",
+                                 available_version="3.0.14-1")
+    PackageUpdate.objects.create(agent=agent.model, package_type="apt", name="curl", current_version="7.88.1-10",
+                                 available_version="7.88.1-10+deb12u8")
+    updates_install(updates=PackageUpdate.objects.all(), actor="alice")
+    finish(agent, deliver(agent)[CommandType.DRY_RUN_UPDATE], dependencies=[], exit_code=0)
+    finish(agent, deliver(agent)[CommandType.INSTALL_UPDATES], exit_code=0)
+
+    host = agent.model.hostname
+    versions = "curl 7.88.1-10 → 7.88.1-10+deb12u8, openssl 3.0.13-1 → 3.0.14-1"
+    completed = SystemEvent.objects.filter(event_type="command_completed").order_by("seq")
+    assert [event.message for event in completed] == [
+        f"Dry run update (APT): curl, openssl on {host} succeeded: {versions}",
+        f"Install updates (APT): curl, openssl on {host} succeeded: {versions}",
+    ]
+    installed = SystemEvent.objects.get(event_type="agent_install")
+    assert installed.event_subtype == "success" and installed.agent_id == agent.model.pk
+    assert installed.message == f"Install updates (APT): curl, openssl on {host} succeeded: {versions}"
+    assert installed.metadata["package_type"] == "apt"
+    assert installed.metadata["packages"] == [
+        {"name": "curl", "from": "7.88.1-10", "to": "7.88.1-10+deb12u8"},
+        {"name": "openssl", "from": "3.0.13-1", "to": "3.0.14-1"}]
+    assert [str(log).split(" on ")[0] for log in UpdateLog.objects.order_by("created_at")] == [
+        "Dry-run of curl, openssl", "Install of curl, openssl"]
+
+
+def test_a_failed_install_is_recorded_as_a_failed_agent_install(agent):
+    add_updates(agent, "nginx")
+    updates_install(updates=PackageUpdate.objects.all(), actor="alice")
+    finish(agent, deliver(agent)[CommandType.DRY_RUN_UPDATE], dependencies=[])
+    finish(agent, deliver(agent)[CommandType.INSTALL_UPDATES], status="failed", exit_code=100)
+    failed = SystemEvent.objects.get(event_type="agent_install")
+    assert failed.event_subtype == "failed" and failed.severity == "error"
+    assert failed.message.endswith("failed: nginx 1 → 2")
