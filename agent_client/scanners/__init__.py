@@ -9,8 +9,11 @@ from agent_client.scanners.apt import AptScanner
 from agent_client.scanners.base import Scanner
 from agent_client.scanners.dnf import DnfScanner
 from agent_client.scanners.docker import DockerScanner
+from agent_client.scanners.flatpak import FlatpakScanner
+from agent_client.scanners.pacman import PacmanScanner
 from agent_client.scanners.windows_update import WindowsUpdateScanner
 from agent_client.scanners.winget import WingetScanner
+from agent_client.scanners.zypper import ZypperScanner
 
 
 def build_scanners(state_dir: Path) -> dict[str, Scanner]:
@@ -19,8 +22,11 @@ def build_scanners(state_dir: Path) -> dict[str, Scanner]:
         AptScanner(state_dir=str(state_dir)),
         DnfScanner(),
         DockerScanner(),
+        FlatpakScanner(),
+        PacmanScanner(),
         WindowsUpdateScanner(),
         WingetScanner(),
+        ZypperScanner(),
     ]
     return {scanner.package_type: scanner for scanner in scanners}
 
