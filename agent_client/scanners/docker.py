@@ -12,14 +12,22 @@ How an update is decided, per tagged local image:
    manifest, OCI manifest) gives the remote digest (``Docker-Content-Digest``).
 2. When the remote is an index / manifest list, it is fetched and the digest of
    the entry for this host's os/architecture(/variant) is picked as well.
-3. An update exists only when neither the remote digest nor that platform
-   digest is among the image's local ``RepoDigests`` for the same repository.
-   A local RepoDigest may be the index digest (``docker pull``) or the platform
-   manifest digest (pulled by digest, or by other tools): both count as current.
+3. The image is current when the remote digest or that platform digest is
+   among the image's local ``RepoDigests`` for the same repository (a local
+   RepoDigest may be the index digest - ``docker pull`` - or the platform
+   manifest digest - podman, pulls by digest).
+4. Otherwise the manifest this host would pull is fetched: its config digest
+   is the image ID the pull would produce. An equal local image ID is current
+   too, as ``docker pull`` says "Image is up to date": an index whose other
+   platforms changed is no update. Anything else is one.
 
 An image the scanner could not check (registry answered 429, network error,
 auth needed, no local RepoDigest to compare with...) is never reported as an
-update: it goes to ``last_not_checked`` with the reason.
+update: it goes to ``last_not_checked`` with the reason, and so does an image
+that a container with policy ``never`` runs (see ``docker_recreate``).
+
+An install pulls and then recreates the image's running containers, health
+checked and rolled back on failure: ``docker_recreate`` says how.
 
 Versions are shown as ``<tag>@<first 12 hex digits of the digest>``:
 ``current_version`` uses the local RepoDigest of that repository,
@@ -30,9 +38,12 @@ nothing about security.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import http.client
+import ipaddress
 import json
+import os
 import re
 import socket
 import time
@@ -44,10 +55,22 @@ import requests
 
 from agent_client.protocol import PackageType
 from agent_client.scanners.base import OperationResult, ScanError, Scanner, UpdateRecord, tail
+from agent_client.scanners.docker_recreate import (
+    NEVER,
+    Container,
+    Recreator,
+    compose_tool,
+    compose_up_argv,
+    held_back,
+    image_defaults,
+    plan_lines,
+    running_containers,
+    units,
+)
+from agent_client.scanners.docker_reference import ImageReference
 
 DEFAULT_SOCKET_PATH = "/var/run/docker.sock"
-DOCKER_HUB_DOMAIN = "docker.io"
-DOCKER_HUB_API_HOST = "registry-1.docker.io"
+LOOPBACK_REGISTRIES = ipaddress.ip_network("127.0.0.0/8")
 
 MEDIA_DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 MEDIA_OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -63,76 +86,6 @@ _DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 class RegistryUnavailable(Exception):
     """The registry could not be asked right now (429, network, auth): not an update."""
-
-
-# --- image references -------------------------------------------------------
-
-
-class ImageReference:
-    """A parsed image reference, normalized the way Docker normalizes names.
-
-    ``nginx`` -> domain ``docker.io``, repository ``library/nginx``, tag ``latest``;
-    the registry API host for Docker Hub is ``registry-1.docker.io``.
-    """
-
-    def __init__(self, domain: str, repository: str, tag: str = "", digest: str = "") -> None:
-        self.domain = domain
-        self.repository = repository
-        self.tag = tag
-        self.digest = digest
-
-    @classmethod
-    def parse(cls, reference: str) -> ImageReference:
-        ref = reference.strip()
-        if not ref or " " in ref:
-            raise ValueError(f"not an image reference: {reference!r}")
-        digest = ""
-        if "@" in ref:
-            ref, digest = ref.split("@", 1)
-        tag = ""
-        last_slash = ref.rfind("/")
-        colon = ref.rfind(":")
-        if colon > last_slash:
-            ref, tag = ref[:colon], ref[colon + 1:]
-        first, _, rest = ref.partition("/")
-        if rest and ("." in first or ":" in first or first == "localhost"):
-            domain, path = first, rest
-        else:
-            domain, path = DOCKER_HUB_DOMAIN, ref
-        if domain in ("index.docker.io", "registry-1.docker.io"):
-            domain = DOCKER_HUB_DOMAIN
-        if domain == DOCKER_HUB_DOMAIN and "/" not in path:
-            path = "library/" + path
-        if not path or path != path.lower():
-            raise ValueError(f"not an image reference: {reference!r}")
-        if not digest and not tag:
-            tag = "latest"
-        return cls(domain, path, tag, digest)
-
-    @property
-    def api_host(self) -> str:
-        return DOCKER_HUB_API_HOST if self.domain == DOCKER_HUB_DOMAIN else self.domain
-
-    @property
-    def repo_key(self) -> tuple[str, str]:
-        return (self.domain, self.repository)
-
-    @property
-    def engine_name(self) -> str:
-        """The repository name as the Engine API's ``fromImage`` takes it."""
-        if self.domain == DOCKER_HUB_DOMAIN:
-            if self.repository.startswith("library/"):
-                return self.repository[len("library/"):]
-            return self.repository
-        return f"{self.domain}/{self.repository}"
-
-    def __str__(self) -> str:
-        text = self.engine_name
-        if self.tag:
-            text += f":{self.tag}"
-        if self.digest:
-            text += f"@{self.digest}"
-        return text
 
 
 def short_digest(digest: str) -> str:
@@ -159,36 +112,63 @@ class _UnixHTTPConnection(http.client.HTTPConnection):
 
 
 class EngineClient:
-    """The few Docker Engine API calls the scanner needs."""
+    """The Docker Engine API calls the scanner and the container recreation need."""
 
     def __init__(self, socket_path: str = DEFAULT_SOCKET_PATH, timeout: float = 30.0) -> None:
         self.socket_path = socket_path
         self.timeout = timeout
 
-    def _request(self, method: str, path: str, timeout: Optional[float] = None):
+    def _request(self, method: str, path: str, timeout: Optional[float] = None, payload: Any = None):
         conn = _UnixHTTPConnection(self.socket_path, timeout or self.timeout)
+        headers = {"Host": "docker"}
+        body = None
+        if payload is not None:
+            body = json.dumps(payload).encode("utf-8")
+            headers["Content-Type"] = "application/json"
         try:
-            conn.request(method, path, headers={"Host": "docker"})
+            conn.request(method, path, body=body, headers=headers)
             return conn, conn.getresponse()
         except (OSError, http.client.HTTPException):
             conn.close()
             raise
 
-    def get_json(self, path: str) -> Any:
+    def call(self, method: str, path: str, payload: Any = None, timeout: Optional[float] = None) -> tuple[int, bytes]:
+        """(HTTP status, body) of one Engine API call; ScanError when the Engine does not answer."""
         try:
-            conn, response = self._request("GET", path)
+            conn, response = self._request(method, path, timeout, payload)
         except (OSError, http.client.HTTPException) as exc:
             raise ScanError(f"Docker Engine at {self.socket_path} did not answer: {exc}") from exc
         try:
-            body = response.read()
+            return response.status, response.read()
+        except (OSError, http.client.HTTPException) as exc:
+            raise ScanError(f"Docker Engine {method} {path} broke off: {exc}") from exc
         finally:
             conn.close()
-        if response.status != 200:
-            raise ScanError(f"Docker Engine GET {path} answered {response.status}: {_engine_message(body)}")
+
+    def expect(self, method: str, path: str, statuses: Sequence[int], payload: Any = None,
+               timeout: Optional[float] = None) -> Any:
+        """The decoded JSON body (None when empty) of a call answered with one of ``statuses``, else ScanError."""
+        status, body = self.call(method, path, payload, timeout)
+        if status not in statuses:
+            raise ScanError(f"Docker Engine {method} {path.split('?')[0]} answered {status}: {_engine_message(body)}")
+        if not body.strip():
+            return None
         try:
             return json.loads(body.decode("utf-8"))
         except ValueError as exc:
-            raise ScanError(f"Docker Engine GET {path} returned invalid JSON") from exc
+            raise ScanError(f"Docker Engine {method} {path} returned invalid JSON") from exc
+
+    def image(self, name: str) -> Optional[dict[str, Any]]:
+        """``GET /images/{name}/json``, or None when the Engine has no such image."""
+        status, body = self.call("GET", f"/images/{urllib.parse.quote(name, safe='/:@')}/json")
+        if status == 404:
+            return None
+        if status != 200:
+            raise ScanError(f"Docker Engine GET /images/{name}/json answered {status}: {_engine_message(body)}")
+        return json.loads(body.decode("utf-8"))
+
+    def get_json(self, path: str) -> Any:
+        return self.expect("GET", path, (200,))
 
     def ping(self) -> bool:
         try:
@@ -328,7 +308,7 @@ class RegistryClient:
 
     def _base_url(self, ref: ImageReference) -> str:
         host = ref.api_host
-        scheme = "http" if host.lower() in self.insecure_registries else "https"
+        scheme = "http" if host.lower() in self.insecure_registries or _is_loopback(host) else "https"
         return f"{scheme}://{host}"
 
     def _request(self, method: str, ref: ImageReference, reference: str) -> requests.Response:
@@ -404,6 +384,15 @@ class RegistryClient:
             media_type = response.headers.get("Content-Type", "").split(";")[0].strip() or media_type
         return digest, media_type
 
+    def config_digest(self, ref: ImageReference, manifest_digest: str) -> str:
+        """The config blob digest of an image manifest: the image ID a pull of it produces."""
+        response = self._request("GET", ref, manifest_digest)
+        try:
+            digest = response.json()["config"]["digest"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise RegistryUnavailable(f"manifest {manifest_digest} names no config") from exc
+        return str(digest)
+
     def get_index(self, ref: ImageReference, digest: str) -> dict[str, Any]:
         response = self._request("GET", ref, digest)
         try:
@@ -413,6 +402,14 @@ class RegistryClient:
         if not isinstance(body, dict) or not isinstance(body.get("manifests"), list):
             raise RegistryUnavailable(f"index {digest} has no manifests list")
         return body
+
+
+def _is_loopback(host: str) -> bool:
+    """A registry on 127.0.0.0/8, which the Docker daemon itself talks to over plain HTTP (as insecure)."""
+    try:
+        return ipaddress.ip_address(host.rsplit(":", 1)[0]) in LOOPBACK_REGISTRIES
+    except ValueError:
+        return False
 
 
 def pick_platform_digest(index: dict[str, Any], os_name: str, arch: str, variant: str = "") -> Optional[str]:
@@ -446,19 +443,29 @@ def _normal_variant(arch: str, variant: str) -> str:
 # --- the scanner ---------------------------------------------------------------
 
 
+def engine_socket_path() -> str:
+    """The Engine socket the Docker CLI would use: ``DOCKER_HOST`` when it names a unix:// socket."""
+    host = os.environ.get("DOCKER_HOST", "")
+    return host[len("unix://"):] if host.startswith("unix://") else DEFAULT_SOCKET_PATH
+
+
 class DockerScanner(Scanner):
     package_type = PackageType.DOCKER
 
     def __init__(
         self,
-        socket_path: str = DEFAULT_SOCKET_PATH,
+        socket_path: Optional[str] = None,
         insecure_registries: Sequence[str] = (),
         registry_timeout: float = 20.0,
         engine_timeout: float = 30.0,
         session: Optional[requests.Session] = None,
+        settle_seconds: float = 10.0,
+        health_timeout: float = 120.0,
     ) -> None:
-        self.engine = EngineClient(socket_path, engine_timeout)
+        self.engine = EngineClient(socket_path or engine_socket_path(), engine_timeout)
         self.registry = RegistryClient(insecure_registries, registry_timeout, session)
+        # A recreated container without a health check must keep running settle_seconds.
+        self.recreator = Recreator(self.engine, settle_seconds, health_timeout)
         # Images the last scan could not check, with the reason: never updates.
         self.last_not_checked: list[dict[str, str]] = []
 
@@ -500,17 +507,35 @@ class DockerScanner(Scanner):
                         "reason": "no RepoDigest for this repository (built or loaded locally)",
                     })
                     continue
+                never = [container for container in running_containers(self.engine, image.get("Id", ""), ref)
+                         if container.policy == NEVER]
+                if never:
+                    self.last_not_checked.append({"name": tagged, "reason": "not checked: " + held_back(never)[0]})
+                    continue
                 try:
                     remote = self._resolve_remote(ref, platform)
+                    if self._is_current(ref, image, local_digests, remote):
+                        continue
                 except RegistryUnavailable as exc:
                     self.last_not_checked.append({"name": tagged, "reason": str(exc)})
                     continue
-                if remote["digest"] in local_digests or (
-                    remote["platform_digest"] and remote["platform_digest"] in local_digests
-                ):
-                    continue
                 records.append(self._record(tagged, ref, image, local_digests, remote, platform))
         return records
+
+    def _is_current(self, ref: ImageReference, image: dict[str, Any], local_digests: list[str],
+                    remote: dict[str, Any]) -> bool:
+        """Whether a pull would leave this image as it is, the Engine's way of deciding.
+
+        A local RepoDigest equal to the remote digest or to this platform's manifest digest settles
+        it. Otherwise the manifest this host would pull is fetched: its config digest is the image
+        ID the pull would produce, so an equal local image ID means "Image is up to date" - the
+        case of an index whose other platforms changed (``docker pull`` records only the index
+        digest, which then differs).
+        """
+        manifest_digest = remote["platform_digest"] or remote["digest"]
+        if remote["digest"] in local_digests or manifest_digest in local_digests:
+            return True
+        return self.registry.config_digest(ref, manifest_digest) == image.get("Id")
 
     def _resolve_remote(self, ref: ImageReference, platform: tuple[str, str, str]) -> dict[str, Any]:
         digest, media_type = self.registry.head_manifest(ref)
@@ -581,14 +606,27 @@ class DockerScanner(Scanner):
                 ok = False
                 lines.append(f"{name}: cannot check: {exc}")
                 continue
+            local = self.engine.image(str(ref))
+            containers = running_containers(self.engine, local["Id"], ref) if local else []
+            held = held_back(containers)
+            if held:
+                ok = False
+                lines.append(f"{name}: would NOT pull, containers held by policy:")
+                lines.extend(f"  {line}" for line in held)
+                continue
             packages.append({
                 "name": name,
                 "reference": str(ref),
                 "available_version": f"{ref.tag}@{short_digest(remote['digest'])}",
                 "remote_digest": remote["digest"],
                 "remote_platform_digest": remote["platform_digest"] or "",
+                "containers": ", ".join(container.name for container in containers),
             })
             lines.append(f"would pull {ref} ({remote['digest']})")
+            for unit in units(containers):
+                lines.extend(f"  {line}" for line in plan_lines(unit, *self._compose_argv(unit)))
+            if not containers:
+                lines.append("  no running container uses this image: only the pull")
         return OperationResult(
             succeeded=ok,
             exit_code=0 if ok else 1,
@@ -603,19 +641,14 @@ class DockerScanner(Scanner):
         lines: list[str] = []
         ok = True
         for name in names:
-            ref = ImageReference.parse(name)
-            pulled, progress = self.engine.pull(ref.engine_name, ref.digest or ref.tag)
-            lines.append(f"$ pull {ref}")
-            lines.extend(progress)
-            if not pulled:
-                ok = False
-                lines.append(f"{name}: pull FAILED")
-                continue
-            entry = {"name": name, "reference": str(ref)}
-            for line in progress:
-                if line.startswith("Digest: "):
-                    entry["digest"] = line[len("Digest: "):].strip()
-            packages.append(entry)
+            try:
+                succeeded, entry = self._update_image(ImageReference.parse(name), name, lines)
+            except ScanError as exc:
+                succeeded, entry = False, None
+                lines.append(f"{name}: FAILED: {exc}")
+            ok = ok and succeeded
+            if entry is not None:
+                packages.append(entry)
         return OperationResult(
             succeeded=ok,
             exit_code=0 if ok else 1,
@@ -623,6 +656,104 @@ class DockerScanner(Scanner):
             duration_seconds=time.monotonic() - started,
             packages=packages,
         )
+
+    @functools.cached_property
+    def compose_tool(self) -> Optional[list[str]]:
+        """The compose tool's argv prefix, looked for once, when a compose project is first updated."""
+        return compose_tool()
+
+    def _recreate(self, containers: list[Container], old: dict[str, Any], ref: ImageReference,
+                  lines: list[str]) -> bool:
+        """Recreate the containers of the previous image, unit by unit; True when every unit came up."""
+        defaults = image_defaults(self.engine, old)
+        succeeded = True
+        for unit in units(containers):
+            argv, why_not = self._compose_argv(unit)
+            if argv is not None:
+                restore = functools.partial(self._tag, old["Id"], ref)
+                unit_succeeded = self.recreator.recreate_with_compose(unit, argv, restore, lines)
+            else:
+                if unit[0].project:
+                    lines.append(f"{unit[0].unit}: recreated through the Engine API keeping its compose labels "
+                                 f"({why_not})")
+                unit_succeeded = self.recreator.recreate_unit(unit, defaults, str(ref), lines)
+            succeeded = unit_succeeded and succeeded
+        return succeeded
+
+    def _tag(self, image_id: str, ref: ImageReference) -> None:
+        """Point the reference's tag at ``image_id`` (the previous image, after a failed update)."""
+        self.engine.expect("POST", f"/images/{image_id}/tag?" + urllib.parse.urlencode(
+            {"repo": ref.engine_name, "tag": ref.tag}), (201, 200))
+
+    def _compose_argv(self, unit: list[Container]) -> tuple[Optional[list[str]], str]:
+        """(the compose tool's argv for a compose unit, "") or (None, why not: the Engine API recreates it)."""
+        if not unit[0].project:
+            return None, ""
+        if not self.compose_tool:
+            return None, "the compose tool is not on this host"
+        return compose_up_argv(self.compose_tool, unit)
+
+    def _registry_digest(self, ref: ImageReference) -> str:
+        """The digest the registry names for the tag now ("" when the anonymous client cannot ask it).
+
+        Docker's pull stream says which digest it pulled; podman's does not, and its RepoDigests
+        list one digest per manifest the image was ever stored under.
+        """
+        try:
+            return self.registry.head_manifest(ref)[0]
+        except RegistryUnavailable:
+            return ""
+
+    def _update_image(self, ref: ImageReference, name: str, lines: list[str]) -> tuple[bool, Optional[dict[str, str]]]:
+        """Pull one image and recreate its running containers: (succeeded, the result's package entry).
+
+        1. Containers held by policy (notify, never): nothing is pulled, the update fails.
+        2. Pull; the image ID unchanged means nothing to recreate.
+        3. Recreate unit by unit (docker_recreate); a unit that does not come up is rolled back and
+           the tag is moved back to the previous image, so the reference names what runs.
+        """
+        image_name = str(ref)
+        old = self.engine.image(image_name)
+        containers = running_containers(self.engine, old["Id"], ref) if old else []
+        held = held_back(containers)
+        if held:
+            lines.append(f"{name}: not pulled, containers held by policy:")
+            lines.extend(f"  {line}" for line in held)
+            return False, None
+        pulled, progress = self.engine.pull(ref.engine_name, ref.digest or ref.tag)
+        lines.append(f"$ pull {ref}")
+        lines.extend(progress)
+        if not pulled:
+            lines.append(f"{name}: pull FAILED")
+            return False, None
+        new = self.engine.image(image_name) or {}
+        entry = {
+            "name": name,
+            "reference": image_name,
+            "old_digest": ", ".join(_repo_digests((old or {}).get("RepoDigests") or []).get(ref.repo_key, [])),
+            "digest": _pulled_digest(progress) or self._registry_digest(ref),
+            "old_image_id": (old or {}).get("Id", ""),
+            "image_id": new.get("Id", ""),
+            "containers": "",
+        }
+        if old is None or new.get("Id") == old["Id"]:
+            lines.append(f"{name}: image unchanged, no container recreated" if old else
+                         f"{name}: pulled, no container used a previous image")
+            return True, entry
+        succeeded = self._recreate(containers, old, ref, lines)
+        entry["containers"] = ", ".join(container.name for container in containers)
+        if not succeeded:
+            self._tag(old["Id"], ref)
+            lines.append(f"{name}: tag moved back to the previous image {old['Id']}")
+        return succeeded, entry
+
+
+def _pulled_digest(progress: Sequence[str]) -> str:
+    """The digest a pull stream names on its ``Digest:`` line ("" when it names none)."""
+    for line in progress:
+        if line.startswith("Digest: "):
+            return line[len("Digest: "):].strip()
+    return ""
 
 
 def _repo_digests(repo_digests: Sequence[str]) -> dict[tuple[str, str], list[str]]:
