@@ -7,11 +7,13 @@ Commands:
                                         never from the command line (--token still works, with a
                                         warning: other local users can read a process's argv)
   run [--once]                          the service loop; --once: one cycle, exit 0 only if all succeeded
-  scan [--type T] [--json]              scan for updates locally (no server needed)
+  scan [--type T] [--json] [--verify]   scan for updates locally (no server needed); --verify also runs
+                                        each tool's own listing and prints where the two disagree
   status [--json]                       registration, server, heartbeat, last check-in, outbox
 
 Exit codes: 0 success; 1 failure (server unreachable, refused registration,
-a failed scan, an outbox left unsent); 2 bad usage; 3 not registered or an
+a failed scan, a scan that disagrees with its tool under --verify, an outbox
+left unsent); 2 bad usage; 3 not registered or an
 unusable config file; 4 the server refuses this agent (revoked, another
 machine, refresh refused) — an admin must act.
 
@@ -47,8 +49,11 @@ from agent_client.outbox import KIND_COMMAND_RESULT, KIND_EVENT, Channel, Outbox
 from agent_client.protocol import Capability, PackageType
 from agent_client.runner import EVENTS_PER_REQUEST, Runner, describe_heartbeat
 from agent_client.scanners import build_scanners, capabilities
+from agent_client.scanners.base import Scanner
+from agent_client.scanners.verify import Verification, verify_scan
 from agent_client.selfupdate import RESTART_EXIT_CODE, SelfUpdater
 from agent_client.transport import (
+    REGISTER_PATH,
     ApiError,
     Client,
     RetryPolicy,
@@ -141,8 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     register_parser.add_argument("--ca-bundle", default=None, help="CA bundle to verify the server's certificate")
     register_parser.add_argument(
         "--capabilities", default=None, type=_capability_list, metavar="LIST",
-        help="what the server may schedule here, comma-separated from "
-             f"{','.join(Capability.ALL)} (default: every available package manager, storage and system)",
+        help="the most the server may schedule here, comma-separated from "
+             f"{','.join(Capability.ALL)}; a package manager is offered only while it works on this host, "
+             "checked at every start (default: every working package manager, storage and system)",
     )
 
     run_parser = commands.add_parser("run", help="poll the server (the service loop)")
@@ -151,6 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     scan_parser = commands.add_parser("scan", help="scan for updates locally (no server needed)")
     scan_parser.add_argument("--type", choices=PackageType.ALL, default=None, help="only this package manager")
     scan_parser.add_argument("--json", action="store_true", help="machine-readable output")
+    scan_parser.add_argument("--verify", action="store_true",
+                             help="also run each package tool's own listing and print where it disagrees with "
+                                  "the scan (nothing when they agree)")
 
     migrate_parser = commands.add_parser("migrate", help="move an older install's config to the current layout")
     migrate_parser.add_argument("--dry-run", action="store_true", help="show the plan, change nothing")
@@ -326,16 +335,19 @@ def command_register(args: argparse.Namespace, config_path: Path) -> int:
                        "cross the network unencrypted", server)
     token = _registration_token(args)
     facts: dict[str, Any] = dict(host_facts())
-    facts["capabilities"] = args.capabilities if args.capabilities is not None else capabilities(
-        build_scanners(config_module.state_directory(config_path)))
+    facts["capabilities"] = capabilities(build_scanners(config_module.state_directory(config_path)),
+                                         args.capabilities)
 
     def failed(reason: str, message: str) -> CliFailure:
-        _record_offline(
-            config_path,
-            make_event(AGENT_REGISTRATION, "failed", f"Registration with {server} failed: {message}",
-                       severity="error", metadata={"reason": reason, "server_url": server,
-                                                   "hostname": facts["hostname"], "agent_version": __version__}),
-        )
+        # Kept for the server only where an agent is enrolled and can send it later; a first attempt that
+        # failed leaves nothing behind (no outbox for a machine that may never be enrolled here).
+        if config_path.exists():
+            _record_offline(
+                config_path,
+                make_event(AGENT_REGISTRATION, "failed", f"Registration with {server} failed: {message}",
+                           severity="error", metadata={"reason": reason, "server_url": server,
+                                                       "hostname": facts["hostname"], "agent_version": __version__}),
+            )
         return CliFailure(f"registration failed: {message}")
 
     try:
@@ -347,6 +359,10 @@ def command_register(args: argparse.Namespace, config_path: Path) -> int:
                           ca_bundle=args.ca_bundle, insecure_http=insecure is not None,
                           refresh_token=_current_refresh_token(config_path, server, machine_hash))
     except ApiError as exc:
+        if exc.status in (404, 405):
+            raise failed("not_a_redflag_server", f"{server} answered {exc.status} at {REGISTER_PATH}: is this the "
+                                                 "RedFlag portal's address? Give its base URL, as the token page "
+                                                 "shows it (https://host[:port], no path)") from None
         raise failed(exc.code, f"{exc.message} ({exc.status} {exc.code})") from None
     except TransportError as exc:
         raise failed("unreachable", str(exc)) from None
@@ -366,6 +382,7 @@ def command_register(args: argparse.Namespace, config_path: Path) -> int:
         registered_at=format_time(utc_now()),
         ca_bundle=args.ca_bundle,
         insecure_http=insecure is not None,
+        capability_limit=args.capabilities,
     )
     try:
         _set_aside_unusable_config(config_path)
@@ -427,9 +444,11 @@ def command_run(args: argparse.Namespace, config_path: Path) -> int:
         return _client(current, config_path, machine_hash, outbox, retry=retry)
 
     stop = threading.Event()
+    scanners = build_scanners(config_module.state_directory(config_path))
     runner = Runner(config=config, config_path=config_path, client=client_for(config), outbox=outbox,
-                    stop=stop, reload_client=client_for)
-    restart = _attach_executor(runner, config_path, outbox)
+                    stop=stop, reload_client=client_for,
+                    probe_capabilities=lambda: capabilities(scanners, runner.config.capability_limit))
+    restart = _attach_executor(runner, config_path, outbox, scanners)
     if args.once:
         try:
             outcome = runner.run_once()
@@ -460,7 +479,8 @@ def command_run(args: argparse.Namespace, config_path: Path) -> int:
     return EXIT_OK
 
 
-def _attach_executor(runner: Runner, config_path: Path, outbox: Outbox) -> threading.Event:
+def _attach_executor(runner: Runner, config_path: Path, outbox: Outbox,
+                     scanners: dict[str, Scanner]) -> threading.Event:
     """Commands are verified and run by the executor; its results and reports get their channels.
 
     Returns the event a self-update sets to ask for a restart into the new file.
@@ -495,7 +515,7 @@ def _attach_executor(runner: Runner, config_path: Path, outbox: Outbox) -> threa
         signing_keys=runner.config.signing_keys,
         outbox=outbox,
         ledger=ExecutedLedger(state_dir / LEDGER_FILE_NAME),
-        scanners=build_scanners(state_dir),
+        scanners=scanners,
         system_facts=system_facts,
         record=runner.record,
         set_heartbeat=set_heartbeat,
@@ -521,14 +541,15 @@ def _attach_executor(runner: Runner, config_path: Path, outbox: Outbox) -> threa
 
 
 def command_scan(args: argparse.Namespace, config_path: Path) -> int:
-    kinds = [args.type] if args.type else list(PackageType.ALL)
     scanners = build_scanners(config_module.state_directory(config_path))
+    kinds = [args.type] if args.type else list(scanners)
     results: dict[str, list[dict[str, Any]]] = {}
     failures: dict[str, str] = {}
     unavailable: list[str] = []
+    verifications: dict[str, Verification] = {}
     for kind in kinds:
-        scanner = scanners[kind]
-        if not scanner.is_available():
+        scanner = scanners.get(kind)
+        if scanner is None or not scanner.is_available():
             unavailable.append(kind)
             continue
         started = time.monotonic()
@@ -546,17 +567,36 @@ def command_scan(args: argparse.Namespace, config_path: Path) -> int:
                 )
             continue
         results[kind] = [record.to_dict() for record in records]
+        if args.verify:
+            verifications[kind] = verify_scan(scanner, records)
 
     if args.type and args.type in unavailable:
         raise CliFailure(f"{args.type} is not available on this host")
     if args.json:
-        print(json.dumps({"updates": results, "failed": failures, "unavailable": unavailable}, indent=2,
-                         sort_keys=True))
+        body: dict[str, Any] = {"updates": results, "failed": failures, "unavailable": unavailable}
+        if args.verify:
+            body["verify"] = {kind: verification.to_dict() for kind, verification in verifications.items()}
+        print(json.dumps(body, indent=2, sort_keys=True))
     else:
         _print_scan(results, failures, unavailable)
+        _print_verifications(verifications)
     if failures:
         raise CliFailure("scan failed for " + ", ".join(f"{kind} ({message})" for kind, message in failures.items()))
+    disagreeing = [kind for kind, verification in verifications.items() if verification.disagreements]
+    if disagreeing:
+        raise CliFailure("the scan disagrees with the tool's own listing for " + ", ".join(disagreeing))
     return EXIT_OK
+
+
+def _print_verifications(verifications: dict[str, Verification]) -> None:
+    """Only what needs a look: each disagreement, and each manager that could not be verified."""
+    for kind, verification in verifications.items():
+        if verification.unverified:
+            print(f"{kind}: {verification.summary()}")
+        elif verification.disagreements:
+            print(f"{kind}: the scan {verification.summary()}:")
+            for item in verification.disagreements:
+                print(f"  {item.describe()}")
 
 
 def _print_scan(results: dict[str, list[dict[str, Any]]], failures: dict[str, str], unavailable: list[str]) -> None:

@@ -117,6 +117,8 @@ class AgentConfig:
     last_checkin_at: Optional[str] = None
     ca_bundle: Optional[str] = None
     insecure_http: bool = False
+    # register --capabilities: the most this agent may offer (None: whatever works on this host).
+    capability_limit: Optional[list[str]] = None
     schema_version: int = SCHEMA_VERSION
     # Unknown keys read from the file, written back untouched.
     extra: dict[str, Any] = dataclasses.field(default_factory=dict, repr=False)

@@ -42,6 +42,7 @@ from agent_client.scanners.base import (
     run_command,
     tail,
 )
+from agent_client.scanners.verify import disagreement_event, verify_scan
 from agent_client.selfupdate import UpdateRefused
 from agent_client.transport import ApiError
 
@@ -329,20 +330,23 @@ class CommandExecutor:
             return ResultStatus.FAILED, f"{type(exc).__name__}: {exc}", {}, []
         return ResultStatus.FAILED, f"this agent does not support {kind!r} commands", {}, []
 
-    def _scanner(self, package_type: Any) -> Scanner:
+    def _scanner(self, package_type: Any, *, probe: bool = True) -> Scanner:
         scanner = self.scanners.get(package_type)
         if scanner is None:
             raise ScanError(f"no scanner for package type {package_type!r} on this agent")
-        if not scanner.is_available():
+        if probe and not scanner.is_available():
             raise ScanError(f"{package_type} is not available on this host")
         return scanner
 
     def _scan(self, params: Mapping[str, Any]):
         """One scan report: the scanner's records, minus any the server would refuse (see
-        Scanner.sort_for_report), which go to ``not_checked`` with what the scanner could not check."""
+        Scanner.sort_for_report), which go to ``not_checked`` with what the scanner could not check.
+        With ``verify: true`` the scan is compared with the tool's own listing (scanners/verify.py);
+        a disagreement becomes a warning event."""
         package_type = params.get("package_type")
         scanner = self._scanner(package_type)
-        records, refused = scanner.sort_for_report(scanner.scan())
+        scanned = scanner.scan()
+        records, refused = scanner.sort_for_report(scanned)
         not_checked = [_not_checked_line(item) for item in getattr(scanner, "last_not_checked", []) or []] + refused
         updates = []
         for record in records:
@@ -355,11 +359,20 @@ class CommandExecutor:
         output = f"{len(updates)} update(s) found"
         if not_checked:
             output += f", {len(not_checked)} not checked"
-        return ResultStatus.SUCCEEDED, output, {"details": {"report_id": report_id, "updates": len(updates)}}, [
+        details = {"report_id": report_id, "updates": len(updates)}
+        if params.get("verify") is True:
+            verification = verify_scan(scanner, scanned)
+            details["verify"] = verification.summary()
+            if verification.disagreements:
+                self.record(disagreement_event(verification))
+        return ResultStatus.SUCCEEDED, output, {"details": details}, [
             (KIND_UPDATES_REPORT, f"updates-{report_id}", report)]
 
     def _package_operation(self, kind: str, params: Mapping[str, Any]):
-        scanner = self._scanner(params.get("package_type"))
+        # Not probed again: probing runs the tool (dnf repolist, a Docker ping), and a refused name must
+        # start no process at all. An operation follows a scan that found the tool working; a tool gone
+        # since then fails with its own error.
+        scanner = self._scanner(params.get("package_type"), probe=False)
         packages = params.get("packages")
         # Anything but a list of names is no names at all (a string must not become its letters).
         names = [str(name) for name in packages] if isinstance(packages, list) else []

@@ -10,11 +10,12 @@ import hashlib
 import ipaddress
 import os
 import platform
+import re
 import shutil
 import socket
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
@@ -24,7 +25,11 @@ from agent_client.scanners.base import ScanError, run_command
 
 MACHINE_ID_PATHS = ("/etc/machine-id", "/var/lib/dbus/machine-id", "/sys/class/dmi/id/product_uuid")
 WINDOWS_MACHINE_GUID_KEY = r"SOFTWARE\Microsoft\Cryptography"
-REBOOT_REQUIRED_DIR = "/var/run"
+REBOOT_REQUIRED_DIR = "/run"
+BOOT_DIR = "/boot"
+MODULES_DIRS = ("/lib/modules", "/usr/lib/modules")
+# A reboot reason names at most this many packages (the server keeps 255 characters of it).
+MAX_REASON_PACKAGES = 5
 
 # Mounts that are not storage an admin cares about.
 PSEUDO_FILESYSTEMS = frozenset(
@@ -246,47 +251,154 @@ def ip_addresses() -> list[dict[str, str]]:
     return result
 
 
-def reboot_required(run_dir: str = REBOOT_REQUIRED_DIR) -> dict[str, Any]:
-    """{required, reason, packages}: Debian's flag file, else ``needs-restarting -r``, else Windows keys."""
-    flag = Path(run_dir) / "reboot-required"
-    if flag.exists():
+def reboot_required(
+    run_dir: str = REBOOT_REQUIRED_DIR,
+    *,
+    boot_dir: str = BOOT_DIR,
+    modules_dirs: Sequence[str] = MODULES_DIRS,
+    running_kernel: Optional[str] = None,
+    dnf_options: Sequence[str] = (),
+    windows: Optional[bool] = None,
+    registry: Optional[Callable[[str, Optional[str]], bool]] = None,
+) -> dict[str, Any]:
+    """{required, reason, reasons, packages}: every reason this host has to reboot, each found by its own rule.
+
+    Linux: Debian/Ubuntu's flag file (with the packages that set it), an RPM system's
+    ``needs-restarting -r``, and a running kernel older than the newest installed one. Windows:
+    the pending-reboot registry entries. ``reason`` joins the reasons in the 255 characters the
+    server keeps. The server clears its flag only when this report says no reason is left, so the
+    flag outlives everything but the reboot itself. The keyword arguments point the checks at a
+    test's private tree, root or recorded registry.
+    """
+    if windows if windows is not None else sys.platform == "win32":
+        reasons = windows_reboot_reasons(registry or _windows_registry_has)
         packages: list[str] = []
-        try:
-            listed = (Path(run_dir) / "reboot-required.pkgs").read_text().splitlines()
-            packages = sorted({line.strip() for line in listed if line.strip()})
-        except OSError:
-            pass
-        reason = "reboot-required flag set"
-        if packages:
-            reason += " by " + ", ".join(packages[:10])
-        return {"required": True, "reason": reason[:255], "packages": packages}
-    if sys.platform == "win32":
-        return _windows_reboot_required()
+    else:
+        packages = debian_reboot_packages(run_dir) or []
+        reasons = [reason for reason in (
+            debian_reboot_reason(run_dir),
+            rpm_reboot_reason(dnf_options),
+            kernel_reboot_reason(running_kernel or platform.release(), boot_dir, modules_dirs),
+        ) if reason]
+    return {"required": bool(reasons), "reason": "; ".join(reasons)[:255], "reasons": reasons,
+            "packages": packages}
+
+
+def debian_reboot_packages(run_dir: str) -> Optional[list[str]]:
+    """The packages that asked for a reboot (``reboot-required.pkgs``); None when no reboot was asked for."""
+    if not (Path(run_dir) / "reboot-required").exists():
+        return None
+    try:
+        listed = (Path(run_dir) / "reboot-required.pkgs").read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+    return sorted({line.strip() for line in listed if line.strip()})
+
+
+def debian_reboot_reason(run_dir: str) -> str:
+    packages = debian_reboot_packages(run_dir)
+    if packages is None:
+        return ""
+    if not packages:
+        return f"{Path(run_dir) / 'reboot-required'} is set"
+    shown = ", ".join(packages[:MAX_REASON_PACKAGES])
+    more = f" and {len(packages) - MAX_REASON_PACKAGES} more" if len(packages) > MAX_REASON_PACKAGES else ""
+    return f"{Path(run_dir) / 'reboot-required'} set by {shown}{more}"
+
+
+def rpm_reboot_reason(dnf_options: Sequence[str] = ()) -> str:
+    """``dnf needs-restarting -r`` (dnf-plugins-core), else a ``needs-restarting`` command (yum-utils,
+    or zypper's on SUSE). Both exit 1 when a reboot is needed - and dnf also exits 1 when the plugin is
+    missing, so a reboot counts only when the output says "Reboot is required" too."""
+    dnf = shutil.which("dnf")
+    commands = [[dnf, *dnf_options, "needs-restarting", "-r"]] if dnf else []
     if shutil.which("needs-restarting"):
+        commands.append(["needs-restarting", "-r"])
+    for argv in commands:
         try:
-            result = run_command(["needs-restarting", "-r"], timeout=60)
+            result = run_command(argv, timeout=120)
         except ScanError:
-            return {"required": False, "reason": "", "packages": []}
-        # needs-restarting -r: exit 1 means a reboot is needed, 0 means not.
-        if result.exit_code == 1:
-            return {"required": True, "reason": "needs-restarting -r reports a reboot is needed", "packages": []}
-    return {"required": False, "reason": "", "packages": []}
+            continue
+        if result.exit_code == 0 and "reboot" in result.stdout.lower():
+            return ""  # this tool answered: nothing core changed since boot
+        if result.exit_code == 1 and "reboot is required" in result.stdout.lower():
+            updated = sorted({line.strip()[2:].strip() for line in result.stdout.splitlines()
+                              if line.strip().startswith("* ")})
+            shown = ", ".join(updated[:MAX_REASON_PACKAGES])
+            return "needs-restarting: core packages updated since boot" + (f" ({shown})" if shown else "")
+    return ""
 
 
-def _windows_reboot_required() -> dict[str, Any]:
+def kernel_version_key(release: str) -> tuple[tuple[int, Any], ...]:
+    """Order kernel releases as their numbers read: 6.1.0-21 after 6.1.0-9, 5.14.0-427.el9 after 5.14.0-70.
+
+    Runs of digits compare as numbers, other runs as text, and a number sorts after text
+    (rpmvercmp's rule), so 6.1.0-21-amd64 > 6.1.0-18-amd64 and 5.10 > 5.9.
+    """
+    return tuple((1, int(part)) if part.isdigit() else (0, part) for part in re.findall(r"\d+|[A-Za-z]+", release))
+
+
+def kernel_flavour(release: str) -> str:
+    """Debian/Ubuntu's flavour (``amd64``, ``cloud-amd64``, ``generic``): only kernels of the running
+    flavour count as its successors. Other distributions have one flavour per architecture."""
+    match = re.fullmatch(r"[0-9.]+-[0-9]+-([a-z][a-z0-9-]*)", release)
+    return match.group(1) if match else ""
+
+
+def installed_kernels(boot_dir: str = BOOT_DIR, modules_dirs: Sequence[str] = MODULES_DIRS) -> set[str]:
+    """Kernel releases with an image on disk: /boot/vmlinuz-<release> (Debian, Ubuntu, SUSE, EL) or
+    <modules>/<release>/vmlinuz (Fedora, Arch). A modules directory alone (a leftover of a removed
+    kernel, DKMS builds) is not a kernel; neither is a rescue image."""
+    releases = {path.name[len("vmlinuz-"):] for path in _listed(Path(boot_dir), "vmlinuz-*")}
+    for modules_dir in modules_dirs:
+        releases |= {path.parent.name for path in _listed(Path(modules_dir), "*/vmlinuz")}
+    return {release for release in releases if release and "rescue" not in release}
+
+
+def _listed(directory: Path, pattern: str) -> list[Path]:
+    try:
+        return list(directory.glob(pattern))
+    except OSError:
+        return []
+
+
+def kernel_reboot_reason(running: str, boot_dir: str = BOOT_DIR, modules_dirs: Sequence[str] = MODULES_DIRS) -> str:
+    """Why the running kernel is not the newest installed one of its flavour; "" when it is."""
+    flavour = kernel_flavour(running)
+    newer = [release for release in installed_kernels(boot_dir, modules_dirs)
+             if kernel_flavour(release) == flavour and kernel_version_key(release) > kernel_version_key(running)]
+    if not newer:
+        return ""
+    return f"running kernel {running} is older than the installed {max(newer, key=kernel_version_key)}"
+
+
+# Where Windows records that a reboot is pending: (key under HKLM, value name or None for the key itself, why).
+WINDOWS_PENDING_REBOOT = (
+    (r"SOFTWARE\Microsoft\Windows\CurrentVersion\Component Based Servicing\RebootPending", None,
+     "component servicing (CBS) has a reboot pending"),
+    (r"SOFTWARE\Microsoft\Windows\CurrentVersion\WindowsUpdate\Auto Update\RebootRequired", None,
+     "Windows Update installed updates that need a reboot"),
+    (r"SYSTEM\CurrentControlSet\Control\Session Manager", "PendingFileRenameOperations",
+     "files are waiting to be replaced at the next boot (PendingFileRenameOperations)"),
+)
+
+
+def windows_reboot_reasons(registry: Callable[[str, Optional[str]], bool]) -> list[str]:
+    """The pending-reboot entries ``registry(key, value_name)`` finds under HKLM."""
+    return [why for key, value, why in WINDOWS_PENDING_REBOOT if registry(key, value)]
+
+
+def _windows_registry_has(key_path: str, value_name: Optional[str]) -> bool:
     import winreg  # type: ignore[import-not-found]  # noqa: PLC0415  (Windows only)
 
-    keys = (
-        r"SOFTWARE\Microsoft\Windows\CurrentVersion\Component Based Servicing\RebootPending",
-        r"SOFTWARE\Microsoft\Windows\CurrentVersion\WindowsUpdate\Auto Update\RebootRequired",
-    )
-    for key_path in keys:
-        try:
-            with winreg.OpenKey(winreg.HKEY_LOCAL_MACHINE, key_path):
-                return {"required": True, "reason": f"registry key {key_path} present", "packages": []}
-        except OSError:
-            continue
-    return {"required": False, "reason": "", "packages": []}
+    try:
+        with winreg.OpenKey(winreg.HKEY_LOCAL_MACHINE, key_path) as key:
+            if value_name is not None:
+                value, _ = winreg.QueryValueEx(key, value_name)
+                return bool(value)
+    except OSError:
+        return False
+    return True
 
 
 def system_facts() -> dict[str, Any]:

@@ -2,7 +2,8 @@
 
 One cycle:
 
-1. check in with metrics, agent version, config version and heartbeat state;
+1. check in with metrics, agent version, config version and heartbeat state
+   (and, until one check-in has carried them, the capabilities probed at start-up);
 2. adopt what the server answered (poll interval, heartbeat window, config
    version — fetched through ``config_fetcher`` when one is plugged in);
 3. give the commands to ``command_handler`` (the executor, which verifies and
@@ -16,6 +17,12 @@ failure (at least the server's ``Retry-After``), reset by the next success.
 A terminal refusal (revoked, other machine, refresh refused) is logged once;
 the loop then only re-checks hourly, or at once when the config file changes
 (the admin ran ``register`` again).
+
+Capabilities (what this host can really scan, ``scanners.capabilities``) are
+probed at every start, because a package manager can appear, lose its last
+repository or its daemon between two runs. They travel with the first
+check-in that succeeds after the start; the server compares them with what it
+knows and changes the agent's subsystems only when the set differs.
 """
 
 from __future__ import annotations
@@ -51,6 +58,7 @@ EVENTS_PER_REQUEST = 500
 
 CommandHandler = Callable[[list[dict[str, Any]]], None]
 ConfigFetcher = Callable[[int], bool]
+CapabilityProbe = Callable[[], list[str]]
 
 
 def poll_delay(interval: float, heartbeat: bool, rng: random.Random) -> float:
@@ -127,6 +135,7 @@ class Runner:
         extra_channels: Optional[dict[str, Channel]] = None,
         metrics: Callable[[], dict[str, Any]] = collect_metrics,
         reload_client: Optional[Callable[[AgentConfig], Client]] = None,
+        probe_capabilities: Optional[CapabilityProbe] = None,
     ) -> None:
         self.config = config
         self.config_path = Path(config_path)
@@ -140,6 +149,9 @@ class Runner:
         self.extra_channels = dict(extra_channels or {})
         self.metrics = metrics
         self.reload_client = reload_client
+        self.probe_capabilities = probe_capabilities
+        # Probed at start-up; sent with check-ins until one succeeds, then None.
+        self.unreported_capabilities: Optional[list[str]] = None
         self.consecutive_failures = 0
         # Called with whether the check-in worked, before the flush (self-update confirms or rolls back here).
         self.after_checkin: Optional[Callable[[bool], None]] = None
@@ -162,6 +174,13 @@ class Runner:
                           "platform": sys.platform, "pid": os.getpid(), "mode": mode},
             )
         )
+
+    def probe(self) -> None:
+        """Find out, at start-up, what this host can scan now; the next check-in reports it."""
+        if self.probe_capabilities is None:
+            return
+        self.unreported_capabilities = sorted(self.probe_capabilities())
+        logger.debug("capabilities: %s", ", ".join(self.unreported_capabilities))
 
     def check_machine_binding(self) -> None:
         """Warn when this host's machine id is not the one the agent registered with."""
@@ -187,12 +206,15 @@ class Runner:
         return channels
 
     def checkin_payload(self) -> dict[str, Any]:
-        return {
+        payload = {
             "agent_version": __version__,
             "config_version": self.config.config_version,
             "heartbeat_active": self.config.heartbeat_active(),
             "metrics": self.metrics(),
         }
+        if self.unreported_capabilities is not None:
+            payload["capabilities"] = self.unreported_capabilities
+        return payload
 
     def cycle(self) -> CycleOutcome:
         """Check in, hand over commands, flush. Raises TerminalError; other failures are in the outcome."""
@@ -200,6 +222,7 @@ class Runner:
         try:
             answer = self.client.checkin(self.checkin_payload())
             outcome.checked_in = True
+            self.unreported_capabilities = None
             self._adopt(answer)
             commands = answer.get("commands") or []
             if commands:
@@ -251,14 +274,16 @@ class Runner:
     # -- the loops -------------------------------------------------------------------
 
     def run_once(self) -> CycleOutcome:
-        self.record_startup("once")
+        """One cycle, as ``run --once`` asks: no start-up event (a service start records one, not every run)."""
         self.check_machine_binding()
+        self.probe()
         return self.cycle()
 
     def run_forever(self) -> None:
         """Until ``stop`` is set. Never returns on errors; terminal refusals park the loop."""
         self.record_startup("service")
         self.check_machine_binding()
+        self.probe()
         logger.info("agent %s polling %s", self.config.agent_id, self.config.server_url)
         while not self.stop.is_set():
             try:

@@ -53,6 +53,9 @@ RETRYABLE_STATUSES = frozenset({429, 502, 503, 504})
 RENEW_MARGIN = dt.timedelta(seconds=30)
 
 
+# Where an agent enrols; a 404 or 405 there means the URL is not a RedFlag portal's base address.
+REGISTER_PATH = f"{API_PREFIX}/agents/register"
+
 class TransportError(Exception):
     """A request did not succeed."""
 
@@ -436,7 +439,7 @@ def register(
                "agent_version": agent_version, **facts}
     if refresh_token:
         payload["refresh_token"] = refresh_token
-    response = client.request("POST", f"{API_PREFIX}/agents/register", payload, auth=False)
+    response = client.request("POST", REGISTER_PATH, payload, auth=False)
     body = response.body
     required = ("agent_id", "access_token", "refresh_token")
     if not isinstance(body, dict) or not all(body.get(name) for name in required):

@@ -58,6 +58,13 @@ class Agent(models.Model):
     heartbeat_until = models.DateTimeField(null=True, blank=True)
     reboot_required = models.BooleanField(default=False)
     reboot_reason = models.CharField(max_length=255, blank=True)
+    # What the agent last said it can scan (probed at its start-up; agents_app.services.capabilities).
+    # Empty (None) for an agent that never said: its subsystems stand for it.
+    capabilities = models.JSONField(null=True, blank=True, editable=False)
+    verify_scans = models.BooleanField(
+        default=False, help_text="Check every scan against the package tool's own listing; a disagreement "
+                                 "is recorded as a warning event.",
+    )
     last_boot_at = models.DateTimeField(null=True, blank=True)
     tags = models.JSONField(default=list, blank=True)
     config_version = models.PositiveIntegerField(default=1)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Optional
 
 from agent_client.protocol import Capability
 from agent_client.scanners.apt import AptScanner
@@ -31,6 +33,9 @@ def build_scanners(state_dir: Path) -> dict[str, Scanner]:
     return {scanner.package_type: scanner for scanner in scanners}
 
 
-def capabilities(scanners: dict[str, Scanner]) -> list[str]:
-    """The subsystems to ask the server for: available package managers plus system and storage."""
-    return [name for name, scanner in scanners.items() if scanner.is_available()] + list(Capability.ALWAYS_AVAILABLE)
+def capabilities(scanners: dict[str, Scanner], limit: Optional[Sequence[str]] = None) -> list[str]:
+    """What this agent offers the server: the package managers that work here (each scanner's
+    ``is_available`` runs its tool: a dnf with an enabled repository, a Docker daemon that answers),
+    plus system and storage; never more than ``limit`` (``register --capabilities``) when one is set."""
+    offered = [name for name, scanner in scanners.items() if scanner.is_available()] + list(Capability.ALWAYS_AVAILABLE)
+    return [name for name in offered if limit is None or name in limit]

@@ -21,6 +21,17 @@ packages, a library split - although the installer can apply it. With
 held (``apt-mark hold``), pinned, deferred by phasing, or its upgrade cannot be
 resolved. Those rows are still reported, flagged ``{"held_back": true}``.
 
+Phased updates (``Phased-Update-Percentage`` below 100): apt 2.7 lists the ones it
+defers under "deferred due to phasing"; apt 2.6 lists them under "kept back" and
+``apt-cache policy`` marks the candidate ``1.1 500 (phased 0%)``. Either way the row
+gets ``{"phased": true, "phased_percentage": N}``. apt decides per machine: it
+applies phasing only with a machine id (``APT::Machine-ID`` or
+``Dir::Etc::machine-id``) and when ``ischroot`` (``Dir::Bin::ischroot``) says this
+is no chroot, and then defers the update unless a draw seeded with the source
+package, its version and the machine id falls within the percentage.
+``APT::Get::Always-Include-Phased-Updates`` / ``Never-Include-Phased-Updates``
+override it. The scanner reports what this apt decided; it does not redo the draw.
+
 Severity mapping (APT carries no severity of its own): a candidate served from
 a security archive - suite ending in ``-security`` (``bookworm-security``,
 ``jammy-security``) or a label ending in ``-Security`` (``Debian-Security``) -
@@ -67,6 +78,10 @@ INST_LINE = re.compile(
 REMV_LINE = re.compile(r"^Remv (?P<name>\S+)(?: \[(?P<current>[^\]]+)\])?")
 # With APT::Get::Show-Versions, list entries read "name (current => candidate)".
 SHOWN_VERSIONS = re.compile(r"^(?P<name>\S+) \((?P<current>[^ )]+) => (?P<candidate>[^ )]+)\)$")
+# "apt list --upgradable": "name/suite[,suite] version arch [upgradable from: current]".
+UPGRADABLE_LINE = re.compile(
+    r"^(?P<name>[^/\s]+)/\S+ (?P<version>\S+) (?P<arch>\S+) \[upgradable from: [^\]]+\]$"
+)
 # dpkg's own progress lines during a real install.
 UNPACKING_LINE = re.compile(
     r"^Unpacking (?P<name>\S+) \((?P<new>[^)]+)\)(?: over \((?P<old>[^)]+)\))?"
@@ -201,17 +216,21 @@ def parse_cache_sizes(output: str) -> dict[tuple[str, str, str], int]:
 def parse_policy(output: str) -> dict[str, dict[str, object]]:
     """``apt-cache policy NAMES`` → {name: {installed, candidate, sources}}.
 
-    ``sources`` are the (uri, "suite/component") pairs that serve the candidate.
+    ``sources`` are the (uri, "suite/component") pairs that serve the candidate;
+    ``phased_percentage`` is the candidate's ``Phased-Update-Percentage`` when apt
+    marks it ``(phased N%)``, else None.
     """
     result: dict[str, dict[str, object]] = {}
     name: Optional[str] = None
     in_candidate = False
-    version_line = re.compile(r"^ (?:\*\*\*| {3}) (?P<version>\S+) (?P<priority>-?\d+)$")
+    version_line = re.compile(
+        r"^ (?:\*\*\*| {3}) (?P<version>\S+) (?P<priority>-?\d+)(?: \(phased (?P<phased>\d+)%\))?$"
+    )
     source_line = re.compile(r"^\s+-?\d+ (?P<uri>\S+) (?P<dist>\S+)(?: \S+)? Packages$")
     for line in output.splitlines():
         if line and not line.startswith(" ") and line.endswith(":"):
             name = line[:-1]
-            result[name] = {"installed": "", "candidate": "", "sources": []}
+            result[name] = {"installed": "", "candidate": "", "sources": [], "phased_percentage": None}
             in_candidate = False
             continue
         if name is None:
@@ -226,11 +245,28 @@ def parse_policy(output: str) -> dict[str, dict[str, object]]:
             version_match = version_line.match(line)
             if version_match is not None:
                 in_candidate = version_match.group("version") == entry["candidate"]
+                if in_candidate and version_match.group("phased") is not None:
+                    entry["phased_percentage"] = int(version_match.group("phased"))
                 continue
             source_match = source_line.match(line)
             if source_match is not None and in_candidate:
                 entry["sources"].append((source_match.group("uri"), source_match.group("dist")))  # type: ignore[union-attr]
     return result
+
+
+def parse_upgradable_list(output: str, native_arch: str) -> dict[str, str]:
+    """``apt list --upgradable`` rows, ``name/suites version arch [upgradable from: current]``,
+    → {name: version}; ``name:arch`` for an arch that is neither ``native_arch`` nor ``all``."""
+    listing: dict[str, str] = {}
+    for line in output.splitlines():
+        match = UPGRADABLE_LINE.match(line)
+        if match is None:
+            continue
+        name, arch = match.group("name"), match.group("arch")
+        if arch not in (native_arch, "all"):
+            name = f"{name}:{arch}"
+        listing[name] = match.group("version")
+    return listing
 
 
 def parse_unpacked(output: str) -> list[dict[str, str]]:
@@ -404,17 +440,22 @@ class AptScanner(Scanner):
     ) -> UpdateRecord:
         current, candidate = versions
         sources: list[tuple[str, str]] = []
+        phased_percentage: Optional[int] = None
         if policy is not None:
             current = current or str(policy["installed"])
             candidate = candidate or str(policy["candidate"])
             sources = policy["sources"]  # type: ignore[assignment]
+            phased_percentage = policy["phased_percentage"]  # type: ignore[assignment]
         suites = [dist for _, dist in sources]
         security = [dist for dist in suites if is_security_origin("", dist.split("/", 1)[0])]
         metadata: dict[str, object] = {"held_back": True, "origins": suites}
         if name in held:
             metadata["held"] = True
-        if deferred_by_phasing:
+        # apt 2.6 has no section of its own for a deferral: a kept-back phased candidate is one.
+        if deferred_by_phasing or phased_percentage is not None:
             metadata["phased"] = True
+        if phased_percentage is not None:
+            metadata["phased_percentage"] = phased_percentage
         return UpdateRecord(
             package_type=self.package_type,
             name=name,
@@ -466,6 +507,19 @@ class AptScanner(Scanner):
             if size is None:
                 size = by_name_version.get((package, record.available_version))
             record.size_bytes = size
+
+    def native_listing(self) -> dict[str, str]:
+        """``apt list --upgradable``: every installed package whose candidate is newer, name ->
+        candidate, kept-back ones included (as the scan reports them). A package of a foreign
+        architecture is listed by apt as "name" with its arch in a column; it is keyed
+        ``name:arch`` here, as apt-get's simulation (and so the scan) names it."""
+        listing = run_command(["apt", *self.apt_options, "list", "--upgradable"], timeout=self.command_timeout_seconds)
+        if listing.exit_code != 0:
+            raise ScanError(f"apt list --upgradable failed: {tail(_combined(listing), 2000).strip()}")
+        native = run_command(["dpkg", "--print-architecture"], timeout=self.command_timeout_seconds)
+        if native.exit_code != 0:
+            raise ScanError(f"dpkg --print-architecture failed: {tail(_combined(native), 2000).strip()}")
+        return parse_upgradable_list(listing.stdout, native.stdout.strip())
 
     # -- dry-run and install ----------------------------------------------
 

@@ -13,6 +13,21 @@ A scan costs a bounded number of dnf calls, however many updates are pending:
    severity, CVEs of each advisory); dnf 5 answers both with
    ``advisory list --updates --json`` plus the same with ``--with-cve``.
 
+Two shapes of check-update do not say what ``dnf upgrade`` would do, and for those
+only, one more call, ``dnf upgrade --assumeno`` for the whole machine, is asked
+(the resolver's own answer, declined at the prompt):
+
+* one version offered under two arches (``noarch`` and ``x86_64``): check-update
+  lists both, the transaction installs one (checked on dnf 4.14: the noarch one,
+  even over an installed x86_64). Only the rows the transaction upgrades are kept.
+* a package listed only under "Obsoleting Packages": a new name that replaces an
+  installed one. ``dnf upgrade NEW`` and ``dnf upgrade OLD`` both install it, so it
+  is reported under its own name, with the packages it replaces in metadata, when
+  the transaction installs it. dnf 4's updateinfo answers only for installed names,
+  so its advisory is found with ``repoquery --security`` and ``--sec-severity``
+  instead (bounded: at most five calls, only when such a package exists); the
+  advisory id and CVEs are not known by that route.
+
 The parsers are module-level functions so the tests can feed them outputs
 recorded from a real dnf (tests/agent/dnf_fixtures/).
 """
@@ -22,6 +37,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import json
+import logging
 import os
 import re
 import shutil
@@ -39,6 +55,8 @@ from agent_client.scanners.base import (
     run_command,
     tail,
 )
+
+logger = logging.getLogger(__name__)
 
 # Searched in this order: plain ``dnf`` is whatever the distribution made the
 # default (dnf 4 on EL8/EL9 and Debian, dnf 5 on Fedora 41+).
@@ -99,6 +117,9 @@ class AvailableUpdate:
     arch: str
     version: str  # [epoch:]version-release, as dnf prints it
     repository: str
+    # For a package offered under "Obsoleting Packages": the installed ones it replaces,
+    # as "name.arch version".
+    replaces: list[str] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
@@ -163,8 +184,8 @@ def parse_check_update(stdout: str) -> list[AvailableUpdate]:
     """Rows of ``dnf check-update``: ``name.arch  [epoch:]version-release  repo``.
 
     Progress and "Last metadata expiration check" lines have other shapes and
-    are skipped. The "Obsoleting Packages" block that can follow repeats
-    packages already listed, so parsing stops there. Old dnf/yum wrapped a
+    are skipped. Parsing stops at the "Obsoleting Packages" block that can
+    follow (:func:`parse_obsoleting` reads it). Old dnf/yum wrapped a
     name too long for its column onto a line of its own; that is rejoined.
     """
     updates: list[AvailableUpdate] = []
@@ -189,6 +210,29 @@ def parse_check_update(stdout: str) -> list[AvailableUpdate]:
             continue
         updates.append(AvailableUpdate(name=name, arch=arch, version=fields[1], repository=fields[2]))
     return updates
+
+
+def parse_obsoleting(stdout: str) -> list[AvailableUpdate]:
+    """The "Obsoleting Packages" block of ``dnf check-update``: each obsoleting package with the
+    installed packages it replaces (the indented rows under it, repository ``@System``)."""
+    obsoleting: list[AvailableUpdate] = []
+    in_block = False
+    for line in stdout.splitlines():
+        if line.strip().lower().startswith("obsoleting packages"):
+            in_block = True
+            continue
+        fields = line.split()
+        if not in_block or len(fields) != 3:
+            continue
+        name, arch = _split_name_arch(fields[0])
+        if not arch:
+            continue
+        if line[:1].isspace():
+            if obsoleting:
+                obsoleting[-1].replaces.append(f"{fields[0]} {fields[1]}")
+            continue
+        obsoleting.append(AvailableUpdate(name=name, arch=arch, version=fields[1], repository=fields[2]))
+    return obsoleting
 
 
 def parse_repoquery_installed(stdout: str) -> dict[tuple[str, str], str]:
@@ -332,8 +376,10 @@ def parse_transaction_table(stdout: str) -> list[dict[str, str]]:
 
     Sections ("Upgrading:", "Installing dependencies:", "Removing dependent
     packages:", ...) hold rows ``name arch version repository size``; the
-    table ends at "Transaction Summary". "replacing" sub-rows (obsoletes) and
-    "Skipping ..." sections are not changes and are left out.
+    table ends at "Transaction Summary". A "replacing" sub-row (obsoletes) is the
+    installed package the row above replaces: it becomes that row's ``replaces``
+    ("name.arch version", comma-separated). "Skipping ..." sections are not
+    changes and are left out.
     """
     packages: list[dict[str, str]] = []
     action: Optional[str] = None
@@ -356,7 +402,12 @@ def parse_transaction_table(stdout: str) -> list[dict[str, str]]:
         if action is None or not line[:1].isspace():
             continue
         fields = stripped.split()
-        if fields[0] in ("replacing", "upgrading", "obsoleting"):
+        if fields[0] == "replacing" and len(fields) == 3 and packages:
+            replaced = f"{fields[1]} {fields[2]}"
+            previous = packages[-1].get("replaces")
+            packages[-1]["replaces"] = f"{previous}, {replaced}" if previous else replaced
+            continue
+        if fields[0] in ("upgrading", "obsoleting"):
             continue
         if len(fields) == 1:
             pending_name = fields[0]  # a name too long for its column wraps
@@ -376,6 +427,30 @@ def parse_transaction_table(stdout: str) -> list[dict[str, str]]:
             }
         )
     return packages
+
+
+def planned_updates(packages: Iterable[dict[str, str]]) -> dict[tuple[str, str], dict[str, str]]:
+    """What a whole-machine ``dnf upgrade`` would do to updates: {(name, arch): row}.
+
+    Upgrades, and installs that replace an installed package (obsoletes). A plain install
+    is a new dependency, not an update of anything installed.
+    """
+    return {
+        (package["name"], package["arch"]): package
+        for package in packages
+        if package["action"] == "upgrade" or (package["action"] == "install" and package.get("replaces"))
+    }
+
+
+def report_names(keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], str]:
+    """The name each (name, arch) is reported under: the name, or ``name.arch`` (which dnf also
+    accepts) when one name is updated under several arches (multilib), as the server keys rows by
+    name."""
+    keys = list(keys)
+    arches_by_name: dict[str, set[str]] = {}
+    for name, arch in keys:
+        arches_by_name.setdefault(name, set()).add(arch)
+    return {(name, arch): f"{name}.{arch}" if len(arches_by_name[name]) > 1 else name for name, arch in keys}
 
 
 def unmatched_names(output: str) -> list[str]:
@@ -439,7 +514,21 @@ class DnfScanner(Scanner):
         return None
 
     def is_available(self) -> bool:
-        return self.binary() is not None
+        """dnf is installed *and* has at least one enabled repository: Debian ships a dnf with none, and
+        an agent that offered DNF there would fail every scan. ``repolist`` reads only the repository
+        definitions (no metadata download, no network), so the probe takes a fraction of a second."""
+        path = self.binary()
+        if path is None:
+            return False
+        try:
+            listed = run_command([path, *self.extra_options, "repolist", "--enabled"], timeout=60)
+        except ScanError:
+            return False
+        # dnf 4 and dnf 5 print a "repo id  repo name" header, then one row per repository; with none
+        # they print only "No repositories available" on stderr. dnf-plugins-core's "local" plugin
+        # adds "_dnf_local", a copy of packages this host already installed: never a source of updates.
+        rows = [line for line in listed.stdout.splitlines() if line.strip() and not line.startswith("repo id")]
+        return listed.exit_code == 0 and bool({row.split()[0] for row in rows} - {"_dnf_local"})
 
     def is_dnf5(self) -> bool:
         # Fedora 41+ ships /usr/bin/dnf as a symlink to dnf5; no subprocess needed.
@@ -463,14 +552,71 @@ class DnfScanner(Scanner):
                 f"dnf check-update exited {check.exit_code}: {tail(_combined(check), 2000)}"
             )
         available = parse_check_update(check.stdout)
+        listed = {(update.name, update.arch) for update in available}
+        available += [update for update in parse_obsoleting(check.stdout) if (update.name, update.arch) not in listed]
         if not available:
             raise ScanError(
                 "dnf check-update reported updates (exit 100) but none could be parsed: "
                 + tail(_combined(check), 2000)
             )
+        available = self._as_the_transaction_would(available)
+        if not available:
+            return []
         installed = self._installed_versions(sorted({update.name for update in available}))
         refs, details = self._advisories()
-        return self._records(available, installed, refs, details)
+        obsoleting_security = self._obsoleting_security(
+            sorted({update.name for update in available if update.replaces}))
+        return self._records(available, installed, refs, details, obsoleting_security)
+
+    def _as_the_transaction_would(self, available: list[AvailableUpdate]) -> list[AvailableUpdate]:
+        """The rows of ``available`` that ``dnf upgrade`` would really apply.
+
+        Asked of dnf only when check-update is ambiguous (see the module docstring): a name
+        listed under several arches, or an obsoleting package. A machine whose whole upgrade
+        cannot be resolved keeps check-update's rows, as the names can still be upgraded one
+        by one; dnf's error is logged.
+        """
+        names = [update.name for update in available]
+        if len(set(names)) == len(names) and not any(update.replaces for update in available):
+            return available
+        planned = self._planned_updates()
+        if planned is None:
+            return available
+        # The version too is the transaction's: without "best", dnf may settle for an older one.
+        return [dataclasses.replace(update, version=planned[(update.name, update.arch)]["version"])
+                for update in available if (update.name, update.arch) in planned]
+
+    def _planned_updates(self) -> Optional[dict[tuple[str, str], dict[str, str]]]:
+        """What ``dnf upgrade`` for the whole machine would do (declined at the prompt); None
+        when dnf could not resolve it."""
+        result = self._dnf("upgrade", "--assumeno")
+        if not _resolved(result):
+            logger.warning("dnf upgrade --assumeno exited %s: %s", result.exit_code, tail(_combined(result), 500))
+            return None
+        return planned_updates(parse_transaction_table(result.stdout))
+
+    def _obsoleting_security(self, names: list[str]) -> dict[str, str]:
+        """{name: severity} for those of ``names`` (obsoleting packages) a security advisory covers.
+
+        dnf 4's updateinfo lists advisories only for names that are installed, and an obsoleting
+        package's name is not, so repoquery's advisory filters answer instead: ``--security``,
+        then one severity at a time until every security name has one.
+        """
+        if not names:
+            return {}
+        secure = self._repoquery_names("--security", names)
+        severities: dict[str, str] = {}
+        for severity in ("critical", "important", "moderate", "low"):
+            if secure <= severities.keys():
+                break
+            option = f"--advisory-severities={severity}" if self.is_dnf5() else f"--sec-severity={severity.title()}"
+            for name in self._repoquery_names(option, names) & secure:
+                severities.setdefault(name, severity)
+        return {name: severities.get(name, "unknown") for name in secure}
+
+    def _repoquery_names(self, option: str, names: list[str]) -> set[str]:
+        result = self._checked("repoquery", option, "--qf", REPOQUERY_FORMAT, *self._operands(names))
+        return {name for name, _arch in parse_repoquery_installed(result.stdout)}
 
     def _installed_versions(self, names: list[str]) -> dict[tuple[str, str], str]:
         result = self._dnf(
@@ -507,10 +653,9 @@ class DnfScanner(Scanner):
         installed: dict[tuple[str, str], str],
         refs: list[AdvisoryRef],
         details: dict[str, AdvisoryDetail],
+        obsoleting_security: dict[str, str],
     ) -> list[UpdateRecord]:
-        arches_by_name: dict[str, set] = {}
-        for update in available:
-            arches_by_name.setdefault(update.name, set()).add(update.arch)
+        names = report_names((update.name, update.arch) for update in available)
         installed_by_name: dict[str, str] = {}
         for (name, _arch), version in installed.items():
             installed_by_name.setdefault(name, version)
@@ -544,29 +689,42 @@ class DnfScanner(Scanner):
                             "cve_ids": list(detail.cve_ids),
                         }
                     )
-            # Multilib hosts list one name under two arches; the server keys
-            # rows by name, so those become name.arch (which dnf also accepts).
-            multi_arch = len(arches_by_name[update.name]) > 1
+            if update.name in obsoleting_security and not advisories:
+                severity, is_security = obsoleting_security[update.name], True
+            metadata: dict[str, object] = {
+                "arch": update.arch,
+                "advisories": advisories,
+                "advisory_ids": [item["id"] for item in advisories],
+                "advisory_types": sorted({item["type"] for item in advisories}),
+            }
+            if update.replaces:
+                # Not installed under this name: it replaces these (the current version is "").
+                metadata["replaces"] = list(update.replaces)
             current = installed.get((update.name, update.arch)) or installed_by_name.get(update.name, "")
             records.append(
                 UpdateRecord(
                     package_type=self.package_type,
-                    name=f"{update.name}.{update.arch}" if multi_arch else update.name,
+                    name=names[(update.name, update.arch)],
                     current_version=current,
                     available_version=update.version,
                     severity=severity,
                     is_security=is_security,
                     repository=update.repository,
                     cve_ids=sorted(cve_ids),
-                    metadata={
-                        "arch": update.arch,
-                        "advisories": advisories,
-                        "advisory_ids": [item["id"] for item in advisories],
-                        "advisory_types": sorted({item["type"] for item in advisories}),
-                    },
+                    metadata=metadata,
                 )
             )
         return records
+
+    def native_listing(self) -> dict[str, str]:
+        """What ``dnf upgrade`` for the whole machine would do, from dnf's resolver (declined at
+        the prompt): name -> version. Not check-update's listing, which names both arches of a
+        version offered twice although the upgrade applies one."""
+        planned = self._planned_updates()
+        if planned is None:
+            raise ScanError("dnf upgrade --assumeno could not resolve the machine's upgrade")
+        names = report_names(planned)
+        return {names[key]: row["version"] for key, row in planned.items()}
 
     # -- operations ---------------------------------------------------------
     # Scanner.check_names has already refused an empty list (``dnf upgrade``
@@ -585,9 +743,7 @@ class DnfScanner(Scanner):
         was nothing to do. Anything else is a failure.
         """
         result = self._operation(["upgrade", "--assumeno", *SIGNATURE_OPTIONS], names)
-        output = _combined(result)
-        declined = result.exit_code == 1 and "Operation aborted" in output
-        return self._result(result, names, resolved=result.exit_code == 0 or declined)
+        return self._result(result, names, resolved=_resolved(result))
 
     def _install(self, names: list[str]) -> OperationResult:
         result = self._operation(["upgrade", "-y", *SIGNATURE_OPTIONS], names)
@@ -618,6 +774,12 @@ class DnfScanner(Scanner):
             dependencies=dependencies_of(packages, names),
             packages=packages,
         )
+
+
+def _resolved(result: CommandOutput) -> bool:
+    """``dnf upgrade --assumeno`` resolved: exit 1 with "Operation aborted." is a transaction we
+    declined, exit 0 is nothing to do."""
+    return result.exit_code == 0 or (result.exit_code == 1 and "Operation aborted" in _combined(result))
 
 
 def _combined(result: CommandOutput) -> str:

@@ -19,6 +19,17 @@ is kept. A row that fits neither is kept out of the report and listed in
 Records: ``name`` is the winget Id (what ``upgrade --id`` takes), the display
 name and pin state are in metadata. Pins come from ``winget pin list``.
 Severity is "unknown": winget carries no security data.
+
+One Id on several rows. A row printed twice, every cell the same, is one package
+(winget-cli #1869 lists Microsoft.Office twice): it is reported once. Rows that
+share an Id but differ in any other cell are different installed packages: two
+SDKs whose versions winget shows as ``< 3.1.419``, or the x64 and x86 Visual C++
+redistributables whose Ids the console cut to the same ``Microsoft.VCRedist.2015+…``.
+None of them is reported as an update: the server takes one row per name, and
+``winget upgrade --id ID --exact`` cannot say which of them to upgrade (winget
+answers "multiple packages found"). Inventing a second name would send the
+install a name winget does not know. Each goes to ``last_not_checked`` instead,
+with its display name and versions, so the report says what was left out.
 """
 
 from __future__ import annotations
@@ -48,6 +59,8 @@ WINDOWSAPPS_GLOB = os.path.join("WindowsApps", "Microsoft.DesktopAppInstaller_*_
 SCAN_ARGS = ["upgrade", "--scope", "machine", "--include-unknown",
              "--accept-source-agreements", "--disable-interactivity"]
 PIN_LIST_ARGS = ["pin", "list", "--disable-interactivity"]
+NATIVE_LIST_ARGS = ["list", "--upgrade-available", "--scope", "machine", "--include-unknown",
+                    "--accept-source-agreements", "--disable-interactivity"]
 
 UPGRADE_COLUMNS = ("Name", "Id", "Version", "Available", "Source")
 PIN_COLUMNS = ("Name", "Id", "Version", "Source", "Pin type", "Pinned version")
@@ -275,6 +288,38 @@ def parse_pins(text: str) -> dict[str, str]:
     return pins
 
 
+def one_row_per_id(tables: Sequence[Table]) -> tuple[list[tuple[dict[str, str], bool]], list[dict[str, str]]]:
+    """(row, requires explicit upgrade) once per Id, and not-checked entries for shared Ids.
+
+    Rows with an available version only. A row repeated cell for cell is one package printed
+    twice and is kept once; rows that share an Id and differ are different packages that winget
+    cannot be told apart by Id, and none of them is kept (see the module docstring).
+    """
+    by_id: dict[str, list[tuple[dict[str, str], bool]]] = {}
+    for table in tables:
+        explicit = _EXPLICIT_TABLE_INTRO in table.intro
+        for row in table.rows:
+            if not row.get("Available"):
+                continue
+            same_id = by_id.setdefault(row["Id"], [])
+            if all(row != kept for kept, _explicit in same_id):
+                same_id.append((row, explicit))
+    kept: list[tuple[dict[str, str], bool]] = []
+    not_checked: list[dict[str, str]] = []
+    for package_id, rows in by_id.items():
+        if len(rows) == 1:
+            kept.append(rows[0])
+            continue
+        for row, _explicit in rows:
+            not_checked.append({
+                "name": package_id,
+                "reason": (f"{len(rows)} installed packages share this Id; not reported, as winget upgrade "
+                           f"--id cannot tell them apart: {row.get('Name', '')} "
+                           f"{row.get('Version', '')} -> {row['Available']}"),
+            })
+    return kept, not_checked
+
+
 # --- the scanner -------------------------------------------------------------------
 
 
@@ -287,6 +332,8 @@ class WingetScanner(Scanner):
         self._winget = winget
         self.timeout = timeout
         self.last_unparsed: list[str] = []
+        # {"name", "reason"} for rows the scan saw but cannot report (see the module docstring).
+        self.last_not_checked: list[dict[str, str]] = []
         self.last_pins_known = False
 
     @property
@@ -313,35 +360,40 @@ class WingetScanner(Scanner):
             return None  # winget before 1.5 has no pins
         return parse_pins(output.stdout)
 
-    def scan(self) -> list[UpdateRecord]:
-        output = self.run([self._exe()] + SCAN_ARGS, timeout=self.timeout)
+    def _upgrade_tables(self, args: list[str]) -> list[Table]:
+        """The upgrade tables of ``winget ARGS`` ([] when winget says there is nothing to upgrade)."""
+        output = self.run([self._exe()] + args, timeout=self.timeout)
         tables = parse_tables(output.stdout, UPGRADE_COLUMNS, required=("Name", "Id", "Version", "Available"))
         code = normalize_exit_code(output.exit_code)
         if not tables:
             if any(message in output.stdout for message in _NO_UPGRADES_MESSAGES) and code in (
                 0, NO_PACKAGES_FOUND, NO_APPLICABLE_UPDATE,
             ):
-                self.last_unparsed = []
                 return []
             raise ScanError(
-                f"winget upgrade exited {describe_exit_code(code)} without an upgrade table: "
+                f"winget {args[0]} exited {describe_exit_code(code)} without an upgrade table: "
                 f"{tail(output.stdout.strip() or output.stderr.strip(), 300)!r}"
             )
         if code not in (0, NO_PACKAGES_FOUND, NO_APPLICABLE_UPDATE):
-            raise ScanError(f"winget upgrade exited {describe_exit_code(code)}")
+            raise ScanError(f"winget {args[0]} exited {describe_exit_code(code)}")
+        return tables
+
+    def scan(self) -> list[UpdateRecord]:
+        tables = self._upgrade_tables(SCAN_ARGS)
+        self.last_unparsed = [line for table in tables for line in table.unparsed]
+        if not tables:
+            self.last_not_checked = []
+            return []
         pins = self._pins()
         self.last_pins_known = pins is not None
-        self.last_unparsed = [line for table in tables for line in table.unparsed]
-        records: list[UpdateRecord] = []
-        seen = set()
-        for table in tables:
-            explicit = _EXPLICIT_TABLE_INTRO in table.intro
-            for row in table.rows:
-                if not row.get("Available") or (row["Id"], row.get("Version")) in seen:
-                    continue
-                seen.add((row["Id"], row.get("Version")))
-                records.append(self._record(row, pins, explicit))
-        return records
+        rows, self.last_not_checked = one_row_per_id(tables)
+        return [self._record(row, pins, explicit) for row, explicit in rows]
+
+    def native_listing(self) -> dict[str, str]:
+        """``winget list --upgrade-available`` (the same question asked of the installed list, not
+        of the upgrade command): Id -> available version, one Id per package as the scan has it."""
+        rows, _not_checked = one_row_per_id(self._upgrade_tables(NATIVE_LIST_ARGS))
+        return {row["Id"]: row["Available"] for row, _explicit in rows}
 
     def _record(self, row: dict[str, str], pins: Optional[dict[str, str]], explicit: bool) -> UpdateRecord:
         package_id = row["Id"]

@@ -101,6 +101,11 @@ class CheckinSerializer(serializers.Serializer):
     config_version = Count(required=False)
     heartbeat_active = serializers.BooleanField(required=False)
     metrics = MetricsSerializer(required=False, default=dict)
+    capabilities = serializers.ListField(
+        child=serializers.ChoiceField(choices=SubsystemName.choices), required=False, max_length=16,
+        help_text="What this agent can scan now, probed at its start-up; sent with the first check-in after "
+                  "it. A set that differs from the known one enables and disables the agent's subsystems.",
+    )
 
 
 class HeartbeatStateSerializer(serializers.Serializer):

@@ -150,7 +150,8 @@ class CheckinView(AgentEndpoint):
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
         reply = checkin_handle(agent=self.agent, agent_version=data.get("agent_version"), metrics=data["metrics"],
-                               heartbeat_reported=data.get("heartbeat_active"))
+                               heartbeat_reported=data.get("heartbeat_active"),
+                               capabilities=data.get("capabilities"))
         return Response(
             {
                 "commands": [wire_format(command) for command in reply.commands],

@@ -10,6 +10,7 @@ from django.db import IntegrityError, models, transaction
 from django.utils import timezone
 
 from agents_app.models import Agent, machine_id_prefix
+from agents_app.services.capabilities import agent_capabilities_report
 from agents_app.services.credentials import (
     IssuedCredentials,
     credentials_current,
@@ -143,7 +144,7 @@ def _registration_metadata(token: RegistrationToken, facts: dict[str, Any], clie
 
 def _enrol(token, machine_id_hash, facts, client_ip, now) -> Registration:
     agent = Agent.objects.create(machine_id_hash=machine_id_hash, registered_at=now, last_seen_at=now,
-                                 **_host_facts(facts))
+                                 capabilities=sorted(set(facts.get("capabilities", ()))), **_host_facts(facts))
     record_event(
         event_type=EventType.AGENT_REGISTRATION,
         subtype=EventSubtype.SUCCESS,
@@ -200,7 +201,8 @@ def _reenrol(agent, token, facts, client_ip, refresh_token, now) -> Registration
                   "previous_revoked_at": previous["revoked_at"]},
         actor=agent_actor(agent),
     )
-    subsystems_ensure(agent=agent, capabilities=facts.get("capabilities", ()))
+    if facts.get("capabilities"):  # the machine may have gained or lost a package manager since
+        agent_capabilities_report(agent=agent, capabilities=facts["capabilities"])
     return Registration(agent, credentials_issue(agent=agent, now=now), True)
 
 
@@ -283,7 +285,7 @@ def agent_revoke(*, agent: Agent, actor: str) -> None:
 
 
 # What an admin may change on an agent's page (the rest is reported by the agent).
-EDITABLE_FIELDS = ("poll_interval_seconds", "tags")
+EDITABLE_FIELDS = ("poll_interval_seconds", "tags", "verify_scans")
 
 
 def agent_settings_update(*, agent: Agent, changes: dict[str, Any], actor: str) -> bool:

@@ -9,19 +9,22 @@ done and failed as it goes. Re-running a task is safe: each part is idempotent
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 from django_q.tasks import async_task
 
-from agents_app.choices import SUBSYSTEM_SCAN, CommandSource, CommandType, UpdateStatus
-from agents_app.models import Agent, BulkOperation, PackageUpdate
+from agents_app.choices import CommandSource, CommandType, UpdateStatus
+from agents_app.models import Agent, BulkOperation, Command, PackageUpdate
 from agents_app.services.agent_upgrade import agent_update_start
 from agents_app.services.commands import CommandAlreadyOpen, command_create
 from agents_app.services.heartbeat import heartbeat_before_operation, heartbeat_enable
 from agents_app.services.package_updates import updates_approve, updates_install
 from agents_app.services.releases import ReleaseError, release_find
+from agents_app.services.subsystems import scan_command
 from events_app.choices import Component, EventSubtype, EventType, Severity
 from events_app.services import SYSTEM_ACTOR, record_event
 
@@ -48,71 +51,79 @@ def bulk_operation_start(*, kind: str, agent_ids: list, params: dict | None = No
     return operation
 
 
-def _scan(agent: Agent, operation: BulkOperation, actor: str) -> None:
-    for subsystem in agent.subsystems.filter(enabled=True):
-        command_type, params = SUBSYSTEM_SCAN[subsystem.name]
+@dataclass(frozen=True)
+class Asked:
+    """Who asks for an agent action and how: from one agent's page (``web_ui``) or as part of a bulk operation."""
+
+    params: dict[str, Any]
+    actor: str
+    source: str
+    created_by: Any = None
+    operation: BulkOperation | None = None
+
+    def command(self, agent: Agent, command_type: str, params: dict[str, Any] | None = None) -> None:
+        """Queue one command for ``agent``; one already open of the same kind counts as done."""
         try:
-            command_create(agent=agent, command_type=command_type, params=dict(params),
-                           source=CommandSource.WEB_UI_BULK, actor=actor, bulk_operation=operation)
+            command_create(agent=agent, command_type=command_type, params=params, source=self.source,
+                           actor=self.actor, created_by=self.created_by, bulk_operation=self.operation)
         except CommandAlreadyOpen:
-            pass  # already queued: the agent will scan
+            pass  # already queued: the agent will do it
 
 
-def _approve(agent: Agent, operation: BulkOperation, actor: str) -> None:
+def _scan(agent: Agent, asked: Asked) -> None:
+    for subsystem in agent.subsystems.filter(enabled=True):
+        command_type, params = scan_command(subsystem, verify=agent.verify_scans)
+        asked.command(agent, command_type, params)
+
+
+def _updates(agent: Agent, asked: Asked):
     updates = PackageUpdate.objects.filter(agent=agent)
-    if operation.params.get("security_only"):
-        updates = updates.filter(is_security=True)
-    updates_approve(updates=updates, actor=actor, source=CommandSource.WEB_UI_BULK)
+    return updates.filter(is_security=True) if asked.params.get("security_only") else updates
 
 
-def _install(agent: Agent, operation: BulkOperation, actor: str) -> None:
-    updates = PackageUpdate.objects.filter(agent=agent)
-    if operation.params.get("security_only"):
-        updates = updates.filter(is_security=True)
-    if operation.params.get("approved_only", True):
+def _approve(agent: Agent, asked: Asked) -> None:
+    updates_approve(updates=_updates(agent, asked), actor=asked.actor, source=asked.source)
+
+
+def _install(agent: Agent, asked: Asked) -> None:
+    updates = _updates(agent, asked)
+    if asked.params.get("approved_only", True):
         updates = updates.filter(status=UpdateStatus.APPROVED)
     try:
-        updates_install(updates=updates, actor=actor, source=CommandSource.WEB_UI_BULK, bulk_operation=operation)
+        updates_install(updates=updates, actor=asked.actor, source=asked.source, created_by=asked.created_by,
+                        bulk_operation=asked.operation)
     except CommandAlreadyOpen:
         pass
 
 
-def _heartbeat(agent: Agent, operation: BulkOperation, actor: str) -> None:
-    minutes = operation.params.get("minutes")
+def _heartbeat(agent: Agent, asked: Asked) -> None:
+    minutes = asked.params.get("minutes")
     if minutes:
-        heartbeat_enable(agent=agent, minutes=minutes, source=CommandSource.WEB_UI_BULK, actor=actor,
-                         bulk_operation=operation)
+        heartbeat_enable(agent=agent, minutes=minutes, source=asked.source, actor=asked.actor,
+                         created_by=asked.created_by, bulk_operation=asked.operation)
     else:
-        try:
-            command_create(agent=agent, command_type=CommandType.DISABLE_HEARTBEAT, source=CommandSource.WEB_UI_BULK,
-                           actor=actor, bulk_operation=operation)
-        except CommandAlreadyOpen:
-            pass
+        asked.command(agent, CommandType.DISABLE_HEARTBEAT)
 
 
-def _reboot(agent: Agent, operation: BulkOperation, actor: str) -> None:
-    heartbeat_before_operation(agent=agent, now=timezone.now(), source=CommandSource.WEB_UI_BULK, actor=actor)
-    try:
-        command_create(agent=agent, command_type=CommandType.REBOOT, source=CommandSource.WEB_UI_BULK, actor=actor,
-                       bulk_operation=operation)
-    except CommandAlreadyOpen:
-        pass
+def _reboot(agent: Agent, asked: Asked) -> None:
+    heartbeat_before_operation(agent=agent, now=timezone.now(), source=asked.source, actor=asked.actor)
+    asked.command(agent, CommandType.REBOOT)
 
 
-def _update_agent(agent: Agent, operation: BulkOperation, actor: str) -> None:
-    release = release_find(version=operation.params["version"])
+def _update_agent(agent: Agent, asked: Asked) -> None:
+    release = release_find(version=asked.params["version"])
     if release is None:
-        raise ReleaseError(f"release {operation.params['version']} no longer exists")
+        raise ReleaseError(f"release {asked.params['version']} no longer exists")
     if agent.agent_version == release.version:
         return  # already there
     try:
-        agent_update_start(agent=agent, release=release, source=CommandSource.WEB_UI_BULK, actor=actor,
-                           bulk_operation=operation)
+        agent_update_start(agent=agent, release=release, source=asked.source, actor=asked.actor,
+                           created_by=asked.created_by, bulk_operation=asked.operation)
     except CommandAlreadyOpen:
         pass
 
 
-PARTS: dict[str, Callable[[Agent, BulkOperation, str], None]] = {
+PARTS: dict[str, Callable[[Agent, Asked], None]] = {
     BulkOperation.Kind.SCAN: _scan,
     BulkOperation.Kind.APPROVE: _approve,
     BulkOperation.Kind.INSTALL: _install,
@@ -120,6 +131,21 @@ PARTS: dict[str, Callable[[Agent, BulkOperation, str], None]] = {
     BulkOperation.Kind.REBOOT: _reboot,
     BulkOperation.Kind.UPDATE_AGENT: _update_agent,
 }
+
+
+def agent_action_run(*, kind: str, agent: Agent, params: dict[str, Any] | None = None, actor: str,
+                     user=None) -> list[Command]:
+    """One agent's action from its own page, at once and with source ``web_ui``: the commands it queued.
+
+    The same part a bulk operation runs per agent, without the operation: nothing to follow on a
+    progress page, and the commands say who asked (``created_by``).
+    """
+    asked = Asked(params=params or {}, actor=actor, source=CommandSource.WEB_UI, created_by=user)
+    started = timezone.now()
+    with transaction.atomic():
+        PARTS[kind](agent, asked)
+    return list(Command.objects.filter(agent=agent, source=CommandSource.WEB_UI, created_at__gte=started)
+                .order_by("created_at"))
 
 
 def bulk_operation_run(operation_id: str) -> None:
@@ -130,11 +156,13 @@ def bulk_operation_run(operation_id: str) -> None:
                                                          errors=[])
     actor = operation.created_by.get_username() if operation.created_by else SYSTEM_ACTOR
     part = PARTS[operation.kind]
+    asked = Asked(params=operation.params, actor=actor, source=CommandSource.WEB_UI_BULK,
+                  created_by=operation.created_by, operation=operation)
     errors = []
     for agent in Agent.objects.filter(pk__in=operation.params["agent_ids"]).order_by("hostname"):
         try:
             with transaction.atomic():
-                part(agent, operation, actor)
+                part(agent, asked)
         except Exception as exc:  # one agent's failure must not stop the fleet's
             BulkOperation.objects.filter(pk=operation.pk).update(failed=F("failed") + 1)
             if len(errors) < MAX_RECORDED_ERRORS:

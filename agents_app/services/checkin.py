@@ -10,6 +10,7 @@ from typing import Any
 from django.utils import timezone
 
 from agents_app.models import Agent, Command
+from agents_app.services.capabilities import agent_capabilities_report
 from agents_app.services.commands import commands_deliver
 from agents_app.services.heartbeat import HEARTBEAT_POLL_SECONDS, heartbeat_active, heartbeat_reconcile
 from agents_app.services.scheduling import schedule_due_scans
@@ -36,17 +37,22 @@ def agent_alive(*, agent: Agent, agent_version: str | None, metrics: dict[str, A
 
 
 def checkin_handle(*, agent: Agent, agent_version: str | None, metrics: dict[str, Any],
-                   heartbeat_reported: bool | None, now: datetime | None = None) -> CheckinReply:
+                   heartbeat_reported: bool | None, capabilities: list[str] | None = None,
+                   now: datetime | None = None) -> CheckinReply:
     """The check-in, in order:
 
     1. the agent is alive (last seen, version, metrics);
-    2. a heartbeat the agent no longer reports is cleared;
-    3. this agent's due scans become commands (so an agent in heartbeat mode gets them at once);
-    4. its oldest pending commands are claimed and handed over;
-    5. the reply says how soon to come back: 5 s in heartbeat mode, else its poll interval.
+    2. capabilities it reports (once per agent start) that differ from the known ones change its
+       subsystems, before anything is scheduled;
+    3. a heartbeat the agent no longer reports is cleared;
+    4. this agent's due scans become commands (so an agent in heartbeat mode gets them at once);
+    5. its oldest pending commands are claimed and handed over;
+    6. the reply says how soon to come back: 5 s in heartbeat mode, else its poll interval.
     """
     now = now or timezone.now()
     agent_alive(agent=agent, agent_version=agent_version, metrics=metrics, now=now)
+    if capabilities is not None:
+        agent_capabilities_report(agent=agent, capabilities=capabilities)
     heartbeat_reconcile(agent=agent, reported_active=heartbeat_reported, now=now)
     schedule_due_scans(now=now, agent_ids=[agent.pk])
     commands = commands_deliver(agent=agent, now=now)

@@ -99,6 +99,9 @@ def command_result_record(*, agent: Agent, command: Command, status: str, output
         message = f"{command.title} on {agent.hostname} {outcome}"
         if command.command_type in PACKAGE_OPERATION_TYPES:
             metadata.update(package_type=command.params.get("package_type", ""), packages=packages)
+            reported = reported_changes(result)
+            if reported:  # what the agent says it did: versions, digests, containers recreated
+                metadata["reported"] = reported
             message = f"{message}: {versions_in_words(packages)}" if packages else message
         record_event(event_type=EventType.COMMAND_COMPLETED, subtype=subtype, severity=severity,
                      component=Component.AGENT, message=message, agent=agent, metadata=metadata,
@@ -119,6 +122,15 @@ def operation_packages(command: Command) -> list[dict[str, str]]:
     for name in command.params.get("dependencies") or []:
         named.setdefault(name, {"name": name, "from": "", "to": ""})
     return list(named.values())[:100]
+
+
+def reported_changes(result: dict[str, Any]) -> list[dict[str, str]]:
+    """The agent's own account of each package it changed (``result.packages``), as short flat text:
+    at most 100 entries, scalar fields only, keys of 64 and values of 255 characters."""
+    entries = result.get("packages") if isinstance(result.get("packages"), list) else []
+    return [{str(key)[:64]: str(value)[:255] for key, value in entry.items()
+             if isinstance(value, (str, int, float)) and not isinstance(value, bool)}
+            for entry in entries[:100] if isinstance(entry, dict)]
 
 
 def versions_in_words(packages: list[dict[str, str]], limit: int = 5) -> str:

@@ -14,9 +14,10 @@ from django.db import connection, transaction
 from django.db.models import Count, F
 from django.utils import timezone
 
-from agents_app.choices import SUBSYSTEM_SCAN, CommandSource
+from agents_app.choices import CommandSource
 from agents_app.models import Agent, AgentSubsystem, Command
 from agents_app.services.commands import command_build, dedupe_key
+from agents_app.services.subsystems import scan_command
 from events_app.choices import Component, EventSubtype, EventType
 from events_app.services import record_event
 from redflag.models import ServerSettings
@@ -49,7 +50,7 @@ def schedule_due_scans(*, now: datetime | None = None, agent_ids: Iterable | Non
             due = due.filter(agent_id__in=agent_ids)
         if connection.features.has_select_for_update_skip_locked:
             due = due.select_for_update(skip_locked=True, of=("self",))
-        due = list(due.order_by(F("next_run_at").asc(nulls_first=True))[:limit])
+        due = list(due.select_related("agent").order_by(F("next_run_at").asc(nulls_first=True))[:limit])
         if not due:
             return 0
         agent_set = {subsystem.agent_id for subsystem in due}
@@ -61,14 +62,14 @@ def schedule_due_scans(*, now: datetime | None = None, agent_ids: Iterable | Non
 
         planned: list[tuple[AgentSubsystem, Command]] = []
         for subsystem in due:
-            command_type, params = SUBSYSTEM_SCAN[subsystem.name]
+            command_type, params = scan_command(subsystem, verify=subsystem.agent.verify_scans)
             key = (subsystem.agent_id, dedupe_key(command_type, params))
             if key in open_keys or open_counts.get(subsystem.agent_id, 0) >= max_pending:
                 continue
             open_keys.add(key)
             open_counts[subsystem.agent_id] = open_counts.get(subsystem.agent_id, 0) + 1
             planned.append((subsystem, command_build(
-                agent_id=subsystem.agent_id, command_type=command_type, params=dict(params),
+                agent_id=subsystem.agent_id, command_type=command_type, params=params,
                 source=CommandSource.SCHEDULER, now=now, key=signing_key,
             )))
         if not planned:

@@ -83,6 +83,16 @@ def subsystems_configure(*, subsystems, changes: dict[str, Any], actor: str) -> 
     return subsystems_update(changes={pk: changes for pk in subsystems.values_list("pk", flat=True)}, actor=actor)
 
 
+def scan_command(subsystem: AgentSubsystem, *, verify: bool) -> tuple[str, dict[str, Any]]:
+    """(command type, params) of a scan of ``subsystem``; ``verify`` asks the agent to compare a package
+    scan with the tool's own listing (the agent's verify_scans setting)."""
+    command_type, params = SUBSYSTEM_SCAN[subsystem.name]
+    params = dict(params)
+    if verify and "package_type" in params:
+        params["verify"] = True
+    return command_type, params
+
+
 def subsystem_for(command: Command) -> str | None:
     """The subsystem whose scheduled scan ``command`` is, if any."""
     for name, (command_type, params) in SUBSYSTEM_SCAN.items():

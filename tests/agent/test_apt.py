@@ -23,6 +23,7 @@ import email.utils
 import fcntl
 import hashlib
 import os
+import shutil
 import subprocess
 import tempfile
 import time
@@ -41,6 +42,7 @@ from agent_client.scanners.apt import (
     parse_policy,
     parse_simulation,
     parse_unpacked,
+    parse_upgradable_list,
 )
 from agent_client.scanners.base import PackageNamesRefused, ScanError
 from tests.agent.conftest import require_root, require_tools
@@ -54,7 +56,8 @@ PKG = "redflag-test-pkg"
 DEP = "redflag-test-dep"
 SEC = "redflag-test-sec"
 HELD = "redflag-test-held"
-ALL_TEST_PACKAGES = [PKG, DEP, SEC, HELD]
+PHASED = "redflag-test-phased"
+ALL_TEST_PACKAGES = [PKG, DEP, SEC, HELD, PHASED]
 
 # (name, version, depends, suite the new version is served from)
 OLD_VERSIONS = [(PKG, "1.0", ""), (SEC, "1.0", ""), (HELD, "1.0", "")]
@@ -501,6 +504,101 @@ def test_real_apt_never_sees_a_hostile_name(machine: AptRepo, tmp_path: Path, mo
     assert installed_version(SEC) == "1.1" and installed_version(PKG) == "1.0"
 
 
+def test_native_listing_agrees_with_the_scan(machine: AptRepo) -> None:
+    """``apt list --upgradable`` (the tool's own listing) names what the scan reports, kept-back included."""
+    require_tools("apt", "apt-get", "dpkg")
+    require_root()
+    scanner = machine.scanner()
+    records = scanner.scan()
+    assert scanner.native_listing() == {record.name: record.available_version for record in records}
+    assert scanner.native_listing() == {PKG: "1.1", SEC: "1.1", HELD: "1.1"}
+
+
+# --- phased updates -----------------------------------------------------------
+# apt 2.6.1 decides phasing (apt-pkg/policy.cc) per machine: only with a machine id (APT::Machine-ID,
+# else the file Dir::Etc::machine-id) and only when Dir::Bin::ischroot (/usr/bin/ischroot) exits
+# non-zero ("not a chroot"); then a draw seeded with source name, version and machine id decides.
+# Checked here: without a machine id, or with an ischroot that says "chroot", apt installs a 0%
+# update. The test pins both, so the deferral does not depend on the machine or container it runs in.
+PHASING_MACHINE_ID = "00000000000000000000000000000000"
+
+
+@pytest.fixture(scope="module")
+def phased_repo(tmp_path_factory: pytest.TempPathFactory) -> AptRepo:
+    """One suite, bookworm-security, serving PHASED 1.1 with Phased-Update-Percentage: 0."""
+    require_tools("apt-get", "apt-cache", "dpkg", "dpkg-deb", "dpkg-scanpackages", "false")
+    require_root()
+    repo = AptRepo(tmp_path_factory.mktemp("apt-phased"))
+    work = repo.base / "build"
+    repo.old_debs[PHASED] = build_deb(repo.base / "old", work, PHASED, "1.0")
+    repo.new_debs[PHASED] = build_deb(repo.root / "pool" / "bookworm-security", work, PHASED, "1.1")
+    binary = repo.root / "dists" / "bookworm-security" / "main" / f"binary-{repo.arch}"
+    binary.mkdir(parents=True)
+    scanned = check(["dpkg-scanpackages", "pool/bookworm-security", "/dev/null"], cwd=str(repo.root)).stdout
+    (binary / "Packages").write_text(scanned.replace("Version: 1.1\n", "Version: 1.1\nPhased-Update-Percentage: 0\n"))
+    write_release(repo.root / "dists" / "bookworm-security", "bookworm-security", "RedFlagTest", repo.arch)
+    repo.sources_list.write_text(f"deb [trusted=yes] file:{repo.root} bookworm-security main\n")
+    return repo
+
+
+@pytest.fixture
+def phased_machine(phased_repo: AptRepo, request: pytest.FixtureRequest) -> Iterator[AptRepo]:
+    argv = phased_repo.apt_argv()
+    lock = open(os.path.join(tempfile.gettempdir(), "redflag-apt-tests.lock"), "w")
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    request.addfinalizer(lock.close)
+    request.addfinalizer(lambda: remove_test_packages(argv))
+    remove_test_packages(argv)
+    check(["apt-get", "-q", *argv, "install", "-y", str(phased_repo.old_debs[PHASED])])
+    yield phased_repo
+
+
+def phasing_options(repo: AptRepo, *extra: str) -> list[str]:
+    return [*repo.options, f"-o APT::Machine-ID={PHASING_MACHINE_ID}",
+            f"-o Dir::Bin::ischroot={shutil.which('false')}", *extra]
+
+
+def test_phased_security_update_deferred_by_apt_is_security_and_phased(phased_machine: AptRepo, tmp_path: Path) -> None:
+    require_tools("apt-get", "apt-cache")
+    require_root()
+    options = phasing_options(phased_machine)
+    scanner = AptScanner(apt_options=options, state_dir=str(tmp_path / "state"), lock_timeout_seconds=LOCK_TIMEOUT)
+    (record,) = scanner.scan()
+
+    # What the real apt does with these settings: keeps it back, installs nothing.
+    upgrade = check(["apt-get", "-s", *normalize_apt_options(options), "upgrade"]).stdout
+    assert f"The following packages have been kept back:\n  {PHASED}\n" in upgrade
+    assert "Inst " not in upgrade
+    policy = check(["apt-cache", *normalize_apt_options(options), "policy", PHASED]).stdout
+    assert "1.1 500 (phased 0%)" in policy
+
+    assert (record.name, record.current_version, record.available_version) == (PHASED, "1.0", "1.1")
+    assert record.is_security and record.severity == "important"
+    assert record.repository == "bookworm-security/main"
+    assert record.metadata["held_back"] is True
+    assert record.metadata["phased"] is True and record.metadata["phased_percentage"] == 0
+    assert "held" not in record.metadata
+    assert scanner.native_listing() == {PHASED: "1.1"}
+
+
+@pytest.mark.parametrize("extra", ["-o APT::Get::Always-Include-Phased-Updates=true",
+                                   "-o Dir::Bin::ischroot=/bin/true"])
+def test_phased_update_apt_would_install_is_an_ordinary_security_update(phased_machine: AptRepo, tmp_path: Path,
+                                                                          extra: str) -> None:
+    """Where apt does not defer it (told to include phased updates, or a chroot), it is no held-back row."""
+    require_tools("apt-get", "true")
+    require_root()
+    options = phasing_options(phased_machine, extra.replace("/bin/true", shutil.which("true") or "/bin/true"))
+    scanner = AptScanner(apt_options=options, state_dir=str(tmp_path / "state"), lock_timeout_seconds=LOCK_TIMEOUT)
+    (record,) = scanner.scan()
+
+    upgrade = check(["apt-get", "-s", *normalize_apt_options(options), "upgrade"]).stdout
+    assert f"Inst {PHASED} [1.0] (1.1 RedFlagTest:bookworm-security [all])" in upgrade
+
+    assert record.is_security and record.repository == "RedFlagTest/bookworm-security"
+    assert "held_back" not in record.metadata and "phased" not in record.metadata
+
+
 # --- parser tests on captured real output -------------------------------------
 
 
@@ -535,6 +633,27 @@ def test_parse_captured_policy() -> None:
     assert len(policy[HELD]["sources"]) == 1
     uri, dist = policy[HELD]["sources"][0]
     assert uri.startswith("file:") and dist == "bookworm-security/main"
+
+
+def test_parse_captured_phased_policy() -> None:
+    """apt 2.6.1 marks a phased candidate "1.1 500 (phased 0%)"; its sources are still the candidate's."""
+    policy = parse_policy(fixture_text("policy_phased.txt"))
+    assert policy[PHASED]["candidate"] == "1.1"
+    assert policy[PHASED]["phased_percentage"] == 0
+    (source,) = policy[PHASED]["sources"]
+    assert source[1] == "bookworm-security/main"
+    assert parse_policy(fixture_text("policy_held.txt"))[HELD]["phased_percentage"] is None
+
+
+def test_parse_upgradable_list_names_foreign_architectures_as_apt_get_does() -> None:
+    output = (
+        "Listing...\n"
+        "apt/oldstable-security 2.6.2 amd64 [upgradable from: 2.6.1]\n"
+        "apt-transport-https/oldstable,oldstable-security 2.6.2 all [upgradable from: 2.6.1]\n"
+        "libc6/oldstable 2.36-9+deb12u4 i386 [upgradable from: 2.36-9+deb12u3]\n"
+    )
+    assert parse_upgradable_list(output, "amd64") == {
+        "apt": "2.6.2", "apt-transport-https": "2.6.2", "libc6:i386": "2.36-9+deb12u4"}
 
 
 def test_parse_captured_cache_show() -> None:

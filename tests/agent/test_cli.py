@@ -21,6 +21,7 @@ import pytest
 
 from agent_client import cli
 from agent_client import config as config_module
+from agent_client.events import make_event
 from agent_client.machine import MachineIdError, machine_id_hash
 from agent_client.outbox import Outbox
 from agent_client.runner import (
@@ -83,20 +84,32 @@ def test_register_writes_a_private_config(stub, config_path):
     assert TOKEN not in config_path.read_text() + result.stdout + result.stderr
 
 
-def test_a_refused_registration_is_kept_and_sent_once_registered(stub, config_path):
+def test_a_refused_first_registration_leaves_nothing_behind(stub, config_path):
+    """No config, no outbox: a machine that was never enrolled keeps no queue of events nothing can send."""
     refused = register(config_path, stub.url, "rf_reg_wrong")
     assert refused.returncode == 1
     assert "registration failed" in one_error_line(refused) and "registration_refused" in refused.stderr
-    assert not config_path.exists()
-    assert Outbox.beside(config_path).count() == 1
+    assert not config_path.exists() and not config_path.parent.exists()
+    assert "rf_reg_wrong" not in refused.stderr
 
-    registered = register(config_path, stub.url)
-    assert registered.returncode == 0, registered.stderr
-    (kept,) = stub.events.values()
+
+def test_a_refused_re_enrolment_is_kept_for_the_server(stub, config_path):
+    assert register(config_path, stub.url).returncode == 0
+    refused = register(config_path, stub.url, "rf_reg_wrong")
+    assert refused.returncode == 1
+    (kept,) = [item.payload for item in Outbox.beside(config_path).pending()]
     assert (kept["event_type"], kept["event_subtype"]) == ("agent_registration", "failed")
     assert kept["metadata"]["reason"] == "registration_refused"
     assert "rf_reg_wrong" not in json.dumps(kept)
-    assert Outbox.beside(config_path).count() == 0
+
+
+@pytest.mark.parametrize("path", ["/wrong", "/admin"])
+def test_a_url_that_is_not_the_portal_says_so(stub, config_path, path):
+    result = register(config_path, stub.url + path)
+    assert result.returncode == 1
+    line = one_error_line(result)
+    assert f"{stub.url}{path} answered 404 at /api/v1/agents/register: is this the RedFlag portal's address?" in line
+    assert not config_path.parent.exists()
 
 
 def test_register_with_an_unreachable_server(config_path):
@@ -288,8 +301,7 @@ def test_run_once_checks_in_and_flushes(stub, config_path):
     assert checkin.body["heartbeat_active"] is False
     assert checkin.body["config_version"] == 1
     assert checkin.body["metrics"]["memory_total_bytes"] > 0
-    (startup,) = stub.events.values()
-    assert (startup["event_type"], startup["event_subtype"]) == ("agent_startup", "success")
+    assert stub.events == {}  # a one-off run is no service start: no start-up event
     assert config_module.load(config_path).last_checkin_at
     assert Outbox.beside(config_path).count() == 0
 
@@ -315,10 +327,12 @@ def test_run_once_with_a_corrupt_config(config_path):
 def test_run_once_with_the_server_down_keeps_the_events(config_path):
     with StubServer() as stub:
         enrolled_config(stub, config_path, machine_id=_host_machine_id())
+    Outbox.beside(config_path).add_event(make_event("agent_scan", "failed", "queued before the outage"))
     result = agent(config_path, "run", "--once")
     assert result.returncode == 1
     assert "check-in failed" in result.stderr and "cannot reach" in result.stderr
-    assert [item.payload["event_type"] for item in Outbox.beside(config_path).pending()] == ["agent_startup"]
+    # What waited stays; a one-off run adds no start-up event of its own.
+    assert [item.payload["message"] for item in Outbox.beside(config_path).pending()] == ["queued before the outage"]
     status = agent(config_path, "status")
     assert "outbox:" in status.stdout and "1 item (1 event)" in status.stdout
 

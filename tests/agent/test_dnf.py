@@ -33,15 +33,21 @@ from agent_client.scanners.dnf import (
     DnfScanner,
     parse_advisory_json,
     parse_check_update,
+    parse_obsoleting,
     parse_repoquery_installed,
     parse_transaction_table,
     parse_updateinfo_info,
     parse_updateinfo_list,
+    planned_updates,
+    report_names,
     split_nevra,
     unmatched_names,
 )
 from tests.agent.conftest import require_root, require_tools
 from tests.agent.dnf_fixtures.sandbox import (
+    HARD_ADVISORIES,
+    HARD_NEW,
+    HARD_OLD,
     Advisory,
     DnfSandbox,
     RpmSpec,
@@ -99,6 +105,40 @@ def test_parse_check_update_rejoins_wrapped_names_and_stops_at_obsoletes():
         ("a-very-long-package-name-that-wraps", "1.2-3.el9"),
         ("kernel", "5.14.0-1.el9"),
     ]
+    (obsoleting,) = parse_obsoleting(text)
+    assert (obsoleting.name, obsoleting.version, obsoleting.replaces) == (
+        "grub2-tools", "1:2.06-2.el9", ["grub2-tools.x86_64 1:2.06-1.el9"])
+
+
+def test_parse_recorded_obsoleting_block_and_machine_transaction():
+    """Recorded from the hard-cases world (sandbox.HARD_*): check-update lists both arches of one
+    version and a new name under "Obsoleting Packages"; the transaction applies one arch of each
+    and installs the new name in place of the old one."""
+    check = recorded("check_update_obsoleting")
+    assert check.exit_code == 100
+    assert [(u.name, u.arch) for u in parse_check_update(check.stdout)] == [
+        ("redflag-test-multi", "noarch"), ("redflag-test-multi", "x86_64"),
+        ("redflag-test-multix", "noarch"), ("redflag-test-multix", "x86_64"),
+    ]
+    (obsoleting,) = parse_obsoleting(check.stdout)
+    assert (obsoleting.name, obsoleting.arch, obsoleting.version, obsoleting.repository) == (
+        "redflag-test-new", "noarch", "2.0-1", "redflag-test")
+    assert obsoleting.replaces == ["redflag-test-old.noarch 1.0-1"]
+
+    table = parse_transaction_table(recorded("upgrade_assumeno_machine").stdout)
+    assert table[0] == {"name": "redflag-test-new", "arch": "noarch", "version": "2.0-1",
+                        "repository": "redflag-test", "action": "install",
+                        "replaces": "redflag-test-old.noarch 1.0-1"}
+    planned = planned_updates(table)
+    assert sorted(planned) == [("redflag-test-multi", "noarch"), ("redflag-test-multix", "noarch"),
+                               ("redflag-test-new", "noarch")]
+    # A plain install (a new dependency) is not an update.
+    assert planned_updates([{"name": "dep", "arch": "noarch", "version": "1", "action": "install"}]) == {}
+
+
+def test_report_names_qualify_only_a_name_under_several_arches():
+    assert report_names([("glibc", "i686"), ("glibc", "x86_64"), ("vim", "x86_64")]) == {
+        ("glibc", "i686"): "glibc.i686", ("glibc", "x86_64"): "glibc.x86_64", ("vim", "x86_64"): "vim"}
 
 
 def test_parse_repoquery_installed_keeps_epochs():
@@ -392,11 +432,14 @@ def test_real_scan_finds_both_updates_with_advisories(sandbox, monkeypatch):
     monkeypatch.setattr(dnf_module, "run_command", counting_run)
     scanner = DnfScanner(sandbox.dnf_options())
     assert scanner.is_available()
+    calls.clear()  # is_available's own probe is not part of the scan
 
     records = {record.name: record for record in scanner.scan()}
 
     assert sorted(records) == ["redflag-test-pkg", "redflag-test-sec"]
     assert len(calls) <= 4  # bounded, not one per package
+    # The resolver's answer (the native listing) names the same: the new dependency is no update.
+    assert scanner.native_listing() == {"redflag-test-pkg": "1.1-1", "redflag-test-sec": "1.1-1"}
 
     sec = records["redflag-test-sec"]
     assert (sec.current_version, sec.available_version) == ("1.0-1", "1.1-1")
@@ -578,3 +621,87 @@ def test_a_repository_that_says_gpgcheck_0_is_checked_anyway(sandbox, built_repo
     assert not result.succeeded
     assert "is not signed" in result.output_tail
     assert sandbox.installed("redflag-test-sec") == {"redflag-test-sec": "1.0-1"}
+
+
+# ---------------------------------------------------------------------------
+# The hard cases against the real dnf: an obsoleting package with a security advisory, and one
+# version offered as noarch and x86_64. The scan must say what `dnf upgrade` would do.
+
+
+@pytest.fixture(scope="module")
+def hard_repository(tmp_path_factory) -> BuiltWorld:
+    require_tools(*SYSTEM_TOOLS)
+    require_root()
+    base = tmp_path_factory.mktemp("dnf-hard")
+    key = SigningKey(base)
+    try:
+        rpms = build_rpms(base, HARD_OLD + HARD_NEW, signing_key=key)
+    finally:
+        key.close()
+    make_repository(base / "repo", [rpms[spec.filename] for spec in HARD_NEW], HARD_ADVISORIES)
+    return BuiltWorld(base, rpms, key, base, base / "repo")
+
+
+@pytest.fixture
+def hard_sandbox(hard_repository, tmp_path):
+    world = DnfSandbox(tmp_path, signing_key=hard_repository.key)
+    world.repo_dir.symlink_to(hard_repository.base / "repo")
+    world.rpm_install([hard_repository.rpms[spec.filename] for spec in HARD_OLD])
+    before = host_state()
+    yield world
+    assert host_state() == before, "dnf/rpm touched the host's own package state"
+
+
+def real_dnf(sandbox: DnfSandbox, *args: str) -> CommandOutput:
+    return run_command(["dnf", *sandbox.dnf_options(), *args])
+
+
+def test_real_scan_reports_what_the_upgrade_transaction_would_do(hard_sandbox):
+    system_test()
+    scanner = DnfScanner(hard_sandbox.dnf_options())
+    records = {record.name: record for record in scanner.scan()}
+
+    # check-update lists five rows; dnf upgrade applies three: these.
+    listed = real_dnf(hard_sandbox, "check-update")
+    assert listed.exit_code == 100
+    assert "redflag-test-multi.x86_64" in listed.stdout and "Obsoleting Packages" in listed.stdout
+    transaction = real_dnf(hard_sandbox, "upgrade", "--assumeno")
+    assert "Operation aborted" in transaction.stdout + transaction.stderr
+    assert {(row["name"], row["arch"], row["version"]) for row in parse_transaction_table(transaction.stdout)} == {
+        (name, record.metadata["arch"], record.available_version) for name, record in records.items()}
+    assert sorted(records) == ["redflag-test-multi", "redflag-test-multix", "redflag-test-new"]
+
+    multi, multix, new = records["redflag-test-multi"], records["redflag-test-multix"], records["redflag-test-new"]
+    assert (multi.current_version, multi.available_version, multi.metadata["arch"]) == ("1.0-1", "1.1-1", "noarch")
+    # Installed as x86_64, upgraded to the noarch build: dnf's choice, not ours.
+    assert (multix.current_version, multix.available_version, multix.metadata["arch"]) == ("1.0-1", "1.1-1", "noarch")
+    assert not multi.is_security and not multix.is_security
+
+    assert (new.current_version, new.available_version) == ("", "2.0-1")
+    assert new.metadata["replaces"] == ["redflag-test-old.noarch 1.0-1"]
+    assert new.repository == "redflag-test"
+    assert new.is_security and new.severity == "critical"
+    # The security flag agrees with dnf's own security filter, which installs the new name.
+    security_only = real_dnf(hard_sandbox, "upgrade", "--security", "--assumeno")
+    assert [row["name"] for row in parse_transaction_table(security_only.stdout)] == ["redflag-test-new"]
+    critical = real_dnf(hard_sandbox, "check-update", "--sec-severity=Critical")
+    assert "redflag-test-new.noarch" in critical.stdout
+
+    # The native listing (the resolver's answer) agrees with the scan.
+    assert scanner.native_listing() == {name: record.available_version for name, record in records.items()}
+
+
+def test_real_install_of_the_reported_names_does_what_the_scan_said(hard_sandbox):
+    system_test()
+    scanner = DnfScanner(hard_sandbox.dnf_options())
+    names = sorted(record.name for record in scanner.scan())
+
+    result = scanner.install(names)
+
+    assert result.succeeded, result.output_tail
+    installed = run_command(["rpm", "--root", str(hard_sandbox.root), "-qa", "--qf",
+                             "%{NAME} %{VERSION}-%{RELEASE} %{ARCH}\\n", "redflag-test-*"])
+    assert sorted(installed.stdout.splitlines()) == [
+        "redflag-test-multi 1.1-1 noarch", "redflag-test-multix 1.1-1 noarch", "redflag-test-new 2.0-1 noarch"]
+    assert scanner.scan() == []
+    assert scanner.native_listing() == {}

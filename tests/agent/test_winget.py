@@ -7,7 +7,7 @@ from typing import Optional
 
 import pytest
 
-from agent_client.scanners.base import CommandOutput, ScanError
+from agent_client.scanners.base import CommandOutput, ScanError, not_checked_line
 from agent_client.scanners.winget import (
     SCAN_ARGS,
     WingetScanner,
@@ -96,16 +96,20 @@ def test_truncated_names_versions_with_spaces_and_no_source_column():
         ("Mozilla.Firefox", "Mozilla Firefox (x64 en-US)", "110.0.1", "111.0", ""),
         ("ElectronicArts.EADesktop", "EA app", "12.115.0.5372", "12.130.0.5387", ""),
         ("Microsoft.Teams", "Teams Machine-Wide Installer", "1.6.0.376", "1.6.00.4472", ""),
-        ("Microsoft.WindowsSDK", "Windows Software Development Kit - Windows 10.0.1904\u2026",
-         "< 10.0.22000.832", "10.0.22621.2", ""),
-        ("Microsoft.DotNet.SDK.3_1", "Microsoft .NET Core SDK - 2.1.200 (x64)", "< 3.1.419", "3.1.426", ""),
         ("IDMComputerSolutions,Inc.UltraEdit", "UltraEdit", "24.20.0.40", "29.2.52", ""),
     ]
-    sdk = records[3]
-    assert sdk.metadata["name_truncated"] is True
-    assert sdk.metadata["id_truncated"] is False
     assert records[0].metadata["name_truncated"] is False
     assert all(r.metadata["pinned"] is False for r in records)
+    # Two Windows SDKs and two .NET SDKs share an Id each (versions shown as "< ..."): four different
+    # installed packages that `winget upgrade --id` cannot tell apart, each listed as not checked.
+    assert [(item["name"], item["reason"].rsplit(": ", 1)[1]) for item in scanner.last_not_checked] == [
+        ("Microsoft.WindowsSDK", "Windows Software Development Kit - Windows 10.0.1904\u2026 < 10.0.22000.832 -> "
+                                 "10.0.22621.2"),
+        ("Microsoft.WindowsSDK", "Windows Software Development Kit - Windows 10.0.1439\u2026 < 10.0.22000.832 -> "
+                                 "10.0.22621.2"),
+        ("Microsoft.DotNet.SDK.3_1", "Microsoft .NET Core SDK - 2.1.200 (x64) < 3.1.419 -> 3.1.426"),
+        ("Microsoft.DotNet.SDK.3_1", "Microsoft .NET Core SDK 2.1.402 (x64) < 3.1.419 -> 3.1.426"),
+    ]
 
 
 def test_spinner_and_progress_garbage_before_the_table():
@@ -155,7 +159,48 @@ def test_mojibake_from_a_windows_code_page_is_repaired():
     assert "\u2026" not in garbled
     assert repair_mojibake(garbled) == text
     scanner, _ = scanner_with(garbled)
-    assert scanner.scan()[3].metadata["display_name"].endswith("\u2026")
+    scanner.scan()
+    assert scanner.last_not_checked[0]["reason"].endswith("Windows 10.0.1904\u2026 < 10.0.22000.832 -> 10.0.22621.2")
+
+
+def test_rows_sharing_an_id_are_not_merged_and_reach_the_report_as_distinct_not_checked_lines():
+    """x64 and x86 redistributables whose Ids the console cut to one, and two SDKs with "<" versions.
+
+    Reported as one update they would hide a package (the old merge) and the install could not
+    name either; reported twice under one name the server would refuse the report. Each is a
+    not_checked line naming its display name.
+    """
+    scanner, _ = scanner_with(recorded("winget_upgrade_shared_ids_constructed.txt"))
+    records = scanner.scan()
+    assert summary(records) == [("Mozilla.Firefox", "Mozilla Firefox (x64 en-US)", "110.0.1", "111.0", "winget")]
+    assert [item["name"] for item in scanner.last_not_checked] == [
+        "Microsoft.VCRedist.2015+\u2026", "Microsoft.VCRedist.2015+\u2026",
+        "Microsoft.DotNet.SDK.7", "Microsoft.DotNet.SDK.7"]
+
+    # What the executor puts in the report (executor._scan): kept records, then these lines.
+    kept, refused = scanner.sort_for_report(records)
+    assert [record.name for record in kept] == ["Mozilla.Firefox"] and refused == []
+    lines = [not_checked_line(item["name"], item["reason"]) for item in scanner.last_not_checked]
+    assert len(lines) == len(set(lines)) == 4
+    assert any("(x64) - 14\u2026 14.36.32532.0 -> 14.38.33135.0" in line for line in lines)
+    assert any("(x86) - 14\u2026 14.36.32532.0 -> 14.38.33135.0" in line for line in lines)
+    assert any("Microsoft .NET SDK 7.0.400 (x64) < 7.0.403 -> 7.0.404" in line for line in lines)
+    assert any("Microsoft .NET SDK 7.0.401 (x64) < 7.0.403 -> 7.0.404" in line for line in lines)
+
+
+def test_native_listing_is_winget_list_upgrade_available():
+    run = FakeRun({("list", "--upgrade-available"): (recorded("winget_upgrade_pins_footer.txt"), 0)})
+    scanner = WingetScanner(run=run, winget=WINGET)
+    assert scanner.native_listing() == {"ALCPU.CoreTemp": "1.19.5"}
+    assert run.calls == [[WINGET, "list", "--upgrade-available", "--scope", "machine", "--include-unknown",
+                          "--accept-source-agreements", "--disable-interactivity"]]
+
+    # The same recording as an upgrade table, and the shared-Id one: both routes name the same packages.
+    for name in ("winget_upgrade.txt", "winget_upgrade_shared_ids_constructed.txt"):
+        scanner, _ = scanner_with(recorded(name))
+        scanned = {record.name: record.available_version for record in scanner.scan()}
+        listing = FakeRun({("list", "--upgrade-available"): (recorded(name), 0)})
+        assert WingetScanner(run=listing, winget=WINGET).native_listing() == scanned
 
 
 def test_gating_pin_list_with_pinned_version_column():

@@ -7,7 +7,8 @@ package ``dnf`` 4.14.0-3+deb12u1, rpm 4.18.0) by running, as root::
 
 It builds a richer world than the system test (an epoch, a package name too
 long for dnf's columns, an advisory with two CVEs and two bugs, an
-enhancement) so the parsers see those shapes in real output.
+enhancement) so the parsers see those shapes in real output, and a second one with
+the hard cases of sandbox.HARD_* (``check_update_obsoleting``, ``upgrade_assumeno_machine``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,16 @@ import tempfile
 from pathlib import Path
 
 from agent_client.scanners.dnf import REPOQUERY_FORMAT
-from tests.agent.dnf_fixtures.sandbox import Advisory, DnfSandbox, RpmSpec, build_rpms, make_repository
+from tests.agent.dnf_fixtures.sandbox import (
+    HARD_ADVISORIES,
+    HARD_NEW,
+    HARD_OLD,
+    Advisory,
+    DnfSandbox,
+    RpmSpec,
+    build_rpms,
+    make_repository,
+)
 
 HERE = Path(__file__).resolve().parent
 LONG_NAME = "redflag-test-a-package-name-much-longer-than-the-column"
@@ -90,6 +100,20 @@ def main() -> None:
         save("upgrade_install", dnf(sandbox, "upgrade", "-y", "redflag-test-pkg", "redflag-test-epoch"))
         save("upgrade_nothing_to_do", dnf(sandbox, "upgrade", "--assumeno", "redflag-test-pkg"))
         save("check_update_none", dnf(sandbox, "check-update", "redflag-test-pkg"))
+    capture_hard_cases()
+
+
+def capture_hard_cases() -> None:
+    """The obsoleting package and the noarch/x86_64 pair (sandbox.HARD_*): check-update and the
+    whole-machine transaction the scanner asks for when check-update is ambiguous."""
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Path(tmp)
+        rpms = build_rpms(base, HARD_OLD + HARD_NEW)
+        make_repository(base / "repo", [rpms[s.filename] for s in HARD_NEW], HARD_ADVISORIES)
+        sandbox = DnfSandbox(base)
+        sandbox.rpm_install([rpms[s.filename] for s in HARD_OLD])
+        save("check_update_obsoleting", dnf(sandbox, "check-update"))
+        save("upgrade_assumeno_machine", dnf(sandbox, "upgrade", "--assumeno"))
 
 
 if __name__ == "__main__":

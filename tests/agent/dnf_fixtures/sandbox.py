@@ -43,10 +43,15 @@ class RpmSpec:
     release: str = "1"
     epoch: Optional[int] = None
     requires: tuple[str, ...] = ()
+    # An arch-specific build (x86_64) beside a noarch one is how a repository offers one version twice.
+    arch: str = "noarch"
+    # "Obsoletes: old < 2" and "Provides: old = 2" are how a package is renamed.
+    obsoletes: tuple[str, ...] = ()
+    provides: tuple[str, ...] = ()
 
     @property
     def filename(self) -> str:
-        return f"{self.name}-{self.version}-{self.release}.noarch.rpm"
+        return f"{self.name}-{self.version}-{self.release}.{self.arch}.rpm"
 
 
 @dataclasses.dataclass
@@ -105,11 +110,13 @@ def _spec_text(spec: RpmSpec) -> str:
         f"Release: {spec.release}",
         f"Summary: RedFlag test package {spec.name}",
         "License: MIT",
-        "BuildArch: noarch",
+        f"BuildArch: {spec.arch}",
     ]
     if spec.epoch is not None:
         lines.append(f"Epoch: {spec.epoch}")
     lines.extend(f"Requires: {requirement}" for requirement in spec.requires)
+    lines.extend(f"Obsoletes: {obsoleted}" for obsoleted in spec.obsoletes)
+    lines.extend(f"Provides: {provided}" for provided in spec.provides)
     lines += [
         "",
         "%description",
@@ -127,7 +134,11 @@ def _spec_text(spec: RpmSpec) -> str:
 
 
 def build_rpms(workdir: Path, specs: Sequence[RpmSpec], signing_key: Optional[SigningKey] = None) -> dict[str, Path]:
-    """Build each spec into a noarch RPM, signed when a key is given; returns {filename: path}."""
+    """Build each spec into an RPM of its arch, signed when a key is given; returns {filename: path}.
+
+    A spec has no compiled code, so an x86_64 build is the same files under another arch; rpmbuild's
+    ``--target`` lets Debian's rpm build it whatever the build machine's arch.
+    """
     topdir = workdir / "rpmbuild"
     for sub in ("SPECS", "SOURCES", "BUILD", "RPMS", "SRPMS"):
         (topdir / sub).mkdir(parents=True, exist_ok=True)
@@ -140,10 +151,11 @@ def build_rpms(workdir: Path, specs: Sequence[RpmSpec], signing_key: Optional[Si
                 "rpmbuild",
                 "--dbpath", str(workdir / "rpmbuild-db"),
                 "--define", f"_topdir {topdir}",
+                "--target", spec.arch,
                 "-bb", str(spec_path),
             ]
         )
-        path = topdir / "RPMS" / "noarch" / spec.filename
+        path = topdir / "RPMS" / spec.arch / spec.filename
         assert path.is_file(), f"rpmbuild did not produce {path}"
         if signing_key is not None:
             signing_key.sign(path)
@@ -183,7 +195,7 @@ def updateinfo_xml(advisories: Sequence[Advisory]) -> str:
         for pkg in adv.packages:
             parts.append(
                 f"        <package name={quoteattr(pkg.name)} version={quoteattr(pkg.version)} "
-                f"release={quoteattr(pkg.release)} epoch=\"{pkg.epoch or 0}\" arch=\"noarch\" "
+                f"release={quoteattr(pkg.release)} epoch=\"{pkg.epoch or 0}\" arch={quoteattr(pkg.arch)} "
                 f"src={quoteattr(f'{pkg.name}-{pkg.version}-{pkg.release}.src.rpm')}>"
             )
             parts.append(f"          <filename>{escape(pkg.filename)}</filename>")
@@ -268,3 +280,23 @@ class DnfSandbox:
             if len(parts) == 2:
                 found[parts[0]] = parts[1]
         return found
+
+
+# The hard cases (issue 14), shared by test_dnf.py and capture_outputs.py: a renamed package whose
+# new name obsoletes the installed one and carries a security advisory, and one version offered as
+# noarch and as x86_64, once over an installed noarch package and once over an installed x86_64 one.
+OBSOLETED = RpmSpec("redflag-test-old", "1.0")
+OBSOLETING = RpmSpec("redflag-test-new", "2.0", obsoletes=("redflag-test-old < 2.0",),
+                     provides=("redflag-test-old = 2.0",))
+HARD_OLD = [OBSOLETED, RpmSpec("redflag-test-multi", "1.0"), RpmSpec("redflag-test-multix", "1.0", arch="x86_64")]
+HARD_NEW = [
+    OBSOLETING,
+    RpmSpec("redflag-test-multi", "1.1"),
+    RpmSpec("redflag-test-multi", "1.1", arch="x86_64"),
+    RpmSpec("redflag-test-multix", "1.1"),
+    RpmSpec("redflag-test-multix", "1.1", arch="x86_64"),
+]
+HARD_ADVISORIES = [
+    Advisory("RFSA-2024:0101", "security", "Critical", "Critical: redflag-test-old renamed redflag-test-new",
+             (OBSOLETING,), cves=("CVE-2024-1111",)),
+]

@@ -44,7 +44,7 @@ def test_signed_commands_run_once_and_their_results_and_reports_arrive(enrolled)
     assert agent.system_info["hostname"] and agent.system_info["disks"]
     assert agent.system_reported_at is not None
     assert agent.heartbeat_until is not None
-    assert "winget is not available" in Command.objects.get(pk=dry_run.pk).output
+    assert "winget.exe not found" in Command.objects.get(pk=dry_run.pk).output
     assert UpdateLog.objects.get().succeeded is False
     # The agent follows heartbeat mode now.
     assert json.loads(config_path.read_text())["heartbeat_until"]
