@@ -102,15 +102,15 @@ def env_redis_url(name: str) -> str | None:
 
 
 def env_database_url(name: str) -> str | None:
-    """A postgresql:// (or postgres://) URL, or None when unset (the embedded SQLite). The URL may hold a
-    password: a refusal names only its scheme."""
+    """A postgresql:// (or postgres://) or sqlite:/// URL, or None when unset (the embedded SQLite). The URL
+    may hold a password: a refusal names only its scheme."""
     value = _raw(name)
     if value is None:
         return None
     scheme = urlsplit(value).scheme if "://" in value else ""
-    if scheme not in ("postgresql", "postgres"):
-        raise StartupRefused(f"{name} must be a postgresql://user@host:port/database URL (unset: the embedded "
-                             f"SQLite), not {scheme + '://' if scheme else 'one without a scheme'}")
+    if scheme not in ("postgresql", "postgres", "sqlite"):
+        raise StartupRefused(f"{name} must be a postgresql://user@host:port/database URL (or sqlite:///path; unset: "
+                             f"the embedded SQLite), not {scheme + '://' if scheme else 'one without a scheme'}")
     return value
 
 
