@@ -10,13 +10,17 @@ naming the parameter and the query never fails with a 500.
 
 from __future__ import annotations
 
+import uuid
 from datetime import timezone as dt_timezone
 
 from django import forms
+from django.contrib import admin
+from django.contrib.admin.widgets import AutocompleteSelect
 from django.core.validators import ProhibitNullCharactersValidator
 from django.utils.http import urlencode
 
 from events_app.choices import Component, EventSubtype, EventType, Origin, Severity
+from events_app.models import SystemEvent
 from events_app.querysets import (
     EventFilter,
     InvalidCursor,
@@ -70,12 +74,40 @@ class InstantField(forms.DateTimeField):
             raise forms.ValidationError(self.error_messages["out_of_range"], code="out_of_range") from None
 
 
+class AgentPicker(AutocompleteSelect):
+    """The agent filter as the admin's hostname search (select2 over the admin's autocomplete view, which
+    applies the agent list's search and view permission): the auditor types a hostname, the query string
+    still carries the agent's id, and the field below still validates it.
+
+    Rendering reads the one selected agent's hostname (one query, only when an agent is selected);
+    validating reads nothing, so the API and the stream, which share this form, pay no query for it.
+    """
+
+    def __init__(self):
+        agent_field = SystemEvent._meta.get_field("agent")
+        super().__init__(agent_field, admin.site)
+        self.choices = forms.ModelChoiceField(queryset=agent_field.related_model.objects.all()).choices
+
+    def optgroups(self, name, value, attr=None):
+        """The selected option, looked up only for a value that is a UUID (a refused value, re-shown with its
+        400, must not reach the query)."""
+        return super().optgroups(name, [item for item in value if _is_uuid(item)], attr)
+
+
+def _is_uuid(value) -> bool:
+    try:
+        uuid.UUID(str(value))
+    except ValueError:
+        return False
+    return True
+
+
 def _blank(choices) -> list[tuple[str, str]]:
     return [("", "any"), *choices]
 
 
 class EventFilterForm(forms.Form):
-    agent = forms.UUIDField(required=False, label="Agent id")
+    agent = forms.UUIDField(required=False, label="Agent", widget=AgentPicker)
     event_type = forms.ChoiceField(required=False, choices=_blank(EventType.choices), label="Type")
     subtype = forms.ChoiceField(required=False, choices=_blank(EventSubtype.choices))
     severity = forms.ChoiceField(required=False, choices=_blank(Severity.choices))

@@ -6,6 +6,7 @@ import json
 import re
 
 from asgiref.sync import sync_to_async
+from django.contrib import admin
 from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import PermissionDenied
 from django.core.handlers.asgi import ASGIRequest
@@ -65,6 +66,7 @@ def history(request):
     if stream_from is not None:
         stream_url = reverse("events:stream") + "?" + form.filter_query(last_event_id=stream_from)
     return render(request, "events/history.html", {
+        **page_context(request, "Event history"),
         "form": form,
         "events": events,
         "filter_query": query,
@@ -87,10 +89,16 @@ def detail(request, event_id):
         if value:
             related.append((label, str(value), _admin_url(url_name, value)))
     return render(request, "events/detail.html", {
+        **page_context(request, f"Event {event.id}"),
         "event": event,
         "metadata_pretty": json.dumps(event.metadata, indent=2, sort_keys=True, ensure_ascii=False),
         "related": related,
     })
+
+
+def page_context(request, title: str) -> dict:
+    """The admin site's context (header, navigation, user links): the auditor's pages share its frame."""
+    return {**admin.site.each_context(request), "title": title}
 
 
 def _admin_url(url_name: str, object_id) -> str:

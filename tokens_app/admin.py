@@ -21,6 +21,7 @@ STATUS_COLOURS = {
 
 
 TOKEN_VARIABLE = "REDFLAG_REGISTRATION_TOKEN"
+LIST_TIME = "%Y-%m-%d %H:%M"  # times in the list, UTC (the server's time zone)
 
 
 def install_commands(secret: str) -> dict[str, str]:
@@ -31,12 +32,43 @@ def install_commands(secret: str) -> dict[str, str]:
     """
     base = (ServerSettings.current().public_url or "https://YOUR-REDFLAG-SERVER").rstrip("/")
     return {
+        "python": python_agent_command(secret, base),
         "linux": f"export {TOKEN_VARIABLE}='{secret}'; curl -sfL {base}/install/linux.sh"
                  f" | sudo --preserve-env={TOKEN_VARIABLE} bash",
         "windows": f"$env:{TOKEN_VARIABLE}='{secret}'; & ([scriptblock]::Create((irm {base}/install/windows.ps1)))",
         "agent": f"export {TOKEN_VARIABLE}='{secret}'; sudo --preserve-env={TOKEN_VARIABLE}"
-                 f" python3 -m agent_client register --server {base}",
+                 f" python3 {INSTALLED_AGENT} --config {INSTALLED_CONFIG} register --server {base}",
     }
+
+
+# Where the Linux installer (templates/install/linux.sh) puts the agent and its config.
+INSTALLED_AGENT = "/usr/local/lib/redflag/redflag-agent.pyz"
+INSTALLED_CONFIG = "/etc/redflag/agent/config.json"
+# Where the Python-only command keeps the agent, its three dependencies, its config and its state.
+PYTHON_AGENT_DIRECTORY = "$HOME/redflag-agent"
+
+
+def python_agent_command(secret: str, base: str) -> str:
+    """The agent for a machine that has only Python 3.9+: the server's latest release (redflag-agent.pyz) and
+    its three dependencies in a virtual environment under the user's home, registered, then run in the foreground.
+
+    The config goes where --config says (without it the agent would write /etc/redflag/agent, root's), the
+    token travels in the environment and is unset once used, and the download uses Python, not curl, which such
+    a machine may lack. The release comes over the server's own URL, as the installer script itself does; the
+    Linux installer also checks the release's signed manifest, which this short path leaves out.
+    """
+    directory = PYTHON_AGENT_DIRECTORY
+    agent = f'"{directory}/venv/bin/python" "{directory}/redflag-agent.pyz" --config "{directory}/config.json"'
+    return "\n".join((
+        f"export {TOKEN_VARIABLE}='{secret}'",
+        f'mkdir -p "{directory}" && python3 -m venv "{directory}/venv"',
+        f'"{directory}/venv/bin/pip" install --quiet requests psutil cryptography',
+        f"python3 -c 'import sys, urllib.request; urllib.request.urlretrieve(sys.argv[1], sys.argv[2])'"
+        f' {base}/install/redflag-agent.pyz "{directory}/redflag-agent.pyz"',
+        f"{agent} register --server {base}",
+        f"unset {TOKEN_VARIABLE}",
+        f"{agent} run",
+    ))
 
 
 class StatusFilter(admin.SimpleListFilter):
@@ -69,7 +101,7 @@ class RegistrationTokenCreateForm(forms.ModelForm):
 
 @admin.register(RegistrationToken)
 class RegistrationTokenAdmin(admin.ModelAdmin):
-    list_display = ("label", "prefix", "status_badge", "seats", "expires_at", "created_by", "created_at")
+    list_display = ("label", "prefix", "status_badge", "seats", "expires", "created")
     list_filter = (StatusFilter,)
     search_fields = ("label", "prefix")
     actions = ("revoke_selected",)
@@ -102,6 +134,16 @@ class RegistrationTokenAdmin(admin.ModelAdmin):
     @admin.display(description="seats used")
     def seats(self, token: RegistrationToken) -> str:
         return f"{token.seats_used} / {token.max_seats}"
+
+    @admin.display(description="expires", ordering="expires_at")
+    def expires(self, token: RegistrationToken):
+        return format_html('<span style="white-space:nowrap">{}</span>', f"{token.expires_at:{LIST_TIME}}")
+
+    @admin.display(description="created", ordering="created_at")
+    def created(self, token: RegistrationToken):
+        """Who and when in one column, so the list fits a 1366 px screen (tests/browser/test_layout_browser.py)."""
+        by = f" by {token.created_by}" if token.created_by else ""
+        return format_html('<span style="white-space:nowrap">{}</span>{}', f"{token.created_at:{LIST_TIME}}", by)
 
     def save_model(self, request, obj, form, change):
         if change:  # the label is the only editable field

@@ -17,20 +17,23 @@ from agents_app.admin.common import (
     BLUE,
     GREEN,
     GREY,
+    ORANGE,
     RECENT_ROWS,
     RED,
     UPDATES_ON_AGENT_PAGE,
+    TagsField,
     actor_of,
     admin_link,
     ago,
     badge,
     changelist_url,
     command_badge,
+    neutral,
     severity_badge,
     table,
     usage_bar,
 )
-from agents_app.choices import CommandSource
+from agents_app.choices import CommandSource, names_in_words
 from agents_app.models import (
     Agent,
     AgentRelease,
@@ -42,7 +45,7 @@ from agents_app.models import (
 )
 from agents_app.services.agent_upgrade import agent_update_start
 from agents_app.services.agents import agent_allow_rebind, agent_revoke, agent_settings_update
-from agents_app.services.bulk import bulk_operation_start
+from agents_app.services.bulk import agent_action_run, bulk_operation_start
 from agents_app.services.heartbeat import heartbeat_active
 from agents_app.services.releases import latest_release
 from agents_app.services.subsystems import subsystems_update
@@ -119,7 +122,7 @@ class AgentSubsystemInline(admin.TabularInline):
 @admin.register(Agent)
 class AgentAdmin(admin.ModelAdmin):
     list_display = ("hostname", "status_badge", "last_seen", "os", "agent_version", "outstanding_updates",
-                    "security_updates", "reboot_flag")
+                    "security_updates", "reboot_flag")  # fits 1366 px: tests/browser/test_layout_browser.py
     list_filter = (AgentStatusFilter, "os_family", "reboot_required", HasSecurityUpdatesFilter, "agent_version")
     search_fields = ("hostname", "os_name", "=id")
     actions = ("scan_now", "heartbeat_10", "heartbeat_30", "heartbeat_60", "stop_heartbeat", "reboot",
@@ -127,16 +130,16 @@ class AgentAdmin(admin.ModelAdmin):
     inlines = (AgentSubsystemInline,)
     readonly_fields = (
         "id", "hostname", "status_badge", "os_family", "os_name", "os_version", "kernel", "arch", "agent_version",
-        "machine_id_prefix", "registered_at", "last_seen_at", "heartbeat_until", "reboot_required", "reboot_reason",
+        "machine_id_prefix", "registered_at", "last_seen_at", "heartbeat_until", "reboot_reason",
         "last_boot_at", "config_version", "metrics", "rebind_allowed_until", "revoked_at", "system_reported_at",
-        "system_facts", "storage", "outstanding_updates_section", "timeline",
+        "system_facts", "storage", "outstanding_updates_section", "timeline", "reboot_flag",
     )
     fieldsets = (
         (None, {"fields": ("hostname", "status_badge", "id", ("os_family", "os_name", "os_version"),
                            ("kernel", "arch"), "agent_version", ("registered_at", "last_seen_at"))}),
         ("Polling and configuration", {"fields": ("poll_interval_seconds", "heartbeat_until", "config_version",
-                                                  "tags")}),
-        ("System", {"fields": ("system_facts", ("reboot_required", "reboot_reason"), "last_boot_at",
+                                                  "tags", "verify_scans")}),
+        ("System", {"fields": ("system_facts", ("reboot_flag", "reboot_reason"), "last_boot_at",
                                "system_reported_at")}),
         ("Storage", {"fields": ("storage",)}),
         ("Outstanding updates", {"fields": ("outstanding_updates_section",)}),
@@ -150,6 +153,11 @@ class AgentAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request) -> bool:
         return False  # agents enroll themselves with a registration token
+
+    def formfield_for_dbfield(self, db_field, request, **kwargs):
+        if db_field.name == "tags":  # a line of text, not the JSON field's raw "[]" text area
+            return TagsField(label=db_field.verbose_name.capitalize())
+        return super().formfield_for_dbfield(db_field, request, **kwargs)
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
         available = self.get_actions(request)
@@ -187,7 +195,7 @@ class AgentAdmin(admin.ModelAdmin):
     def os(self, agent: Agent) -> str:
         return " ".join(part for part in (agent.os_name or agent.os_family, agent.os_version) if part) or "—"
 
-    @admin.display(description="outstanding", ordering="outstanding_count")
+    @admin.display(description="updates", ordering="outstanding_count")
     def outstanding_updates(self, agent: Agent):
         return format_html('<a href="{}">{}</a>', changelist_url(PackageUpdate, agent__id__exact=agent.pk,
                                                                   status="outstanding"), agent.outstanding_count)
@@ -199,9 +207,12 @@ class AgentAdmin(admin.ModelAdmin):
         url = changelist_url(PackageUpdate, agent__id__exact=agent.pk, status="outstanding", is_security__exact=1)
         return format_html('<a href="{}" style="color:{};font-weight:bold">{}</a>', url, RED, agent.security_count)
 
-    @admin.display(description="reboot", boolean=True, ordering="reboot_required")
-    def reboot_flag(self, agent: Agent) -> bool:
-        return agent.reboot_required
+    @admin.display(description="reboot", ordering="-reboot_required")
+    def reboot_flag(self, agent: Agent):
+        """"Needed" stands out; no reboot needed is the normal state, shown neutral (not a red ✗)."""
+        if agent.reboot_required:
+            return badge("Needed", ORANGE)
+        return neutral()
 
     # -- change page sections (the agent's own, untrusted strings are escaped by format_html)
 
@@ -304,18 +315,37 @@ class AgentAdmin(admin.ModelAdmin):
     # -- fleet actions: each one is a BulkOperation run by a django-q2 task
 
     def _start_bulk(self, request, queryset, kind: str, params: dict | None = None, label: str = ""):
-        """Start the operation for the selected, non-revoked agents and show its progress page."""
+        """One agent: its commands at once (source web_ui), back on its page. Several: a bulk operation run
+        by a django-q2 task, and its progress page. Revoked agents are skipped."""
         selected = list(queryset.values_list("pk", "revoked_at"))
         agent_ids = [pk for pk, revoked_at in selected if revoked_at is None]
         skipped = len(selected) - len(agent_ids)
         if not agent_ids:
             self.message_user(request, "Only revoked agents were selected: nothing to do.", messages.WARNING)
             return None
+        if len(selected) == 1:
+            return self._run_for_one(request, Agent.objects.get(pk=agent_ids[0]), kind, params,
+                                     label or BulkOperation.Kind(kind).label)
         operation = bulk_operation_start(kind=kind, agent_ids=agent_ids, params=params or {}, user=request.user)
         note = f" ({skipped} revoked agent(s) skipped)" if skipped else ""
         self.message_user(request, f"{label or operation.get_kind_display()} started for {len(agent_ids)} "
                                    f"agent(s){note}.", messages.SUCCESS)
         return HttpResponseRedirect(reverse("admin:agents_app_bulkoperation_change", args=[operation.pk]))
+
+    def _run_for_one(self, request, agent: Agent, kind: str, params: dict | None, label: str):
+        try:
+            commands = agent_action_run(kind=kind, agent=agent, params=params, actor=actor_of(request),
+                                        user=request.user)
+        except ApiError as exc:
+            self.message_user(request, f"{agent.hostname}: {exc}", messages.ERROR)
+            return None
+        if commands:
+            self.message_user(request, f"{label} for {agent.hostname}: {names_in_words(c.title for c in commands)} "
+                                       f"queued; it runs at the agent's next check-in.", messages.SUCCESS)
+        else:
+            self.message_user(request, f"{label} for {agent.hostname}: nothing new to queue (the same commands "
+                                       f"are already waiting, or there was nothing to do).", messages.INFO)
+        return HttpResponseRedirect(reverse("admin:agents_app_agent_change", args=[agent.pk]))
 
     @admin.action(description="Scan now", permissions=["change"])
     def scan_now(self, request, queryset):

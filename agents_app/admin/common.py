@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
+from django import forms
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
@@ -64,6 +65,18 @@ def ago(moment: datetime | None, now: datetime | None = None) -> str:
     return f"{seconds} s ago"
 
 
+def neutral(text: str = "—") -> SafeString:
+    """A normal state in a list (no reboot needed, not a security fix): grey, never a red ✗."""
+    return format_html('<span class="rf-neutral">{}</span>', text)
+
+
+def when(moment: datetime | None) -> SafeString:
+    """A list's time column: "2 h ago", the exact UTC time on hover (narrow enough for a 1366 px screen)."""
+    if moment is None:
+        return neutral("never")
+    return format_html('<span class="rf-when" title="{}">{}</span>', f"{moment:%Y-%m-%d %H:%M:%S} UTC", ago(moment))
+
+
 def usage_bar(percent: float | None, label: str = "") -> SafeString:
     """A plain-CSS usage bar: green, amber above 75 %, red above 90 %."""
     percent = max(0.0, min(100.0, float(percent or 0)))
@@ -108,6 +121,39 @@ def changelist_url(model, **query) -> str:
 
 def actor_of(request) -> str:
     return request.user.get_username()
+
+
+class TagsField(forms.CharField):
+    """An agent's tags as one comma-separated line ("production, eu-west"), cleaned to the list the model's
+    JSON field stores: blanks and repeats dropped, order kept."""
+
+    MAX_TAGS = 50
+    MAX_LENGTH = 64
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("help_text", "Comma-separated, e.g. production, eu-west.")
+        widget = forms.TextInput(attrs={"size": 60, "placeholder": "production, eu-west"})
+        super().__init__(required=False, widget=widget, **kwargs)
+
+    def prepare_value(self, value):
+        return ", ".join(str(tag) for tag in value) if isinstance(value, (list, tuple)) else value
+
+    def to_python(self, value) -> list[str]:
+        tags = []
+        for tag in (part.strip() for part in (super().to_python(value) or "").split(",")):
+            if tag and tag not in tags:
+                tags.append(tag)
+        return tags
+
+    def validate(self, value: list[str]) -> None:
+        problems = [f"{tag[:20]!r} is longer than {self.MAX_LENGTH} characters" for tag in value
+                    if len(tag) > self.MAX_LENGTH]
+        problems += [f"{tag[:20]!r} holds a control character" for tag in value
+                     if any(not character.isprintable() for character in tag)]
+        if len(value) > self.MAX_TAGS:
+            problems.append(f"at most {self.MAX_TAGS} tags")
+        if problems:
+            raise forms.ValidationError("; ".join(problems).capitalize() + ".")
 
 
 class ReadOnlyDetailMixin:

@@ -9,19 +9,27 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
 from django.conf import settings
+from django.core.signals import request_finished, request_started
 from django.db import connection
+from django.urls import reverse
 from playwright.sync_api import sync_playwright
 
 from tests.agent.conftest import require_tools
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+# The smallest screen the admin is built for (issue 13): every list must fit it without horizontal scrolling.
+LAPTOP = {"width": 1366, "height": 768}
+# What the browser saw, kept as test artifacts (git-ignored); REDFLAG_BROWSER_SCREENSHOTS moves them.
+SCREENSHOT_DIR = Path(os.environ.get("REDFLAG_BROWSER_SCREENSHOTS") or ROOT / "artifacts" / "browser")
 
 
 @pytest.fixture(scope="session")
@@ -48,13 +56,40 @@ def chromium():
             os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = previous
 
 
+def new_page(chromium, live_server, viewport: dict):
+    context = chromium.new_context(base_url=live_server.url, viewport=viewport)
+    context.set_default_timeout(15_000)
+    return context.new_page()
+
+
 @pytest.fixture
 def page(chromium, live_server):
-    context = chromium.new_context(base_url=live_server.url, viewport={"width": 1400, "height": 1000})
-    context.set_default_timeout(15_000)
-    page = context.new_page()
+    page = new_page(chromium, live_server, {"width": 1400, "height": 1000})
     yield page
-    context.close()
+    page.context.close()
+
+
+@pytest.fixture
+def laptop_page(chromium, live_server):
+    """A page at 1366×768 that may use the clipboard (the copy buttons are tested through it)."""
+    page = new_page(chromium, live_server, LAPTOP)
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"])
+    yield page
+    page.context.close()
+
+
+def screenshot(page, name: str) -> None:
+    """Save what the browser saw under SCREENSHOT_DIR (a test artifact, never committed)."""
+    SCREENSHOT_DIR.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOT_DIR / f"{name}.png"), full_page=True)
+
+
+def log_in(page, username: str, password: str, next_url: str = "/admin/") -> None:
+    page.goto(f"/admin/login/?next={next_url}")
+    page.fill("#id_username", username)
+    page.fill("#id_password", password)
+    page.click("[type=submit]")
+    page.wait_for_url(f"**{next_url}")
 
 
 @pytest.fixture
@@ -97,3 +132,58 @@ def qcluster(live_server, tmp_path):
         output = log_path.read_text(errors="replace")
         if "Traceback" in output:
             print(output[-5000:])
+
+
+def wait_until(condition, timeout: float, what: str, interval: float = 0.1):
+    """Poll ``condition()`` until it returns something truthy (returned); fail naming ``what`` at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"not within {timeout} s: {what}")
+        time.sleep(interval)  # the polling interval, not a wait for the condition
+
+
+class StreamRequests:
+    """The event-stream requests of the live server (threads of this process): how many started, and the
+    threads serving one right now.
+
+    Django sends request_started and, when the server closes the response (its body ended or the client
+    went away), request_finished, both from the thread that serves the request.
+    """
+
+    def __init__(self):
+        self.path = reverse("events:stream")
+        self.lock = threading.Lock()
+        self.started = 0
+        self.serving: set[int] = set()
+
+    def on_started(self, sender, environ, **kwargs):
+        if environ.get("PATH_INFO") == self.path:
+            with self.lock:
+                self.started += 1
+                self.serving.add(threading.get_ident())
+
+    def on_finished(self, sender, **kwargs):
+        with self.lock:
+            self.serving.discard(threading.get_ident())
+
+
+@pytest.fixture
+def stream_requests():
+    requests = StreamRequests()
+    request_started.connect(requests.on_started, dispatch_uid="browser-stream-requests")
+    request_finished.connect(requests.on_finished, dispatch_uid="browser-stream-requests")
+    try:
+        yield requests
+    finally:
+        request_started.disconnect(dispatch_uid="browser-stream-requests")
+        request_finished.disconnect(dispatch_uid="browser-stream-requests")
+
+
+def leave_and_wait_for_streams(page, stream_requests, timeout: float) -> None:
+    """Leave the page; every event stream it opened (a live-server thread) ends before the test database goes."""
+    page.goto("about:blank")
+    wait_until(lambda: not stream_requests.serving, timeout, "the live server's event streams end")

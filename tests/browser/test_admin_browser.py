@@ -3,7 +3,6 @@ its progress page reach done (a real django-q2 cluster runs it), turn heartbeat 
 
 from __future__ import annotations
 
-import os
 import re
 from datetime import timedelta
 
@@ -15,6 +14,7 @@ from agents_app.choices import UpdateStatus
 from agents_app.models import Agent, AgentSubsystem, BulkOperation, Command, PackageUpdate
 from events_app.models import SystemEvent
 from redflag.models import ServerSettings
+from tests.browser.conftest import screenshot
 from tests.server.conftest import machine_hash
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -44,13 +44,6 @@ def fleet(django_user_model):
     PackageUpdate.objects.create(agent=db, package_type="dnf", name="zlib", current_version="1.2",
                                  available_version="1.3", severity="low")
     return {"web": web, "db": db}
-
-
-def screenshot(page, name: str) -> None:
-    """Development aid: REDFLAG_BROWSER_SCREENSHOTS=/some/dir saves what the browser saw (never committed)."""
-    folder = os.environ.get("REDFLAG_BROWSER_SCREENSHOTS")
-    if folder:
-        page.screenshot(path=os.path.join(folder, f"{name}.png"), full_page=True)
 
 
 def run_action(page, name: str) -> None:
@@ -104,15 +97,17 @@ def test_admin_dashboard_approve_bulk_scan_and_heartbeat(page, live_server, flee
     assert Command.objects.filter(bulk_operation=operation, command_type="scan_updates").count() == 2
     screenshot(page, "bulk_operation")
 
-    # Heartbeat on for one agent, from its own page.
-    page.goto(f"/admin/agents_app/agent/{fleet['web'].pk}/change/")
+    # Heartbeat on for one agent, from its own page: queued at once (no bulk operation), back on the page.
+    agent_page = f"/admin/agents_app/agent/{fleet['web'].pk}/change/"
+    page.goto(agent_page)
     expect(page.locator(".field-storage")).to_contain_text("/dev/sda1")
     screenshot(page, "agent")
     page.click('button[data-action="heartbeat_10"]')
-    operation = wait_for_bulk_operation_to_finish(page, requested=1)
-    heartbeat = Command.objects.get(bulk_operation=operation)
-    assert (heartbeat.agent_id, heartbeat.command_type, heartbeat.params) == (
-        fleet["web"].pk, "enable_heartbeat", {"duration_minutes": 10})
+    expect(page.locator("ul.messagelist")).to_contain_text("web-01")
+    assert page.url.endswith(agent_page)
+    heartbeat = Command.objects.get(command_type="enable_heartbeat")
+    assert (heartbeat.agent_id, heartbeat.params, heartbeat.source, heartbeat.bulk_operation_id) == (
+        fleet["web"].pk, {"duration_minutes": 10}, "web_ui", None)
     page.goto("/admin/agents_app/command/?command_type__exact=enable_heartbeat")
     rows = page.locator("#result_list tbody tr")
     expect(rows).to_have_count(1)

@@ -6,12 +6,9 @@ from __future__ import annotations
 import csv
 import io
 import re
-import threading
-import time
 from datetime import timedelta
 
 import pytest
-from django.core.signals import request_finished, request_started
 from django.db import transaction
 from django.urls import reverse
 from playwright.sync_api import expect
@@ -19,6 +16,7 @@ from playwright.sync_api import expect
 from events_app.choices import Component, EventSubtype, EventType, Severity
 from events_app.services import record_event
 from redflag.models import ServerSettings
+from tests.browser.conftest import wait_until
 from tests.server.events_app.helpers import PASSWORD, make_user
 from tokens_app.models import RegistrationToken
 from tokens_app.services import token_create
@@ -45,18 +43,6 @@ def failed_login(name: str):
                            metadata={"username": name})
 
 
-def wait_until(condition, timeout: float, what: str, interval: float = 0.1):
-    """Poll ``condition()`` until it returns something truthy (returned); fail naming ``what`` at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"not within {timeout} s: {what}")
-        time.sleep(interval)  # the polling interval, not a wait for the condition
-
-
 def nth_stream_response(count: int, url_part: str):
     """A predicate for ``page.expect_response``: true from the ``count``-th response of an event stream whose
     URL contains ``url_part`` (the first is the page's EventSource connecting, the next ones its reconnects)."""
@@ -70,43 +56,6 @@ def nth_stream_response(count: int, url_part: str):
         return seen >= count
 
     return predicate
-
-
-class StreamRequests:
-    """The event-stream requests of the live server (threads of this process): how many started, and the
-    threads serving one right now.
-
-    Django sends request_started and, when the server closes the response (its body ended or the client
-    went away), request_finished, both from the thread that serves the request.
-    """
-
-    def __init__(self):
-        self.path = reverse("events:stream")
-        self.lock = threading.Lock()
-        self.started = 0
-        self.serving: set[int] = set()
-
-    def on_started(self, sender, environ, **kwargs):
-        if environ.get("PATH_INFO") == self.path:
-            with self.lock:
-                self.started += 1
-                self.serving.add(threading.get_ident())
-
-    def on_finished(self, sender, **kwargs):
-        with self.lock:
-            self.serving.discard(threading.get_ident())
-
-
-@pytest.fixture
-def stream_requests():
-    requests = StreamRequests()
-    request_started.connect(requests.on_started, dispatch_uid="browser-stream-requests")
-    request_finished.connect(requests.on_finished, dispatch_uid="browser-stream-requests")
-    try:
-        yield requests
-    finally:
-        request_started.disconnect(dispatch_uid="browser-stream-requests")
-        request_finished.disconnect(dispatch_uid="browser-stream-requests")
 
 
 @pytest.fixture
@@ -137,7 +86,7 @@ def test_auditor_filters_watches_live_exports_and_is_refused_elsewhere(page, liv
     page.select_option("#id_event_type", "auth_failure")
     with page.expect_response(nth_stream_response(2, "event_type=auth_failure"),
                               timeout=RECONNECT_TIMEOUT_MS) as reconnected:
-        page.click("form.filters button[type=submit]")
+        page.click("form.rf-filters button[type=submit]")
         page.wait_for_url(re.compile(r"event_type=auth_failure"))
         rows = page.locator("#event-rows")
         assert "Failed log-in for 'bob'" in rows.inner_text()

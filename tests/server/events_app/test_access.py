@@ -32,7 +32,8 @@ HISTORY = "/audit/events/"
 SELF_SERVICE = {"admin:login", "admin:logout", "admin:password_change", "admin:password_change_done"}
 # Read-only admin pages (a POST there runs nothing; changelist actions are checked separately).
 READ_ONLY_ADMIN_SUFFIXES = ("_changelist", "_history")
-READ_ONLY_ADMIN = {"admin:index", "admin:app_list", "admin:jsi18n", "admin:autocomplete", "admin:view_on_site"}
+READ_ONLY_ADMIN = {"admin:index", "admin:app_list", "admin:jsi18n", "admin:autocomplete", "admin:view_on_site",
+                   "home"}  # "/" only redirects to the admin
 # Enrollment endpoints are authenticated by a secret in the body (registration or refresh token), not
 # by a user; an auditor's session gives no access: without the secret they answer 400/401.
 ENROLLMENT = {"agent-register", "agent-renew"}

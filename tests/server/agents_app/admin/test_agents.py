@@ -203,6 +203,20 @@ def test_agent_actions_run_as_bulk_operations(admin_client, fleet, run_bulk_inli
     assert SystemEvent.objects.filter(event_type="bulk_operation", event_subtype="initiated", actor="admin").exists()
 
 
+def test_an_action_on_one_agent_runs_at_once_as_web_ui_and_says_what_it_queued(admin_client, fleet):
+    """From one agent's page (or one selected row): no bulk operation, no progress page; the commands say who
+    asked and that it was the web UI, and the message names them."""
+    response = action(admin_client, AGENTS, "scan_now", [fleet["web1"]])
+    assert response.status_code == 302 and response["Location"] == f"{AGENTS}{fleet['web1'].pk}/change/"
+    assert not BulkOperation.objects.exists()
+    created = Command.objects.filter(agent=fleet["web1"], source="web_ui")
+    assert created.exists() and all(command.created_by.username == "admin" for command in created)
+    assert all(command.bulk_operation is None for command in created)
+    message = " ".join(messages_of(response))
+    assert message.startswith("Scan now for web-01: ") and "queued" in message
+    assert all(command.title.split(":")[0] in message for command in created[:3])
+
+
 def test_approve_security_updates_action(admin_client, fleet, run_bulk_inline):
     response = run_bulk_inline(admin_client, AGENTS, {"action": "approve_security_updates",
                                                       "_selected_action": [fleet["web1"].pk, fleet["db1"].pk]})
