@@ -124,7 +124,7 @@ def command_create(
                     event_type=EventType.COMMAND_CREATED,
                     subtype=EventSubtype.INITIATED,
                     component=Component.SERVER,
-                    message=f"{command_type} queued for {agent.hostname}",
+                    message=f"{command.title} queued for {agent.hostname}",
                     agent=agent,
                     metadata={"command_id": str(command.pk), "command_type": command_type, "params": params,
                               "source": source, **({"retry_of": str(retry_of.pk)} if retry_of else {})},
