@@ -351,8 +351,10 @@ ADVISORIES = [
     ),
     Advisory("RFBA-2024:0002", "bugfix", "None", "redflag-test-pkg bug fix update", (NEW[0],)),
 ]
-# Host paths dnf or rpm would write to if they escaped the sandbox.
-HOST_STATE = ("~/.rpmdb", "/var/lib/rpm", "/var/lib/dnf", "/var/cache/dnf", "/var/log/dnf.log")
+# Host paths dnf or rpm would write to if they escaped the sandbox: the package state. Not /var/log/dnf.log,
+# which any dnf on this machine writes (the agent's own capability probe in the end-to-end tests, which CI
+# may run at the same time as this test: the SQLite and PostgreSQL passes run side by side).
+HOST_STATE = ("~/.rpmdb", "/var/lib/rpm", "/var/lib/dnf", "/var/cache/dnf")
 
 
 def host_state() -> dict[str, object]:

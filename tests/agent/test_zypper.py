@@ -61,8 +61,10 @@ SECURITY_PATCH = Advisory(
 )
 RECOMMENDED_PATCH = Advisory("RFBA-2024:0002", "recommended", "moderate", "redflag-test-pkg bug fix", (NEW[0],))
 # Host paths zypper or rpm would write to if they escaped the private root.
-HOST_STATE = ("~/.rpmdb", "/var/lib/rpm", "/etc/zypp/repos.d", "/var/cache/zypp", "/var/lib/zypp", "/var/log/zypp",
-              "/var/log/zypper.log", "/run/zypp.pid")
+# The host's package state. Not its logs or lock file (/var/log/zypper.log, /run/zypp.pid): any zypper on this
+# machine writes those, the agent's own capability probe in the end-to-end tests included, which CI may run
+# at the same time as this test (the SQLite and PostgreSQL passes run side by side).
+HOST_STATE = ("~/.rpmdb", "/var/lib/rpm", "/etc/zypp/repos.d", "/var/cache/zypp", "/var/lib/zypp")
 
 
 def host_state() -> dict[str, object]:
