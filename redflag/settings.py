@@ -130,6 +130,7 @@ INSTALLED_APPS = [
     "events_app",
     "tokens_app",
     "agents_app",
+    "advisories_app",
 ]
 
 MIDDLEWARE = [

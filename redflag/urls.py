@@ -18,6 +18,7 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("admin/", admin.site.urls),
     path("", include("events_app.urls")),
+    path("", include("advisories_app.urls")),
 ]
 
 

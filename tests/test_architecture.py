@@ -15,8 +15,8 @@ from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("agent_client", "redflag", "events_app", "tokens_app", "agents_app")
-SERVER_APPS = ("events_app", "tokens_app", "agents_app")
+PACKAGES = ("agent_client", "redflag", "events_app", "tokens_app", "agents_app", "advisories_app")
+SERVER_APPS = ("events_app", "tokens_app", "agents_app", "advisories_app")
 # What each package may import of the others. redflag's entry points (asgi.py, wsgi.py) are the
 # composition root Django loads by dotted path: nothing imports them, so they may start what they serve.
 ALLOWED = {
@@ -25,6 +25,8 @@ ALLOWED = {
     "events_app": {"redflag"},
     "tokens_app": {"redflag", "events_app", "agent_client"},
     "agents_app": {"redflag", "events_app", "tokens_app", "agent_client"},
+    # Vulnerability data reads the fleet's updates; the fleet never imports it (its admin extends the fleet's).
+    "advisories_app": {"redflag", "events_app", "agents_app"},
 }
 ENTRY_POINTS = {"redflag.asgi", "redflag.wsgi"}
 

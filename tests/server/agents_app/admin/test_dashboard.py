@@ -49,7 +49,8 @@ def test_dashboard_query_count_does_not_grow_with_the_fleet(admin_client, fleet,
     small = count_queries(admin_client, ADMIN)
     grow_fleet(now, 40)
     assert count_queries(admin_client, ADMIN) == small
-    # session, user, server settings, agents aggregate, updates grouped, commands aggregate, recent actions
+    # session, user, server settings, agents aggregate, updates grouped, commands aggregate, advisory exposures
+    # aggregate, recent actions
     ServerSettings.forget()
-    with django_assert_num_queries(7):
+    with django_assert_num_queries(8):
         admin_client.get(ADMIN)
