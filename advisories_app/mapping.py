@@ -6,8 +6,10 @@ pending "openssl 3.0.15-1~deb12u1 → 3.0.17-1~deb12u2" are one comparison. So:
 
 1. PlatformAlias: each distinct (os-release NAME, VERSION_ID) in the fleet → (distro, release).
 2. One SELECT DISTINCT lists the upgrades (release, package, installed, available) that some
-   advisory names; Python compares each against the fixes with the release's version rules
-   (advisories_app.platforms) and writes a VersionVerdict per affected CVE.
+   advisory names, by the update's own name or by its source package's (PackageUpdate.source_name:
+   Debian's advisories name source packages, apt reports binaries); Python compares each against
+   the fixes with the release's version rules (advisories_app.platforms) and writes a VersionVerdict
+   per affected CVE.
 3. One DELETE and one INSERT … SELECT join every outstanding update to its verdicts: exposures that no
    longer hold go, new ones come, the others are left as they are.
 4. CVE ids the agents' own package managers report on an update (PackageUpdate.cve_ids: dnf
@@ -63,17 +65,23 @@ def _analyze(*models) -> None:
 def _distinct_upgrades() -> list[tuple[str, str, str, str, str]]:
     """The distinct (distro, release, package, installed, available) upgrades some advisory names.
 
-    Grouped before the alias join: one pass over the updates, then a few hundred groups to look up
-    (joining first made PostgreSQL probe the updates' index once per machine and package).
+    ``package`` is the name the advisory matched: the update's own, or its source package's, so
+    "libssl3 3.0.13-1~deb12u1 → 3.0.14-1~deb12u2" with source openssl gives an "openssl" upgrade too.
+    Grouped before the alias join: one pass over the updates (the CTE, read twice: once per name), then a
+    few hundred groups to look up (joining first made PostgreSQL probe the updates' index once per machine
+    and package).
     """
     placeholders = ", ".join(["%s"] * len(CLOSED_STATUSES))
-    sql = (f"SELECT DISTINCT p.distro, p.release, d.name, d.current_version, d.available_version FROM ("
-           f"SELECT a.os_name, a.os_version, u.name, u.current_version, u.available_version "
-           f"FROM {_table(PackageUpdate)} u JOIN {_table(Agent)} a ON a.id = u.agent_id "
-           f"WHERE u.status NOT IN ({placeholders}) GROUP BY 1, 2, 3, 4, 5) d "
+    sql = (f"WITH g AS (SELECT a.os_name, a.os_version, u.name, u.source_name, u.current_version, "
+           f"u.available_version FROM {_table(PackageUpdate)} u JOIN {_table(Agent)} a ON a.id = u.agent_id "
+           f"WHERE u.status NOT IN ({placeholders}) GROUP BY 1, 2, 3, 4, 5, 6) "
+           f"SELECT DISTINCT p.distro, p.release, d.package, d.current_version, d.available_version FROM ("
+           f"SELECT os_name, os_version, name AS package, current_version, available_version FROM g "
+           f"UNION ALL SELECT os_name, os_version, source_name, current_version, available_version FROM g "
+           f"WHERE source_name <> '' AND source_name <> name) d "
            f"JOIN {_table(PlatformAlias)} p ON p.os_name = d.os_name AND p.os_version = d.os_version "
            f"WHERE EXISTS (SELECT 1 FROM {_table(FixedIn)} f WHERE f.distro = p.distro AND f.release = p.release "
-           f"AND f.package = d.name)")
+           f"AND f.package = d.package)")
     with connection.cursor() as cursor:
         cursor.execute(sql, list(CLOSED_STATUSES))
         return cursor.fetchall()
@@ -133,12 +141,12 @@ def _verdicts(upgrades, fixes) -> list[VersionVerdict]:
 
 def _current_exposures_join() -> str:
     """FROM … WHERE of the exposures the verdicts give: every outstanding update joined to the verdicts
-    for its machine's release and its upgrade."""
+    for its machine's release and its upgrade, by its own name or its source package's."""
     placeholders = ", ".join(["%s"] * len(CLOSED_STATUSES))
     return (f"FROM {_table(PackageUpdate)} u JOIN {_table(Agent)} a ON a.id = u.agent_id "
             f"JOIN {_table(PlatformAlias)} p ON p.os_name = a.os_name AND p.os_version = a.os_version "
             f"JOIN {_table(VersionVerdict)} v ON v.distro = p.distro AND v.release = p.release "
-            "AND v.package = u.name AND v.current_version = u.current_version "
+            "AND v.package IN (u.name, u.source_name) AND v.current_version = u.current_version "
             "AND v.available_version = u.available_version "
             f"WHERE u.status NOT IN ({placeholders})")
 

@@ -268,6 +268,11 @@ class PackageUpdate(models.Model):
     cve_ids = models.JSONField(default=list, blank=True)
     kb_ids = models.JSONField(default=list, blank=True)
     metadata = models.JSONField(default=dict, blank=True)
+    # The source package the update was built from, when the agent reports one that differs from the
+    # binary name (apt: libssl3 → openssl): Debian's advisories name source packages. Taken from
+    # metadata["source"] at ingestion, only when it passes the package name grammar. db_default: the raw
+    # inserts that do not name the column (benches) still get "".
+    source_name = models.CharField(max_length=255, blank=True, default="", db_default="")
     status = models.CharField(max_length=24, choices=UpdateStatus.choices, default=UpdateStatus.PENDING)
     # Extra packages the last dry-run would pull in (waiting for an admin when not empty).
     dependencies = models.JSONField(default=list, blank=True)

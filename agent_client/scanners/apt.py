@@ -8,9 +8,15 @@ A scan costs a fixed number of subprocesses whatever the number of packages:
    current version, the candidate version and the candidate's origins, its
    "kept back" section names the held-back packages;
 3. ``apt-mark showhold`` for packages pinned with ``apt-mark hold``;
-4. one batched ``apt-cache show`` for download sizes, plus one batched
-   ``apt-cache policy`` for held-back packages only (they have no ``Inst``
-   line, so their origin has to come from the cache).
+4. one batched ``apt-cache show`` for download sizes and source package names,
+   plus one batched ``apt-cache policy`` for held-back packages only (they have
+   no ``Inst`` line, so their origin has to come from the cache).
+
+Source package: Debian's advisories (its security tracker, its OSV records) name
+source packages (``openssl``, ``glibc``) where apt names binaries (``libssl3``,
+``libc6``). The candidate's ``Source`` field, in the same ``apt-cache show``
+records as the size, goes into ``metadata["source"]`` when it differs from the
+binary name, so the server can match the update against those advisories.
 
 Why ``dist-upgrade`` and not ``upgrade``: the installer runs
 ``apt-get install --only-upgrade NAMES``, which may pull in new dependencies
@@ -194,9 +200,9 @@ def _list_items(line: str) -> list[tuple[str, tuple[str, str]]]:
     return [(name, ("", "")) for name in stripped.split()]
 
 
-def parse_cache_sizes(output: str) -> dict[tuple[str, str, str], int]:
-    """``apt-cache show`` records → {(package, version, arch): download size}."""
-    sizes: dict[tuple[str, str, str], int] = {}
+def parse_cache_records(output: str) -> dict[tuple[str, str, str], dict[str, str]]:
+    """``apt-cache show`` records → {(package, version, arch): {field: value}} (continuation lines left out)."""
+    records: dict[tuple[str, str, str], dict[str, str]] = {}
     for record in output.split("\n\n"):
         fields: dict[str, str] = {}
         for line in record.splitlines():
@@ -204,13 +210,26 @@ def parse_cache_sizes(output: str) -> dict[tuple[str, str, str], int]:
                 continue
             key, _, value = line.partition(":")
             fields[key] = value.strip()
-        if {"Package", "Version", "Architecture", "Size"} <= fields.keys():
-            try:
-                size = int(fields["Size"])
-            except ValueError:
-                continue
-            sizes[(fields["Package"], fields["Version"], fields["Architecture"])] = size
+        if {"Package", "Version", "Architecture"} <= fields.keys():
+            records[(fields["Package"], fields["Version"], fields["Architecture"])] = fields
+    return records
+
+
+def parse_cache_sizes(output: str) -> dict[tuple[str, str, str], int]:
+    """``apt-cache show`` records → {(package, version, arch): download size}."""
+    sizes: dict[tuple[str, str, str], int] = {}
+    for key, fields in parse_cache_records(output).items():
+        try:
+            sizes[key] = int(fields["Size"])
+        except (KeyError, ValueError):
+            continue
     return sizes
+
+
+def source_package(field: str) -> str:
+    """The name in a ``Source`` field: ``openssl``, or ``bash (5.2.15-2)`` for a binary rebuilt
+    without its source changing (a binNMU), which names the source version too."""
+    return field.split(" ", 1)[0]
 
 
 def parse_policy(output: str) -> dict[str, dict[str, object]]:
@@ -406,7 +425,7 @@ class AptScanner(Scanner):
         for name, versions in list(held_back.items()) + list(phased.items()):
             records.append(self._record_from_policy(name, versions, policy.get(name), held, name in phased))
 
-        self._add_sizes(records)
+        self._add_cache_fields(records)
         return records
 
     def _record_from_inst(self, entry: dict[str, object], held: set[str]) -> UpdateRecord:
@@ -485,9 +504,9 @@ class AptScanner(Scanner):
             raise ScanError(f"apt-cache policy failed: {tail(_combined(result), 2000).strip()}")
         return parse_policy(result.stdout)
 
-    def _add_sizes(self, records: list[UpdateRecord]) -> None:
-        """Download sizes from one ``apt-cache show``; best effort, as sizes are
-        informational and a missing record must not fail the whole scan."""
+    def _add_cache_fields(self, records: list[UpdateRecord]) -> None:
+        """Download sizes and source package names of the candidates, from one ``apt-cache show``;
+        best effort, as a missing record must not fail the whole scan (the update is still real)."""
         if not records:
             return
         result = run_command(
@@ -495,18 +514,26 @@ class AptScanner(Scanner):
             timeout=self.command_timeout_seconds,
         )
         if result.exit_code != 0:
-            logger.info("apt-cache show exited %s; sizes may be missing", result.exit_code)
-        sizes = parse_cache_sizes(result.stdout)
-        by_name_version: dict[tuple[str, str], int] = {}
-        for (package, version, _arch), size in sizes.items():
-            by_name_version.setdefault((package, version), size)
+            logger.info("apt-cache show exited %s; sizes and source names may be missing", result.exit_code)
+        cache = parse_cache_records(result.stdout)
+        by_name_version: dict[tuple[str, str], dict[str, str]] = {}
+        for (package, version, _arch), fields in cache.items():
+            by_name_version.setdefault((package, version), fields)
         for record in records:
+            # The scan names a foreign-architecture package "name:arch" (as apt-get's simulation
+            # does); apt-cache's records say "Package: name" and "Architecture: arch".
             package = record.name.split(":", 1)[0]
             arch = str(record.metadata.get("arch", ""))
-            size = sizes.get((package, record.available_version, arch))
-            if size is None:
-                size = by_name_version.get((package, record.available_version))
-            record.size_bytes = size
+            fields = cache.get((package, record.available_version, arch))
+            if fields is None:
+                fields = by_name_version.get((package, record.available_version), {})
+            try:
+                record.size_bytes = int(fields["Size"])
+            except (KeyError, ValueError):
+                record.size_bytes = None
+            source = source_package(fields.get("Source", ""))
+            if source and source != package:
+                record.metadata["source"] = source
 
     def native_listing(self) -> dict[str, str]:
         """``apt list --upgradable``: every installed package whose candidate is newer, name ->

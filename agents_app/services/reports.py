@@ -15,6 +15,7 @@ from typing import Any
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
+from agent_client.protocol import package_name_problem
 from agents_app.choices import UpdateStatus
 from agents_app.models import Agent, IngestedReport, PackageUpdate
 from events_app.choices import Component, EventSubtype, EventType, Origin, Severity
@@ -27,17 +28,17 @@ from redflag.models import ServerSettings
 TABLE = PackageUpdate._meta.db_table
 # Refreshed by every report; status, approvals and dependencies are not.
 REPORTED_COLUMNS = ("current_version", "available_version", "severity", "is_security", "repository",
-                    "size_bytes", "cve_ids", "kb_ids", "metadata")
+                    "size_bytes", "cve_ids", "kb_ids", "metadata", "source_name")
 
 _POSTGRES_UPSERT = f"""
 INSERT INTO {TABLE} (agent_id, package_type, name, {", ".join(REPORTED_COLUMNS)},
                      status, dependencies, last_report_id, first_seen_at, last_seen_at, status_changed_at)
 SELECT %(agent)s, %(package_type)s, r.name, r.current_version, r.available_version, r.severity, r.is_security,
-       r.repository, r.size_bytes, r.cve_ids, r.kb_ids, r.metadata,
+       r.repository, r.size_bytes, r.cve_ids, r.kb_ids, r.metadata, r.source_name,
        %(pending)s, '[]'::jsonb, %(report_id)s, %(now)s, %(now)s, %(now)s
 FROM jsonb_to_recordset(%(rows)s::jsonb) AS r(
     name text, current_version text, available_version text, severity text, is_security boolean,
-    repository text, size_bytes bigint, cve_ids jsonb, kb_ids jsonb, metadata jsonb)
+    repository text, size_bytes bigint, cve_ids jsonb, kb_ids jsonb, metadata jsonb, source_name text)
 ON CONFLICT (agent_id, package_type, name) DO UPDATE SET
     {", ".join(f"{column} = EXCLUDED.{column}" for column in REPORTED_COLUMNS)},
     last_report_id = EXCLUDED.last_report_id, last_seen_at = EXCLUDED.last_seen_at
@@ -51,6 +52,7 @@ SELECT %(agent)s, %(package_type)s, json_extract(value, '$.name'), json_extract(
        json_extract(value, '$.is_security'), json_extract(value, '$.repository'),
        json_extract(value, '$.size_bytes'), json(json_extract(value, '$.cve_ids')),
        json(json_extract(value, '$.kb_ids')), json(json_extract(value, '$.metadata')),
+       json_extract(value, '$.source_name'),
        %(pending)s, '[]', %(report_id)s, %(now)s, %(now)s, %(now)s
 FROM json_each(%(rows)s) WHERE true
 ON CONFLICT (agent_id, package_type, name) DO UPDATE SET
@@ -68,13 +70,22 @@ def _claim_report(agent: Agent, report_id: str, kind: str) -> bool:
     return True
 
 
+def _source_name(package_type: str, update: dict[str, Any]) -> str:
+    """The update's metadata["source"] when it is a package name of this type other than the update's own;
+    else "". The agent's word is checked like its package names, but a bad one only goes unused."""
+    source = (update.get("metadata") or {}).get("source")
+    if source == update["name"] or package_name_problem(package_type, source) is not None:
+        return ""
+    return source
+
+
 def _upsert(agent: Agent, package_type: str, report_id: str, rows: list[dict[str, Any]], now: datetime) -> None:
     vendor = connection.vendor
     params = {
         "package_type": package_type,
         "pending": UpdateStatus.PENDING.value,
         "report_id": report_id,
-        "rows": json.dumps(rows),
+        "rows": json.dumps([{**row, "source_name": _source_name(package_type, row)} for row in rows]),
     }
     if vendor == "postgresql":
         sql, params["agent"], params["now"] = _POSTGRES_UPSERT, agent.pk, now

@@ -34,6 +34,7 @@ import pytest
 
 from agent_client.executor import CommandExecutor, ExecutedLedger
 from agent_client.outbox import KIND_COMMAND_RESULT, Outbox
+from agent_client.scanners import apt as apt_module
 from agent_client.scanners.apt import (
     AptScanner,
     normalize_apt_options,
@@ -44,7 +45,7 @@ from agent_client.scanners.apt import (
     parse_unpacked,
     parse_upgradable_list,
 )
-from agent_client.scanners.base import PackageNamesRefused, ScanError
+from agent_client.scanners.base import CommandOutput, PackageNamesRefused, ScanError, UpdateRecord
 from tests.agent.conftest import require_root, require_tools
 from tests.agent.hostile import FileServer, ToolShims, hostile_names
 from tests.agent.test_executor import AGENT_ID, Signer
@@ -67,6 +68,9 @@ NEW_VERSIONS = [
     (SEC, "1.1", "", "bookworm-security"),
     (HELD, "1.1", "", "bookworm-security"),
 ]
+# Source packages named differently from the binary, as Debian's advisories name them: SEC plainly,
+# HELD the way a binNMU names it (source name and the source's version).
+SOURCE_FIELDS = {SEC: "redflag-test-security-src", HELD: "redflag-test-heldsrc (1.1)"}
 # Label is the same for both suites, so only the suite name can mark the
 # security one: that is the case the scanner must get right from a real
 # repository (the "Debian-Security" label case is covered by parser tests).
@@ -88,7 +92,7 @@ def check(argv: list[str], **kwargs) -> subprocess.CompletedProcess:
     return result
 
 
-def build_deb(out_dir: Path, work: Path, name: str, version: str, depends: str = "") -> Path:
+def build_deb(out_dir: Path, work: Path, name: str, version: str, depends: str = "", source: str = "") -> Path:
     root = work / f"{name}_{version}"
     (root / "DEBIAN").mkdir(parents=True)
     doc = root / "usr" / "share" / "doc" / name
@@ -100,6 +104,7 @@ def build_deb(out_dir: Path, work: Path, name: str, version: str, depends: str =
     (root / "DEBIAN" / "conffiles").write_text(f"/etc/{name}.conf\n")
     control = [
         f"Package: {name}",
+        *([f"Source: {source}"] if source else []),
         f"Version: {version}",
         "Architecture: all",
         "Maintainer: RedFlag Tests <tests@example.invalid>",
@@ -168,9 +173,11 @@ class AptRepo:
     def build(self) -> None:
         work = self.base / "build"
         for name, version, depends in OLD_VERSIONS:
-            self.old_debs[name] = build_deb(self.base / "old", work, name, version, depends)
+            self.old_debs[name] = build_deb(self.base / "old", work, name, version, depends,
+                                            SOURCE_FIELDS.get(name, ""))
         for name, version, depends, suite in NEW_VERSIONS:
-            self.new_debs[name] = build_deb(self.root / "pool" / suite, work, name, version, depends)
+            self.new_debs[name] = build_deb(self.root / "pool" / suite, work, name, version, depends,
+                                            SOURCE_FIELDS.get(name, ""))
         for suite, label in SUITES.items():
             binary = self.root / "dists" / suite / "main" / f"binary-{self.arch}"
             binary.mkdir(parents=True)
@@ -301,6 +308,15 @@ def test_scan_finds_exactly_the_test_updates(machine: AptRepo) -> None:
     assert pkg.size_bytes == machine.new_debs[PKG].stat().st_size
     assert sec.size_bytes == machine.new_debs[SEC].stat().st_size
     assert held.size_bytes == machine.new_debs[HELD].stat().st_size
+
+    # The source package, from the same apt-cache show as the sizes: an upgrade and a held-back one.
+    assert sec.metadata["source"] == "redflag-test-security-src"
+    assert held.metadata["source"] == "redflag-test-heldsrc"
+    assert "source" not in pkg.metadata  # no Source field: the source has the binary's name
+    # What the real dpkg recorded for the installed packages agrees.
+    installed = check(["dpkg-query", "-W", "-f=${binary:Package}\t${source:Package}\n", "--", PKG, SEC, HELD]).stdout
+    assert sorted(installed.splitlines()) == sorted(
+        [f"{PKG}\t{PKG}", f"{SEC}\tredflag-test-security-src", f"{HELD}\tredflag-test-heldsrc"])
 
 
 def test_scan_refreshes_lists_only_when_stale(machine: AptRepo, tmp_path: Path) -> None:
@@ -660,6 +676,41 @@ def test_parse_captured_cache_show() -> None:
     sizes = parse_cache_sizes(fixture_text("cache_show.txt"))
     assert set(sizes) == {(PKG, "1.1", "all"), (SEC, "1.1", "all"), (HELD, "1.1", "all")}
     assert all(size > 0 for size in sizes.values())
+
+
+def test_source_names_are_keyed_as_the_scan_names_packages(monkeypatch: pytest.MonkeyPatch) -> None:
+    """apt-cache show's records give each update its source. libssl3 and bash: fields as apt 2.6.1 printed
+    them on this Debian 12 machine (bash is a binNMU: "Source: bash (5.2.15-2)"). libc6 for i386 and amd64:
+    built the same way, the amd64 one with a marker source, to show that "libc6:i386" in the scan is found
+    by its "Package: libc6" and "Architecture: i386" record, not by the native one."""
+    show = (
+        "Package: libssl3\nSource: openssl\nVersion: 3.0.22-1~deb12u2\nArchitecture: amd64\nMulti-Arch: same\n"
+        "Size: 2039888\nDescription: Secure Sockets Layer toolkit - shared libraries\n This package is part of\n\n"
+        "Package: bash\nSource: bash (5.2.15-2)\nVersion: 5.2.15-2+b13\nArchitecture: amd64\nMulti-Arch: foreign\n"
+        "Size: 1490652\n\n"
+        "Package: libc6\nSource: glibc\nVersion: 2.36-9+deb12u4\nArchitecture: i386\nSize: 2621000\n\n"
+        "Package: libc6\nSource: marker-native\nVersion: 2.36-9+deb12u4\nArchitecture: amd64\nSize: 2757000\n"
+    )
+    started: list[list[str]] = []
+
+    def fake_run(argv, **kwargs):
+        started.append(list(argv))
+        return CommandOutput(argv=list(argv), exit_code=0, stdout=show, stderr="", duration_seconds=0.0)
+
+    monkeypatch.setattr(apt_module, "run_command", fake_run)
+    records = [
+        UpdateRecord(package_type="apt", name="libssl3", current_version="3.0.17-1~deb12u2",
+                     available_version="3.0.22-1~deb12u2", metadata={"arch": "amd64"}),
+        UpdateRecord(package_type="apt", name="bash", current_version="5.2.15-2+b7", available_version="5.2.15-2+b13",
+                     metadata={"arch": "amd64"}),
+        UpdateRecord(package_type="apt", name="libc6:i386", current_version="2.36-9+deb12u3",
+                     available_version="2.36-9+deb12u4", metadata={"arch": "i386"}),
+        UpdateRecord(package_type="apt", name="not-in-cache", current_version="1", available_version="2"),
+    ]
+    AptScanner(state_dir="/nonexistent")._add_cache_fields(records)
+    assert len(started) == 1  # one apt-cache show for sizes and sources together
+    assert [record.metadata.get("source") for record in records] == ["openssl", None, "glibc", None]
+    assert [record.size_bytes for record in records] == [2039888, 1490652, 2621000, None]
 
 
 def test_parse_captured_install_output() -> None:

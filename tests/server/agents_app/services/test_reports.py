@@ -41,8 +41,27 @@ def test_report_is_stored_with_every_field(agent):
     assert (row.name, row.current_version, row.available_version, row.severity, row.is_security) == (
         "openssl", "1.0", "2.0", "important", True)
     assert row.cve_ids == ["CVE-2026-1"] and row.metadata == {"arch": "amd64"} and row.size_bytes == 1024
-    assert row.status == UpdateStatus.PENDING and row.repository == "bookworm/main"
+    assert row.status == UpdateStatus.PENDING and row.repository == "bookworm/main" and row.source_name == ""
     assert SystemEvent.objects.filter(event_type="agent_scan", metadata__security=1).exists()
+
+
+@pytest.mark.parametrize("bogus", ["-oDpkg::Options::=--force-all", "openssl;id", "OpenSSL", "a" * 300, "", 42,
+                                   None, ["openssl"], {"name": "openssl"}])
+def test_the_source_package_is_kept_only_when_it_is_a_package_name(agent, bogus):
+    """metadata.source (apt: libssl3 is built from openssl) fills source_name when the grammar admits it;
+    anything else is stored in the metadata as sent, unused, and the report still succeeds."""
+    response = report(agent, [package("libssl3", metadata={"arch": "amd64", "source": "openssl"}),
+                              package("libc6", metadata={"arch": "amd64", "source": bogus}),
+                              package("bash", metadata={"arch": "amd64", "source": "bash"}),
+                              package("curl")])
+    assert response.status_code == 200, response.content
+    rows = {row.name: row for row in PackageUpdate.objects.filter(agent_id=agent.id)}
+    assert {name: row.source_name for name, row in rows.items()} == {
+        "libssl3": "openssl", "libc6": "", "bash": "", "curl": ""}
+    assert rows["libc6"].metadata == {"arch": "amd64", "source": bogus}
+    # Every report refreshes it, as it does the versions: a source the agent no longer reports goes.
+    assert report(agent, [package("libssl3", metadata={"arch": "amd64"})]).status_code == 200
+    assert PackageUpdate.objects.get(agent_id=agent.id, name="libssl3").source_name == ""
 
 
 def test_snapshot_closes_absent_packages_and_keeps_approved_and_ignored(agent):
@@ -73,8 +92,11 @@ def test_same_report_id_twice_changes_nothing(agent):
 
 
 def _ingest_queries(agent, count: int) -> int:
+    # Half of them name a source package: checking it costs no statement either.
+    packages = [package(f"pkg-{index}", metadata={"source": f"src-{index // 2}"} if index % 2 else {})
+                for index in range(count)]
     with CaptureQueriesContext(connection) as context:
-        assert report(agent, [package(f"pkg-{index}") for index in range(count)]).status_code == 200
+        assert report(agent, packages).status_code == 200
     return len(context.captured_queries)
 
 
