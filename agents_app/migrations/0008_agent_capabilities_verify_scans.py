@@ -18,6 +18,6 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name='agent',
             name='verify_scans',
-            field=models.BooleanField(default=False, help_text="Check every scan against the package tool's own listing; a disagreement is recorded as a warning event."),
+            field=models.BooleanField(default=False, db_default=False, help_text="Check every scan against the package tool's own listing; a disagreement is recorded as a warning event."),
         ),
     ]

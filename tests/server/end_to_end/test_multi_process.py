@@ -179,14 +179,17 @@ def check_ins_alternate(agent, webs) -> None:
 
 
 def command_queued_on_a_is_delivered_on_b_once(agent, web_a, web_b) -> None:
-    """The admin's "Reboot" action on A; a cluster runs the bulk operation; B delivers."""
+    """The admin's "Reboot" action on A for two agents (one agent's action runs at once, without a bulk
+    operation); a cluster runs the bulk operation; B delivers."""
+    other = Agent.objects.create(hostname="multi-other", os_family="linux", machine_id_hash="f" * 64)
     admin = admin_login(web_a, "operator")
     changelist = f"{web_a.url}/admin/agents_app/agent/"
     response = admin.post(changelist, timeout=15, allow_redirects=False, headers={"Referer": changelist}, data={
         "csrfmiddlewaretoken": csrf_token(admin, changelist), "action": "reboot", "index": "0",
-        "select_across": "0", "_selected_action": str(agent.id)})
+        "select_across": "0", "_selected_action": [str(agent.id), str(other.id)]})
     assert response.status_code == 302, response.text[-2000:]
     operation = BulkOperation.objects.get()
+    assert operation.requested == 2
     assert response.headers["Location"].endswith(f"/admin/agents_app/bulkoperation/{operation.pk}/change/")
 
     reboot = wait_until(lambda: Command.objects.filter(agent_id=agent.id, command_type="reboot").first(),
