@@ -62,8 +62,9 @@ class Agent(models.Model):
     # Empty (None) for an agent that never said: its subsystems stand for it.
     capabilities = models.JSONField(null=True, blank=True, editable=False)
     verify_scans = models.BooleanField(
-        default=False, db_default=False, help_text="Check every scan against the package tool's own listing; a disagreement "
-                                 "is recorded as a warning event.",
+        default=False, db_default=False,
+        help_text="Check every scan against the package tool's own listing; a disagreement is recorded as a "
+                  "warning event.",
     )
     last_boot_at = models.DateTimeField(null=True, blank=True)
     tags = models.JSONField(default=list, blank=True)
