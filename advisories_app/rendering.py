@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 from advisories_app.models import Exposure
-from events_app.rendering import FORMULA_PREFIXES
+from events_app.rendering import records_csv_lines, records_jsonl_lines
 
 COLUMNS = (
     "cve_id", "cvss_score", "epss_score", "epss_percentile", "known_exploited", "kev_date_added", "kev_due_date",
@@ -45,29 +42,9 @@ def exposure_record(exposure: Exposure) -> dict[str, Any]:
     }
 
 
-def _csv_cell(value: Any) -> str:
-    """As events_app.rendering: a leading formula character is quoted so a spreadsheet keeps it text."""
-    text = "" if value is None else str(value)
-    return "'" + text if text.startswith(FORMULA_PREFIXES) else text
-
-
 def csv_lines(exposures: Iterable[Exposure]) -> Iterator[str]:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-
-    def line(values) -> str:
-        writer.writerow(values)
-        text = buffer.getvalue()
-        buffer.seek(0)
-        buffer.truncate()
-        return text
-
-    yield line(COLUMNS)
-    for exposure in exposures:
-        record = exposure_record(exposure)
-        yield line([_csv_cell(record[column]) for column in COLUMNS])
+    return records_csv_lines((exposure_record(exposure) for exposure in exposures), COLUMNS)
 
 
 def jsonl_lines(exposures: Iterable[Exposure]) -> Iterator[str]:
-    for exposure in exposures:
-        yield json.dumps(exposure_record(exposure), sort_keys=True) + "\n"
+    return records_jsonl_lines(exposure_record(exposure) for exposure in exposures)

@@ -46,7 +46,9 @@ def _csv_cell(value: Any) -> str:
     return "'" + text if text.startswith(FORMULA_PREFIXES) else text
 
 
-def csv_lines(events: Iterable[SystemEvent]) -> Iterator[str]:
+def records_csv_lines(records: Iterable[dict[str, Any]], columns: tuple[str, ...]) -> Iterator[str]:
+    """CSV, one line at a time (for a streaming response): the header, then each record's ``columns``,
+    every cell safe from spreadsheet formulas. Every CSV export renders through here."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
 
@@ -57,12 +59,19 @@ def csv_lines(events: Iterable[SystemEvent]) -> Iterator[str]:
         buffer.truncate()
         return text
 
-    yield line(CSV_COLUMNS)
-    for event in events:
-        record = event_record(event)
-        yield line([_csv_cell(record[column]) for column in CSV_COLUMNS])
+    yield line(columns)
+    for record in records:
+        yield line([_csv_cell(record[column]) for column in columns])
+
+
+def records_jsonl_lines(records: Iterable[dict[str, Any]]) -> Iterator[str]:
+    for record in records:
+        yield json.dumps(record, sort_keys=True) + "\n"
+
+
+def csv_lines(events: Iterable[SystemEvent]) -> Iterator[str]:
+    return records_csv_lines((event_record(event) for event in events), CSV_COLUMNS)
 
 
 def jsonl_lines(events: Iterable[SystemEvent]) -> Iterator[str]:
-    for event in events:
-        yield json.dumps(event_record(event), sort_keys=True) + "\n"
+    return records_jsonl_lines(event_record(event) for event in events)
