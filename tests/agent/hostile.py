@@ -1,10 +1,14 @@
 """Hostile package names and the instruments that prove they reached nothing.
 
-Used by the real-tool tests in test_apt.py and test_dnf.py:
+Used by the real-tool tests of every package manager (test_apt.py, test_dnf.py, test_pacman.py,
+test_zypper.py, test_flatpak.py):
 
 * :func:`hostile_names`: what a compromised or buggy server could try to pass
   as a package name (an option, a URL, a path, a group, a module stream, shell
   syntax), with the paths and port of this test filled in;
+* :func:`refuse_every_name`: each name sent the two ways it could reach a tool - a signed
+  dry-run and install command through the executor, and the scanner's own dry_run and install -
+  and each refused with the one-line reason;
 * :class:`ToolShims`: a directory put first on PATH whose ``apt-get``,
   ``dnf``, ... append their argv to a log and then exec the real binary, so one
   test shows both that a hostile name started no process and that a valid name
@@ -22,8 +26,12 @@ import os
 import shutil
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from agent_client.outbox import KIND_COMMAND_RESULT
+from agent_client.scanners.base import PackageNamesRefused
 
 
 def hostile_names(*, marker: Path, url: str, package_file: Path) -> list[str]:
@@ -43,6 +51,23 @@ def hostile_names(*, marker: Path, url: str, package_file: Path) -> list[str]:
         f"pkg && touch {marker}",
         "pkg\ntouch",
     ]
+
+
+def refuse_every_name(*, names: list[str], valid: str, package_type: str, signer: Any, executor: Any,
+                      scanner: Any, outbox: Any) -> None:
+    """Every name, beside the ``valid`` one, through signed dry-run and install commands (each fails) and the
+    scanner's dry_run and install (each raises PackageNamesRefused); every result is the one-line refusal."""
+    for name in names:
+        for command_type in ("dry_run_update", "install_updates"):
+            command = signer.command(command_type, {"package_type": package_type, "packages": [valid, name]})
+            assert executor.handle(command) == "failed", name
+        for operation in (scanner.dry_run, scanner.install):
+            with pytest.raises(PackageNamesRefused):
+                operation([name])
+    results = [item.payload for item in outbox.pending() if item.kind == KIND_COMMAND_RESULT]
+    assert len(results) == 2 * len(names)
+    refusal = f"refused: invalid {package_type} package name(s): "
+    assert all(result["output"].startswith(refusal) for result in results), results
 
 
 class ToolShims:

@@ -33,7 +33,7 @@ from pathlib import Path
 import pytest
 
 from agent_client.executor import CommandExecutor, ExecutedLedger
-from agent_client.outbox import KIND_COMMAND_RESULT, Outbox
+from agent_client.outbox import Outbox
 from agent_client.scanners import apt as apt_module
 from agent_client.scanners.apt import (
     AptScanner,
@@ -45,9 +45,9 @@ from agent_client.scanners.apt import (
     parse_unpacked,
     parse_upgradable_list,
 )
-from agent_client.scanners.base import CommandOutput, PackageNamesRefused, ScanError, UpdateRecord
+from agent_client.scanners.base import CommandOutput, ScanError, UpdateRecord
 from tests.agent.conftest import require_root, require_tools
-from tests.agent.hostile import FileServer, ToolShims, hostile_names
+from tests.agent.hostile import FileServer, ToolShims, hostile_names, refuse_every_name
 from tests.agent.test_executor import AGENT_ID, Signer
 
 FIXTURES = Path(__file__).parent / "apt_fixtures"
@@ -484,16 +484,8 @@ def test_real_apt_never_sees_a_hostile_name(machine: AptRepo, tmp_path: Path, mo
         names += [f"{PKG}-", f"{PKG}=1.1", f"{PKG}/bookworm", f"./{new_pkg.name}"]
         # "name:stream" is a Debian name with an architecture qualifier: the grammar admits it (below).
         names.remove("name:stream")
-        for name in names:
-            for command_type in ("dry_run_update", "install_updates"):
-                command = signer.command(command_type, {"package_type": "apt", "packages": [SEC, name]})
-                assert executor.handle(command) == "failed", name
-            for operation in (scanner.dry_run, scanner.install):
-                with pytest.raises(PackageNamesRefused):
-                    operation([name])
-        results = [item.payload for item in outbox.pending() if item.kind == KIND_COMMAND_RESULT]
-        assert len(results) == 2 * len(names)
-        assert all(result["output"].startswith("refused: invalid apt package name(s): ") for result in results)
+        refuse_every_name(names=names, valid=SEC, package_type="apt", signer=signer, executor=executor,
+                          scanner=scanner, outbox=outbox)
         assert shims.started() == []  # no process at all
         assert files.requests == []
     assert not marker.exists()

@@ -28,7 +28,7 @@ import pytest
 from agent_client.executor import CommandExecutor, ExecutedLedger
 from agent_client.outbox import KIND_COMMAND_RESULT, Outbox
 from agent_client.scanners import dnf as dnf_module
-from agent_client.scanners.base import CommandOutput, PackageNamesRefused, ScanError, run_command
+from agent_client.scanners.base import CommandOutput, ScanError, run_command
 from agent_client.scanners.dnf import (
     DnfScanner,
     parse_advisory_json,
@@ -55,7 +55,7 @@ from tests.agent.dnf_fixtures.sandbox import (
     build_rpms,
     make_repository,
 )
-from tests.agent.hostile import FileServer, ToolShims, hostile_names
+from tests.agent.hostile import FileServer, ToolShims, hostile_names, refuse_every_name
 from tests.agent.test_executor import AGENT_ID, Signer
 
 FIXTURES = Path(__file__).resolve().parent / "dnf_fixtures"
@@ -561,17 +561,8 @@ def test_real_dnf_never_sees_a_hostile_name(sandbox, built_repository, tmp_path,
     with FileServer(built_repository.evil_dir) as files:
         names = hostile_names(marker=marker, url=f"{files.url}/evil.rpm", package_file=built_repository.evil_rpm)
         names += ["evil.rpm", "redflag-test-*", "redflag-test-pkg-9.9-1.noarch.rpm"]
-        for name in names:
-            for command_type in ("dry_run_update", "install_updates"):
-                command = signer.command(command_type, {"package_type": "dnf", "packages": ["redflag-test-sec", name]})
-                assert executor.handle(command) == "failed", name
-            for operation in (scanner.dry_run, scanner.install):
-                with pytest.raises(PackageNamesRefused):
-                    operation([name])
-
-        results = result_payloads(outbox)
-        assert len(results) == 2 * len(names)
-        assert all(result["output"].startswith("refused: invalid dnf package name(s): ") for result in results)
+        refuse_every_name(names=names, valid="redflag-test-sec", package_type="dnf", signer=signer,
+                          executor=executor, scanner=scanner, outbox=outbox)
         assert shims.started() == []  # no dnf process at all
         assert files.requests == []  # nothing was fetched
         assert not marker.exists()

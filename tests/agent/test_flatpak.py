@@ -26,8 +26,8 @@ from pathlib import Path
 import pytest
 
 from agent_client.executor import CommandExecutor, ExecutedLedger
-from agent_client.outbox import KIND_COMMAND_RESULT, Outbox
-from agent_client.scanners.base import PackageNamesRefused, ScanError
+from agent_client.outbox import Outbox
+from agent_client.scanners.base import ScanError
 from agent_client.scanners.flatpak import (
     FlatpakScanner,
     answer_for,
@@ -38,7 +38,7 @@ from agent_client.scanners.flatpak import (
 )
 from tests.agent.conftest import require_tools
 from tests.agent.flatpak_fixtures.sandbox import APP_ID, REMOTE, RUNTIME_ID, STEADY_ID, FlatpakSandbox
-from tests.agent.hostile import ToolShims, hostile_names
+from tests.agent.hostile import ToolShims, hostile_names, refuse_every_name
 from tests.agent.test_executor import AGENT_ID, Signer
 
 STABLE = f"{APP_ID}/x86_64/stable"
@@ -274,16 +274,8 @@ def test_real_flatpak_never_sees_a_hostile_name(sandbox, installation, tmp_path,
     names = hostile_names(marker=marker, url=f"file://{sandbox.repo}", package_file=bundle)
     names += [f"{REMOTE}:{APP_ID}", f"app/{STABLE}", f"{APP_ID}//stable", "org.redflag.*", "--reinstall",
               "org.redflag.App/x86_64/stable --commit=0"]
-    for name in names:
-        for command_type in ("dry_run_update", "install_updates"):
-            command = signer.command(command_type, {"package_type": "flatpak", "packages": [BETA, name]})
-            assert executor.handle(command) == "failed", name
-        for operation in (scanner.dry_run, scanner.install):
-            with pytest.raises(PackageNamesRefused):
-                operation([name])
-    results = [item.payload for item in outbox.pending() if item.kind == KIND_COMMAND_RESULT]
-    assert len(results) == 2 * len(names)
-    assert all(result["output"].startswith("refused: invalid flatpak package name(s): ") for result in results)
+    refuse_every_name(names=names, valid=BETA, package_type="flatpak", signer=signer, executor=executor,
+                      scanner=scanner, outbox=outbox)
     # No flatpak process was given a name. The only one an executor may start is its availability probe
     # (`flatpak remotes`), which carries none; the executor being edited now no longer probes there.
     assert set(shims.started()) <= {"flatpak remotes --user --columns=name"}

@@ -27,10 +27,10 @@ import pytest
 
 from agent_client.executor import CommandExecutor, ExecutedLedger
 from agent_client.outbox import KIND_COMMAND_RESULT, Outbox
-from agent_client.scanners.base import PackageNamesRefused, ScanError, run_command
+from agent_client.scanners.base import ScanError, run_command
 from agent_client.scanners.pacman import PacmanScanner
 from tests.agent.conftest import require_root, require_tools
-from tests.agent.hostile import FileServer, ToolShims, hostile_names
+from tests.agent.hostile import FileServer, ToolShims, hostile_names, refuse_every_name
 from tests.agent.test_executor import AGENT_ID, Signer
 
 SYSTEM_TOOLS = ("pacman", "pacman-conf", "repo-add", "bsdtar")
@@ -331,17 +331,8 @@ def test_real_pacman_never_sees_a_hostile_name(sandbox, tmp_path, monkeypatch):
                  if name != "@core"]
         # pacman's own syntax for a repository, a version constraint, a package file and an option.
         names += [f"{REPOSITORY}/alpha", "alpha>=9", "alpha=9.9-1", "--overwrite=*", "-Syu"]
-        for name in names:
-            for command_type in ("dry_run_update", "install_updates"):
-                command = signer.command(command_type, {"package_type": "pacman", "packages": ["alpha", name]})
-                assert executor.handle(command) == "failed", name
-            for operation in (scanner.dry_run, scanner.install):
-                with pytest.raises(PackageNamesRefused):
-                    operation([name])
-
-        results = result_payloads(outbox)
-        assert len(results) == 2 * len(names)
-        assert all(result["output"].startswith("refused: invalid pacman package name(s): ") for result in results)
+        refuse_every_name(names=names, valid="alpha", package_type="pacman", signer=signer, executor=executor,
+                          scanner=scanner, outbox=outbox)
         assert shims.started_by("pacman") == []  # pacman-conf answered is_available; pacman never started
         assert files.requests == []
         assert not marker.exists()

@@ -29,9 +29,9 @@ from pathlib import Path
 import pytest
 
 from agent_client.executor import CommandExecutor, ExecutedLedger
-from agent_client.outbox import KIND_COMMAND_RESULT, Outbox
+from agent_client.outbox import Outbox
 from agent_client.scanners import zypper as zypper_module
-from agent_client.scanners.base import PackageNamesRefused, ScanError, run_command
+from agent_client.scanners.base import ScanError, run_command
 from agent_client.scanners.zypper import ZypperScanner, info_fields, parse_table
 from tests.agent.conftest import require_root, require_tools
 from tests.agent.dnf_fixtures.sandbox import (
@@ -42,7 +42,7 @@ from tests.agent.dnf_fixtures.sandbox import (
     build_rpms,
     make_repository,
 )
-from tests.agent.hostile import FileServer, ToolShims, hostile_names
+from tests.agent.hostile import FileServer, ToolShims, hostile_names, refuse_every_name
 from tests.agent.test_executor import AGENT_ID, Signer
 
 SYSTEM_TOOLS = ("zypper", "rpm", "rpmbuild", "rpmsign", "createrepo_c", "modifyrepo_c", "gpg", "gpg-agent", "gpgconf")
@@ -346,18 +346,8 @@ def test_real_zypper_never_sees_a_hostile_name(world, built_repository, tmp_path
     with FileServer(package_file.parent) as files:
         names = hostile_names(marker=marker, url=f"{files.url}/{package_file.name}", package_file=package_file)
         names += [package_file.name, "redflag-test-*", "pattern:base", "patch:RFSA-2024:0001", "redflag-test-pkg>1.0"]
-        for name in names:
-            for command_type in ("dry_run_update", "install_updates"):
-                command = signer.command(command_type, {"package_type": "zypper",
-                                                        "packages": ["redflag-test-sec", name]})
-                assert executor.handle(command) == "failed", name
-            for operation in (scanner.dry_run, scanner.install):
-                with pytest.raises(PackageNamesRefused):
-                    operation([name])
-
-        results = [item.payload for item in outbox.pending() if item.kind == KIND_COMMAND_RESULT]
-        assert len(results) == 2 * len(names)
-        assert all(result["output"].startswith("refused: invalid zypper package name(s): ") for result in results)
+        refuse_every_name(names=names, valid="redflag-test-sec", package_type="zypper", signer=signer,
+                          executor=executor, scanner=scanner, outbox=outbox)
         # A refused name starts no zypper process at all.
         assert shims.started() == []
         assert files.requests == []
