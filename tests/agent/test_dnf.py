@@ -357,12 +357,23 @@ ADVISORIES = [
 HOST_STATE = ("~/.rpmdb", "/var/lib/rpm", "/var/lib/dnf", "/var/cache/dnf")
 
 
+# Written by every dnf run on the machine whatever it does (its locks, its note of expired repositories, the
+# rpmdb's SQLite shared memory, which a reader touches too): a directory holding one changes its mtime, so a
+# folder is compared by what else it holds.
+HOST_BOOKKEEPING = ("metadata_lock.pid", "download_lock.pid", "rpmdb_lock.pid", "expired_repos.json", ".rpm.lock",
+                    "rpmdb.sqlite-shm")
+
+
 def host_state() -> dict[str, object]:
     snapshot: dict[str, object] = {}
     for raw in HOST_STATE:
         path = os.path.expanduser(raw)
         try:
-            snapshot[path] = os.stat(path).st_mtime_ns
+            if os.path.isdir(path):
+                snapshot[path] = {entry.name: entry.stat(follow_symlinks=False).st_mtime_ns
+                                  for entry in os.scandir(path) if entry.name not in HOST_BOOKKEEPING}
+            else:
+                snapshot[path] = os.stat(path).st_mtime_ns
         except FileNotFoundError:
             snapshot[path] = None
     return snapshot
