@@ -68,6 +68,8 @@ class CommandSource(models.TextChoices):
     WEB_UI_BULK = "web_ui_bulk"
     API = "api"
     SYSTEM = "system"
+    # Unattended patching: a policy's decision in a maintenance window (policies_app).
+    POLICY = "policy"
 
 
 class UpdateSeverity(models.TextChoices):

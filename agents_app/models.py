@@ -3,10 +3,12 @@ from pathlib import Path
 
 from django.conf import settings
 from django.core.files.storage import FileSystemStorage
+from django.core.validators import RegexValidator
 from django.db import models
 from django.utils import timezone
 from django.utils.deconstruct import deconstructible
 
+from agents_app import lookups  # noqa: F401  (registers the has_tag lookup the group rules use)
 from agents_app.choices import (
     OPEN_COMMAND_STATUSES,
     CommandSource,
@@ -68,6 +70,9 @@ class Agent(models.Model):
     )
     last_boot_at = models.DateTimeField(null=True, blank=True)
     tags = models.JSONField(default=list, blank=True)
+    # Tags the agent reports from its own config file (``tags`` in config.json); an admin's are ``tags``.
+    reported_tags = models.JSONField(default=list, blank=True, editable=False,
+                                     db_default=models.Value("[]"))
     config_version = models.PositiveIntegerField(default=1)
     metrics = models.JSONField(default=dict, blank=True)
     # Bumped to invalidate every access token issued before (revocation, re-registration).
@@ -393,3 +398,70 @@ class AgentRelease(models.Model):
 
     def __str__(self) -> str:
         return f"redflag-agent {self.version} ({self.platform})"
+
+
+def hostname_pattern_regex(pattern: str) -> str:
+    """A shell-style hostname pattern (``web-*``, ``db-?.lan``) as an anchored regular expression that
+    PostgreSQL and SQLite read alike. The pattern was validated to hostname characters, ``*`` and ``?``."""
+    translated = "".join({"*": ".*", "?": ".", ".": r"\."}.get(character, character) for character in pattern)
+    return f"^{translated}$"
+
+
+class AgentGroup(models.Model):
+    """Agents picked by a rule, by hand, or both: what bulk actions, policies and role scopes target.
+
+    An agent belongs to the group when an admin added it (``members``) or when it matches every part of
+    the rule that is set. A group with no rule part set holds only its members.
+    """
+
+    name = models.CharField(max_length=64, unique=True)
+    description = models.TextField(blank=True)
+    rule_os_family = models.CharField(
+        "OS family", max_length=32, blank=True, help_text="As the agent reports it: linux, windows, darwin.")
+    rule_tag = models.CharField(
+        "tag", max_length=64, blank=True, help_text="A tag set by an admin or reported by the agent.")
+    rule_hostname_pattern = models.CharField(
+        "hostname pattern", max_length=255, blank=True,
+        validators=[RegexValidator(r"^[A-Za-z0-9.*?_-]+$", "Use hostname characters with * and ? only.")],
+        help_text="Shell-style, case-insensitive: web-*, db-?.lan.")
+    rule_package_type = models.CharField(
+        "package manager", max_length=16, blank=True, choices=PackageType.choices,
+        help_text="Agents that scan with this package manager.")
+    members = models.ManyToManyField(Agent, blank=True, related_name="manual_groups",
+                                     help_text="Agents in the group whatever the rule says.")
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def has_rule(self) -> bool:
+        return bool(self.rule_os_family or self.rule_tag or self.rule_hostname_pattern or self.rule_package_type)
+
+    def rule_q(self) -> models.Q | None:
+        """The rule as a filter on agents; None when no part of it is set."""
+        if not self.has_rule:
+            return None
+        q = models.Q()
+        if self.rule_os_family:
+            q &= models.Q(os_family__iexact=self.rule_os_family)
+        if self.rule_tag:
+            q &= models.Q(tags__has_tag=self.rule_tag) | models.Q(reported_tags__has_tag=self.rule_tag)
+        if self.rule_hostname_pattern:
+            q &= models.Q(hostname__iregex=hostname_pattern_regex(self.rule_hostname_pattern))
+        if self.rule_package_type:
+            q &= models.Q(pk__in=AgentSubsystem.objects.filter(
+                name=self.rule_package_type, enabled=True).values("agent_id"))
+        return q
+
+    def agents_q(self) -> models.Q:
+        """Who is in the group, as a filter on agents (one subquery for the members, the rule inline)."""
+        q = models.Q(pk__in=AgentGroup.members.through.objects.filter(agentgroup_id=self.pk).values("agent_id"))
+        rule = self.rule_q()
+        return q | rule if rule is not None else q
+
+    def agents(self):
+        return Agent.objects.filter(self.agents_q())

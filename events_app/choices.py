@@ -27,6 +27,18 @@ class EventType(models.TextChoices):
     # Extensions for the audit trail itself: an auditor exported history; retention removed rows.
     AUDIT_EXPORT = "audit_export"
     EVENTS_PURGED = "events_purged"
+    # Unattended patching (policies_app): groups, windows, a policy's decisions, rollouts and their stages.
+    GROUP_CHANGED = "group_changed"
+    MAINTENANCE_WINDOW = "maintenance_window"
+    POLICY_DECISION = "policy_decision"
+    ROLLOUT = "rollout"
+    # Telling people (notifications_app, reports_app): a destination marked failing, a report produced.
+    NOTIFICATION = "notification"
+    REPORT = "report"
+    # People and access (accounts_app): roles and scopes granted or removed, lock-outs, second factors.
+    ROLE_CHANGED = "role_changed"
+    USER_LOCKOUT = "user_lockout"
+    MFA_CHANGED = "mfa_changed"
 
 
 class Origin(models.TextChoices):
@@ -64,6 +76,10 @@ class Component(models.TextChoices):
     MIGRATION = "migration"
     SECURITY = "security"
     SCHEDULER = "scheduler"
+    POLICY = "policy"
+    NOTIFICATION = "notification"
+    REPORTS = "reports"
+    ACCOUNTS = "accounts"
 
 
 # What an agent may report about itself through POST /agents/{id}/events.

@@ -131,6 +131,10 @@ INSTALLED_APPS = [
     "tokens_app",
     "agents_app",
     "advisories_app",
+    "policies_app",
+    "notifications_app",
+    "reports_app",
+    "accounts_app",
 ]
 
 MIDDLEWARE = [
