@@ -15,8 +15,10 @@ from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("agent_client", "redflag", "events_app", "tokens_app", "agents_app", "advisories_app")
-SERVER_APPS = ("events_app", "tokens_app", "agents_app", "advisories_app")
+PACKAGES = ("agent_client", "redflag", "events_app", "tokens_app", "agents_app", "advisories_app", "policies_app",
+            "notifications_app", "reports_app", "accounts_app")
+SERVER_APPS = ("events_app", "tokens_app", "agents_app", "advisories_app", "policies_app", "notifications_app",
+               "reports_app", "accounts_app")
 # What each package may import of the others. redflag's entry points (asgi.py, wsgi.py) are the
 # composition root Django loads by dotted path: nothing imports them, so they may start what they serve.
 ALLOWED = {
@@ -27,6 +29,14 @@ ALLOWED = {
     "agents_app": {"redflag", "events_app", "tokens_app", "agent_client"},
     # Vulnerability data reads the fleet's updates; the fleet never imports it (its admin extends the fleet's).
     "advisories_app": {"redflag", "events_app", "agents_app"},
+    # Unattended patching acts on the fleet through its write paths; it may weigh vulnerability data.
+    "policies_app": {"redflag", "events_app", "tokens_app", "agents_app", "advisories_app"},
+    # Notifications watch the events (and the fleet's groups); reports build on all of the above.
+    "notifications_app": {"redflag", "events_app", "agents_app", "advisories_app", "policies_app"},
+    "reports_app": {"redflag", "events_app", "agents_app", "advisories_app", "policies_app", "notifications_app"},
+    # People and access sit on top: they scope every other app's pages (through redflag's access hook).
+    "accounts_app": {"redflag", "events_app", "tokens_app", "agents_app", "advisories_app", "policies_app",
+                     "notifications_app", "reports_app"},
 }
 ENTRY_POINTS = {"redflag.asgi", "redflag.wsgi"}
 
