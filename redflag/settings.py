@@ -88,6 +88,12 @@ def _private_sqlite_files(database: Path) -> None:
 
 _private_data_dir(DATA_DIR)
 
+# Prometheus: each web process counts API requests into its own files here and /metrics sums them
+# (prometheus-client's multi-process mode). Read by the client library when it is first imported, so it is
+# set here, before any app loads; every process started with these settings shares the folder.
+os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(DATA_DIR / "metrics"))
+Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).mkdir(mode=PRIVATE_DIRECTORY_MODE, exist_ok=True)
+
 
 def _development_secret_key() -> str:
     """A per-install key kept in the data folder, so restarts keep sessions valid."""
@@ -138,6 +144,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First, so that it times and counts every API request, refused ones included.
+    "reports_app.metrics.ApiMetricsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "redflag.middleware.ApiGuardMiddleware",
@@ -283,6 +291,11 @@ REDFLAG_ACCESS_TOKEN_SECONDS = env_int("REDFLAG_ACCESS_TOKEN_SECONDS", 3600, min
 REDFLAG_REFRESH_TOKEN_DAYS = 90
 REDFLAG_NONCE_SKEW_SECONDS = 300
 # How long one live event stream stays open before the browser reconnects (resuming by Last-Event-ID).
+# The bearer token a Prometheus scraper sends to /metrics; unset, /metrics does not exist (404).
+REDFLAG_METRICS_TOKEN = env_str("REDFLAG_METRICS_TOKEN", "")
+if REDFLAG_METRICS_TOKEN and len(REDFLAG_METRICS_TOKEN) < 24:
+    raise StartupRefused("REDFLAG_METRICS_TOKEN must be at least 24 characters (make one with: "
+                         "python3 -c 'import secrets; print(secrets.token_urlsafe(32))')")
 REDFLAG_EVENT_STREAM_SECONDS = env_int("REDFLAG_EVENT_STREAM_SECONDS", 300, minimum=5)
 
 REST_FRAMEWORK = {

@@ -19,6 +19,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("", include("events_app.urls")),
     path("", include("advisories_app.urls")),
+    path("", include("reports_app.metrics_urls")),
 ]
 
 

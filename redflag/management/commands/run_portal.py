@@ -90,6 +90,16 @@ def answers(host: str, port: int) -> bool:
         return False
 
 
+def clear_request_metrics() -> None:
+    """Start the API's Prometheus counters from zero: the web processes of an earlier run left theirs in
+    PROMETHEUS_MULTIPROC_DIR (settings), and /metrics would go on summing them."""
+    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if folder and os.path.isdir(folder):
+        for name in os.listdir(folder):
+            if name.endswith(".db"):
+                os.unlink(os.path.join(folder, name))
+
+
 class Command(BaseCommand):
     help = "Run RedFlag locally: migrate, ensure an admin account, start the web server and the django-q2 cluster."
 
@@ -104,6 +114,7 @@ class Command(BaseCommand):
         call_command("migrate", interactive=False, verbosity=0)
         password_note = self._ensure_admin()
         manage = [sys.executable, os.path.abspath(sys.argv[0])]
+        clear_request_metrics()
         # Started from a background job, this process may have inherited an
         # ignored SIGINT; Ctrl-C and SIGTERM must stop it all the same.
         signal.signal(signal.SIGINT, signal.default_int_handler)
