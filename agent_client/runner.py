@@ -155,6 +155,8 @@ class Runner:
         self.consecutive_failures = 0
         # Called with whether the check-in worked, before the flush (self-update confirms or rolls back here).
         self.after_checkin: Optional[Callable[[bool], None]] = None
+        # Called after every cycle of run_forever (the fast channel waits for the check-in it asked for).
+        self.cycle_listeners: list[Callable[[Optional[CycleOutcome]], None]] = []
 
     # -- events ------------------------------------------------------------------
 
@@ -291,6 +293,9 @@ class Runner:
             except TerminalError as exc:
                 self._park(exc)
                 continue
+            finally:
+                for listener in self.cycle_listeners:
+                    listener(None)
             if outcome.error is not None:
                 logger.warning("cycle failed: %s", outcome.error)
             if self.wait(self.next_delay(outcome)):

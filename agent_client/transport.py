@@ -223,6 +223,21 @@ class Client:
     def health(self) -> dict[str, Any]:
         return self.request("GET", f"{API_PREFIX}/health", auth=False).body
 
+    def signed_headers(self) -> dict[str, str]:
+        """The headers of one authenticated request (fresh nonce), for a request made outside
+        :meth:`request` (the fast channel's long poll). Never renews: only the poll loop does."""
+        self._refuse_insecure_transport()
+        return self._headers(True)
+
+    def access_token_expires_within(self, seconds: float) -> bool:
+        if not self.config.access_token:
+            return True
+        try:
+            expires = parse_time(self.config.access_token_expires_at)
+        except ValueError:
+            return False  # unknown expiry: let the server's 401 decide
+        return expires is not None and expires - dt.timedelta(seconds=seconds) <= utc_now()
+
     def agent_path(self, suffix: str) -> str:
         if not self.config.agent_id:
             raise TransportError("this agent is not registered")

@@ -10,6 +10,18 @@ os.environ.setdefault("REDFLAG_DB_POOL", "true")
 
 application = get_asgi_application()
 
+# Agent API requests run their Django cycle in one pooled thread each, not through ASGI's
+# per-middleware thread hand-offs (redflag/api/asgi.py says why).
+from redflag.api.asgi import with_agent_api_in_threads  # noqa: E402  (needs Django set up)
+
+application = with_agent_api_in_threads(application)
+
+# GET /api/v1/agents/{id}/wait (the fast channel) is served in front of Django: an idle wait is a
+# coroutine, not a thread (agents_app/api/wait.py says why).
+from agents_app.api.wait import with_wait_endpoint  # noqa: E402  (needs Django set up)
+
+application = with_wait_endpoint(application)
+
 from events_app.startup import record_server_startup  # noqa: E402  (needs Django set up)
 from redflag.env import StartupRefused  # noqa: E402
 from redflag.preflight import services_problem  # noqa: E402

@@ -7,23 +7,27 @@ import time
 from dataclasses import dataclass
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import connection
+from django.utils import timezone
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.utils import OpenApiParameter
 from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication, get_authorization_header
 from rest_framework.permissions import BasePermission
 
+from agents_app.api.serializers import CheckinSerializer
 from agents_app.models import Agent
 from agents_app.services.agents import agent_check_machine
+from agents_app.services.checkin import checkin_claim, nonce_take_sql
 from agents_app.services.credentials import access_token_read
 from events_app.choices import Component, EventSubtype, EventType, Severity
 from events_app.services import SYSTEM_ACTOR, agent_actor, auth_failure, record_event, security_violation
+from redflag.api.throttling import CheckinThrottle, rate_window
 from redflag.errors import AgentRevoked, InvalidCredentials, ReplayedNonce, StaleRequest, WrongAgent
-from redflag.models import RequestNonce
 
 MACHINE_ID_PATTERN = re.compile(r"^[0-9a-f]{64}$")
 NONCE_PATTERN = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
+TIMESTAMP_PATTERN = re.compile(r"^\d{1,12}$")
 # The headers every agent request carries, as the OpenAPI schema documents them.
 SECURITY_HEADERS = [
     OpenApiParameter("X-Machine-ID", str, OpenApiParameter.HEADER, required=True,
@@ -63,25 +67,30 @@ def request_machine_id(request) -> str:
 def request_nonce_check(request, agent: Agent | None) -> None:
     """Refuse a stale timestamp (401) or a nonce seen before (409, recorded)."""
     nonce = _header(request, "X-Request-Nonce", NONCE_PATTERN, "16 to 128 characters of A-Z, a-z, 0-9, - and _")
-    raw_timestamp = _header(request, "X-Request-Timestamp", re.compile(r"^\d{1,12}$"), "Unix seconds")
+    raw_timestamp = _header(request, "X-Request-Timestamp", TIMESTAMP_PATTERN, "Unix seconds")
     if abs(time.time() - int(raw_timestamp)) > settings.REDFLAG_NONCE_SKEW_SECONDS:
         raise StaleRequest()
-    try:
-        with transaction.atomic():
-            RequestNonce.objects.create(nonce=nonce, agent_id=agent.pk if agent else None)
-    except IntegrityError:
-        record_event(
-            event_type=EventType.SECURITY_VIOLATION,
-            subtype=EventSubtype.WARNING,
-            severity=Severity.WARNING,
-            component=Component.SECURITY,
-            message=f"Replayed request nonce on {request.path}",
-            agent=agent,
-            metadata={"reason": "replayed_nonce", "path": request.path, "nonce": nonce[:8]},
-            actor=agent_actor(agent) if agent else SYSTEM_ACTOR,
-            standalone=True,  # a refusal changes nothing
-        )
-        raise ReplayedNonce() from None
+    with connection.cursor() as cursor:
+        cursor.execute(*nonce_take_sql(nonce=nonce, agent_id=agent.pk if agent else None, now=timezone.now()))
+        fresh = cursor.rowcount == 1
+    if not fresh:
+        nonce_replayed(request, agent, nonce)
+
+
+def nonce_replayed(request, agent: Agent | None, nonce: str):
+    """Record a replayed request nonce and refuse it (409)."""
+    record_event(
+        event_type=EventType.SECURITY_VIOLATION,
+        subtype=EventSubtype.WARNING,
+        severity=Severity.WARNING,
+        component=Component.SECURITY,
+        message=f"Replayed request nonce on {request.path}",
+        agent=agent,
+        metadata={"reason": "replayed_nonce", "path": request.path, "nonce": nonce[:8]},
+        actor=agent_actor(agent) if agent else SYSTEM_ACTOR,
+        standalone=True,  # a refusal changes nothing
+    )
+    raise ReplayedNonce()
 
 
 class AgentTokenAuthentication(BaseAuthentication):
@@ -92,15 +101,17 @@ class AgentTokenAuthentication(BaseAuthentication):
     """
 
     def authenticate(self, request):
-        header = get_authorization_header(request).split()
-        if not header:
+        token = bearer_token(request)
+        if token is None:
             return None
-        if len(header) != 2 or header[0].lower() != b"bearer":
-            raise InvalidCredentials("The Authorization header must be 'Bearer <access token>'.")
-        try:
-            agent_id, generation = access_token_read(header[1].decode("ascii"))
-        except UnicodeDecodeError:
-            raise InvalidCredentials() from None
+        agent = self.agent_with_credentials(request, *token)
+        agent_check_machine(agent=agent, machine_id_hash=request_machine_id(request))
+        request_nonce_check(request, agent)
+        return AgentPrincipal(agent), None
+
+    @staticmethod
+    def agent_with_credentials(request, agent_id: str, generation: int) -> Agent:
+        """The token's agent, if its credential generation is current and it is not revoked (401/403)."""
         agent = Agent.objects.filter(pk=agent_id).first()
         if agent is None or agent.credential_generation != generation:
             auth_failure(
@@ -112,12 +123,85 @@ class AgentTokenAuthentication(BaseAuthentication):
             raise InvalidCredentials()
         if agent.revoked_at is not None:
             raise AgentRevoked()
-        agent_check_machine(agent=agent, machine_id_hash=request_machine_id(request))
-        request_nonce_check(request, agent)
-        return AgentPrincipal(agent), None
+        return agent
 
     def authenticate_header(self, request) -> str:
         return 'Bearer realm="redflag"'
+
+
+def bearer_token(request) -> tuple[str, int] | None:
+    """(agent id, credential generation) from a valid access token; None without an Authorization header."""
+    header = get_authorization_header(request).split()
+    if not header:
+        return None
+    if len(header) != 2 or header[0].lower() != b"bearer":
+        raise InvalidCredentials("The Authorization header must be 'Bearer <access token>'.")
+    try:
+        return access_token_read(header[1].decode("ascii"))
+    except UnicodeDecodeError:
+        raise InvalidCredentials() from None
+
+
+class CheckinAuthentication(AgentTokenAuthentication):
+    """The check-in's lean path: the same checks, with the request nonce, the rate-limit count and
+    "the agent is alive" in one statement (``checkin_claim``) instead of a read and four writes.
+
+    The access token is verified without a query (signed, with an expiry); the statement itself
+    checks the credential generation, revocation and machine binding, so revocation takes effect
+    at once. When the body is not a valid check-in, a header is malformed, or the path names another
+    agent, it takes the general path (AgentTokenAuthentication), whose answers are the same as for
+    every agent endpoint. When the statement records nothing, the refusal is worked out the general
+    way (401, 403, 409; 429 by the throttle), without taking the nonce a second time.
+    """
+
+    def authenticate(self, request):
+        token = bearer_token(request)
+        if token is None:
+            return None
+        agent_id, generation = token
+        lean = self._lean_request(request, agent_id)
+        if isinstance(lean, exceptions.APIException):
+            # An unreadable body: credentials are answered first (401/403/409), then the 400.
+            super().authenticate(request)
+            raise lean
+        if lean is None:
+            return super().authenticate(request)
+        data, machine_id_hash, nonce = lean
+        now = timezone.now()
+        window = rate_window(CheckinThrottle.bucket, agent_id, now)
+        claim = checkin_claim(agent_id=agent_id, generation=generation, machine_id_hash=machine_id_hash, nonce=nonce,
+                              rate=window, agent_version=data.get("agent_version"), metrics=data["metrics"], now=now)
+        if window is not None and claim.rate_count is not None:
+            request.rate_counts = {window.key: claim.rate_count}
+        request.checkin_data = data
+        if claim.agent is not None:
+            return AgentPrincipal(claim.agent), claim
+        # Nothing recorded: say why, in the general path's order, without taking the nonce twice.
+        agent = self.agent_with_credentials(request, agent_id, generation)  # 401, 403
+        agent_check_machine(agent=agent, machine_id_hash=machine_id_hash)  # 403, or an admin-opened rebind
+        if not claim.nonce_fresh:
+            request_nonce_check(request, agent)  # 409 for a replay
+        return AgentPrincipal(agent), claim  # over the rate (the throttle answers 429), or just rebound
+
+    @staticmethod
+    def _lean_request(request, agent_id: str) -> tuple[dict, str, str] | exceptions.APIException | None:
+        """(valid check-in body, machine id, nonce); the body's parse error; or None for anything else
+        the general path must answer."""
+        if str(request.parser_context["kwargs"].get("agent_id")) != agent_id:
+            return None
+        try:
+            machine_id_hash = request_machine_id(request)
+            nonce = _header(request, "X-Request-Nonce", NONCE_PATTERN, "")
+            raw_timestamp = _header(request, "X-Request-Timestamp", TIMESTAMP_PATTERN, "")
+        except exceptions.APIException:
+            return None
+        try:
+            serializer = CheckinSerializer(data=request.data)
+        except exceptions.APIException as error:  # DRF answers an empty body if request.data is read again
+            return error
+        if abs(time.time() - int(raw_timestamp)) > settings.REDFLAG_NONCE_SKEW_SECONDS or not serializer.is_valid():
+            return None
+        return serializer.validated_data, machine_id_hash, nonce
 
 
 class IsPathAgent(BasePermission):
@@ -151,3 +235,10 @@ class AgentTokenAuthenticationScheme(OpenApiAuthenticationExtension):
             "description": "The agent's access token (renew it at /api/v1/agents/renew). Every request also "
                            "carries X-Machine-ID, X-Request-Nonce and X-Request-Timestamp.",
         }
+
+
+class CheckinAuthenticationScheme(AgentTokenAuthenticationScheme):
+    """The check-in's lean path takes the same credentials; the schema needs a name per authenticator class."""
+
+    target_class = CheckinAuthentication
+    name = "AgentBearerCheckin"

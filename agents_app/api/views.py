@@ -13,6 +13,7 @@ from rest_framework.views import APIView
 from agents_app.api.authentication import (
     SECURITY_HEADERS,
     AgentTokenAuthentication,
+    CheckinAuthentication,
     IsPathAgent,
     request_machine_id,
     request_nonce_check,
@@ -35,7 +36,7 @@ from agents_app.api.serializers import (
 )
 from agents_app.models import Command
 from agents_app.services.agents import agent_register
-from agents_app.services.checkin import checkin_handle
+from agents_app.services.checkin import CheckinClaim, checkin_handle
 from agents_app.services.commands import wire_format
 from agents_app.services.credentials import credentials_renew
 from agents_app.services.reports import agent_events_ingest, system_report_ingest, updates_report_ingest
@@ -136,6 +137,7 @@ class AgentEndpoint(APIView):
 
 
 class CheckinView(AgentEndpoint):
+    authentication_classes = [CheckinAuthentication]
     throttle_classes = [CheckinThrottle]
 
     @extend_schema(
@@ -146,12 +148,15 @@ class CheckinView(AgentEndpoint):
     )
     def post(self, request, agent_id):
         """Alive: store metrics, create this agent's due scans, hand over up to 10 signed commands."""
-        serializer = CheckinSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        data = serializer.validated_data
+        data = getattr(request, "checkin_data", None)  # validated by CheckinAuthentication's lean path
+        if data is None:
+            serializer = CheckinSerializer(data=request.data)
+            serializer.is_valid(raise_exception=True)
+            data = serializer.validated_data
+        claim = request.auth if isinstance(request.auth, CheckinClaim) else None
         reply = checkin_handle(agent=self.agent, agent_version=data.get("agent_version"), metrics=data["metrics"],
                                heartbeat_reported=data.get("heartbeat_active"),
-                               capabilities=data.get("capabilities"))
+                               capabilities=data.get("capabilities"), claim=claim)
         return Response(
             {
                 "commands": [wire_format(command) for command in reply.commands],

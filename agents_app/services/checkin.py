@@ -7,13 +7,16 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from django.db import connection, transaction
 from django.utils import timezone
 
-from agents_app.models import Agent, Command
+from agents_app.models import Agent, AgentSubsystem, Command
 from agents_app.services.capabilities import agent_capabilities_report
 from agents_app.services.commands import commands_deliver
 from agents_app.services.heartbeat import HEARTBEAT_POLL_SECONDS, heartbeat_active, heartbeat_reconcile
 from agents_app.services.scheduling import schedule_due_scans
+from redflag.api.throttling import RateWindow, rate_counter_sql, rate_counter_table, rate_take
+from redflag.models import RequestNonce
 
 
 @dataclass(frozen=True)
@@ -24,6 +27,134 @@ class CheckinReply:
     heartbeat_active: bool
     heartbeat_until: datetime | None
     server_time: datetime
+
+
+@dataclass(frozen=True)
+class CheckinClaim:
+    """What the check-in's one statement found: the agent (None when it recorded nothing), whether it
+    took the request nonce, the rate-limit count, and whether anything is due or pending for the
+    agent (so the check-in reads no further when nothing is)."""
+
+    agent: Agent | None
+    nonce_fresh: bool
+    rate_count: int | None
+    due: bool = False
+    pending: bool = False
+
+
+# Columns the check-in reads back from its UPDATE: everything but the large system report.
+_RETURNED_FIELDS = [field for field in Agent._meta.concrete_fields if field.name != "system_info"]
+
+
+def _alive_sql(*, agent_id: str, generation: int, machine_id_hash: str, agent_version: str | None,
+               metrics: dict[str, Any], now: datetime, guards: str, guard_params: list) -> tuple[str, list]:
+    """UPDATE … RETURNING: the agent is alive, if its credentials, machine and ``guards`` hold."""
+    ops = connection.ops
+    pk = Agent._meta.pk.get_db_prep_value(agent_id, connection)
+    metrics_field = Agent._meta.get_field("metrics")
+    sets, params = ["last_seen_at = %s", "metrics = %s"], [ops.adapt_datetimefield_value(now),
+                                                         metrics_field.get_db_prep_save(metrics, connection)]
+    if agent_version:
+        sets.append("agent_version = %s")
+        params.append(agent_version)
+    due_sql, due_params = AgentSubsystem.objects.due(now).filter(agent_id=agent_id).values("pk").query.sql_with_params()
+    pending_sql, pending_params = (Command.objects.pending().filter(agent_id=agent_id, expires_at__gt=now)
+                                   .values("pk").query.sql_with_params())
+    columns = ", ".join(ops.quote_name(field.column) for field in _RETURNED_FIELDS)
+    sql = (f"UPDATE {ops.quote_name(Agent._meta.db_table)} SET {', '.join(sets)} "
+           f"WHERE id = %s AND credential_generation = %s AND machine_id_hash = %s AND revoked_at IS NULL{guards} "
+           f"RETURNING {columns}, EXISTS ({due_sql}) AS checkin_due, EXISTS ({pending_sql}) AS checkin_pending")
+    return sql, [*params, pk, generation, machine_id_hash, *guard_params, *due_params, *pending_params]
+
+
+def nonce_take_sql(*, nonce: str, agent_id: str | None, now: datetime, condition: str = "true",
+                   condition_params: tuple = ()) -> tuple[str, list]:
+    """INSERT the request nonce if it is new (and ``condition`` holds): one statement, no savepoint;
+    the unique constraint decides and a replay inserts no row."""
+    table = connection.ops.quote_name(RequestNonce._meta.db_table)
+    agent = RequestNonce._meta.get_field("agent_id").get_db_prep_value(agent_id, connection)
+    return (f"INSERT INTO {table} (nonce, agent_id, created_at) SELECT %s, %s, %s WHERE {condition} "
+            f"ON CONFLICT (nonce) DO NOTHING",
+            [nonce, agent, connection.ops.adapt_datetimefield_value(now), *condition_params])
+
+
+def _credentials_hold(*, agent_id: str, generation: int, machine_id_hash: str) -> tuple[str, tuple]:
+    """SQL: the agent exists with this credential generation and machine, and is not revoked."""
+    table = connection.ops.quote_name(Agent._meta.db_table)
+    return (f"EXISTS (SELECT 1 FROM {table} WHERE id = %s AND credential_generation = %s AND machine_id_hash = %s "
+            f"AND revoked_at IS NULL)",
+            (Agent._meta.pk.get_db_prep_value(agent_id, connection), generation, machine_id_hash))
+
+
+def _agent_from_row(values) -> Agent:
+    converted = []
+    for field, value in zip(_RETURNED_FIELDS, values):
+        expression = field.cached_col
+        for converter in connection.ops.get_db_converters(expression) + field.get_db_converters(connection):
+            value = converter(value, expression, connection)
+        converted.append(value)
+    return Agent.from_db(connection.alias, [field.attname for field in _RETURNED_FIELDS], converted)
+
+
+def checkin_claim(*, agent_id: str, generation: int, machine_id_hash: str, nonce: str, rate: RateWindow | None,
+                  agent_version: str | None, metrics: dict[str, Any], now: datetime) -> CheckinClaim:
+    """The common check-in in one statement and one commit (PostgreSQL): if the access token's
+    credential generation is current, the machine matches and the agent is not revoked, take the
+    request nonce; if it was new, count the request against the agent's check-in rate; if within
+    the rate, record the agent alive. Read back the agent and whether anything is due or pending.
+
+    Revocation takes effect at once (the statement checks the generation and ``revoked_at``);
+    nothing is cached. A refused request leaves nothing behind but, over the rate, its nonce and
+    count. When it records nothing, the caller works out which refusal applies.
+
+    SQLite (no data-modifying CTEs, and no round trips to save) runs the same statements in one
+    transaction. With the counters in Redis (or process memory in tests) the count is taken first,
+    in the cache, and a check-in over the rate records nothing.
+    """
+    table = rate_counter_table() if rate is not None else None
+    count = rate_take(rate) if rate is not None and table is None else None
+    if count is not None and count > rate.allowed:
+        return CheckinClaim(agent=None, nonce_fresh=False, rate_count=count)
+    credentials, credential_params = _credentials_hold(agent_id=agent_id, generation=generation,
+                                                       machine_id_hash=machine_id_hash)
+    nonce_sql, nonce_params = nonce_take_sql(nonce=nonce, agent_id=agent_id, now=now, condition=credentials,
+                                             condition_params=credential_params)
+    alive = {"agent_id": agent_id, "generation": generation, "machine_id_hash": machine_id_hash,
+             "agent_version": agent_version, "metrics": metrics, "now": now}
+    if connection.vendor == "postgresql":
+        counter_cte, counter_value, guards, guard_params = "", "NULL", " AND EXISTS (SELECT 1 FROM taken_nonce)", []
+        counter_params: list = []
+        if table is not None:
+            counter_sql, counter_params = rate_counter_sql(rate, table, condition="EXISTS (SELECT 1 FROM taken_nonce)")
+            counter_cte, counter_value = f", counted AS ({counter_sql})", "(SELECT value FROM counted)"
+            guards += f" AND CAST({counter_value} AS bigint) <= %s"
+            guard_params = [rate.allowed]
+        alive_sql, alive_params = _alive_sql(**alive, guards=guards, guard_params=guard_params)
+        sql = (f"WITH taken_nonce AS ({nonce_sql} RETURNING 1){counter_cte}, alive AS ({alive_sql}) "
+               f"SELECT (SELECT count(*) FROM taken_nonce), {counter_value}, alive.* FROM (SELECT 1) AS one "
+               f"LEFT JOIN alive ON true")
+        with connection.cursor() as cursor:
+            cursor.execute(sql, [*nonce_params, *counter_params, *alive_params])
+            fresh, counted, *row = cursor.fetchone()
+        count = int(counted) if counted is not None else count
+    else:
+        row = [None]
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute(nonce_sql, nonce_params)
+            fresh = cursor.rowcount == 1
+            if fresh and table is not None:
+                counter_sql, counter_params = rate_counter_sql(rate, table)
+                cursor.execute(counter_sql, counter_params)
+                count = int(cursor.fetchone()[0])
+            if fresh and (count is None or count <= rate.allowed):
+                alive_sql, alive_params = _alive_sql(**alive, guards="", guard_params=[])
+                cursor.execute(alive_sql, alive_params)
+                row = cursor.fetchone() or [None]
+    if row[0] is None:
+        return CheckinClaim(agent=None, nonce_fresh=bool(fresh), rate_count=count)
+    *fields, due, pending = row
+    return CheckinClaim(agent=_agent_from_row(fields), nonce_fresh=True, rate_count=count, due=bool(due),
+                        pending=bool(pending))
 
 
 def agent_alive(*, agent: Agent, agent_version: str | None, metrics: dict[str, Any], now: datetime) -> None:
@@ -38,7 +169,7 @@ def agent_alive(*, agent: Agent, agent_version: str | None, metrics: dict[str, A
 
 def checkin_handle(*, agent: Agent, agent_version: str | None, metrics: dict[str, Any],
                    heartbeat_reported: bool | None, capabilities: list[str] | None = None,
-                   now: datetime | None = None) -> CheckinReply:
+                   now: datetime | None = None, claim: CheckinClaim | None = None) -> CheckinReply:
     """The check-in, in order:
 
     1. the agent is alive (last seen, version, metrics);
@@ -48,14 +179,19 @@ def checkin_handle(*, agent: Agent, agent_version: str | None, metrics: dict[str
     4. this agent's due scans become commands (so an agent in heartbeat mode gets them at once);
     5. its oldest pending commands are claimed and handed over;
     6. the reply says how soon to come back: 5 s in heartbeat mode, else its poll interval.
+
+    With a ``claim`` that recorded the agent alive (``checkin_claim``), step 1 is done, and steps 4
+    and 5 read nothing unless the claim saw something due or pending.
     """
     now = now or timezone.now()
-    agent_alive(agent=agent, agent_version=agent_version, metrics=metrics, now=now)
+    recorded = claim is not None and claim.agent is not None
+    if not recorded:
+        agent_alive(agent=agent, agent_version=agent_version, metrics=metrics, now=now)
     if capabilities is not None:
         agent_capabilities_report(agent=agent, capabilities=capabilities)
     heartbeat_reconcile(agent=agent, reported_active=heartbeat_reported, now=now)
-    schedule_due_scans(now=now, agent_ids=[agent.pk])
-    commands = commands_deliver(agent=agent, now=now)
+    scheduled = schedule_due_scans(now=now, agent_ids=[agent.pk]) if not recorded or claim.due else 0
+    commands = commands_deliver(agent=agent, now=now) if not recorded or claim.pending or scheduled else []
     active = heartbeat_active(agent, now)
     return CheckinReply(
         commands=commands,

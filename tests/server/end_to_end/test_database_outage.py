@@ -195,12 +195,14 @@ def assert_unavailable(response: requests.Response, what: str) -> None:
 # refused request, Django's one-line request log for a 5xx answer, and the
 # connection pool's warnings: a connection the shutdown closed is discarded,
 # and each failed reconnection in the background (with psycopg's hint on a
-# second line). Never a traceback.
+# second line); the fast channel's listener saying it lost the database (the
+# agents poll until it is back). Never a traceback.
 ACCEPTABLE_OUTAGE_LOG_RECORD = re.compile(
     r"\S+ \S+ (WARNING redflag\.\S+: database unavailable: \w+"
     r"|ERROR django\.request: Service Unavailable: /api/v1/\S*"
     r"|WARNING psycopg\.pool: discarding closed connection: <psycopg\.Connection \[BAD\] at 0x[0-9a-f]+>"
-    r"|WARNING psycopg\.pool: error connecting in '[\w-]+': connection failed: [^\n]*(\n\t[^\n]*)*)"
+    r"|WARNING psycopg\.pool: error connecting in '[\w-]+': connection failed: [^\n]*(\n\t[^\n]*)*"
+    r"|WARNING agents_app\.services\.wakeup: wake-up listener lost \(\w+\); agents poll until it reconnects)"
 )
 NEXT_LOG_RECORD = re.compile(r"\n(?=\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} )")
 
