@@ -32,8 +32,13 @@ from advisories_app.models import Exposure, FixedIn, PlatformAlias, UpdateRisk, 
 from advisories_app.platforms import machine_platform, version_less
 from agents_app.choices import UpdateStatus
 from agents_app.models import Agent, PackageUpdate
+from events_app.choices import Component, EventSubtype, EventType, Severity
+from events_app.services import record_events
 
 BATCH = 2000
+# metadata["kind"] of the event saying a machine newly has an update fixing a KEV-listed CVE
+# (notifications_app's "new known-exploited exposure" rules match it).
+KEV_EXPOSURE_KIND = "kev_exposure"
 # PackageUpdateQuerySet.outstanding() as SQL: the statuses the INSERT … SELECT leaves out.
 CLOSED_STATUSES = (UpdateStatus.INSTALLED, UpdateStatus.CLOSED, UpdateStatus.IGNORED)
 
@@ -215,5 +220,39 @@ def exposures_refresh() -> int:
         Exposure.objects.filter(source=ExposureSource.AGENT).delete()
         _update_feed_exposures()
         _insert_agent_exposures()
+        kev_before = _kev_updates()
         _risk_refresh()
+        _record_new_kev_exposures(_kev_updates() - kev_before)
         return Exposure.objects.count()
+
+
+def _kev_updates() -> set[int]:
+    return set(UpdateRisk.objects.filter(known_exploited=True).values_list("package_update_id", flat=True))
+
+
+def _record_new_kev_exposures(update_ids: set[int]) -> None:
+    """One event per machine that newly has a pending update fixing a known-exploited (KEV) CVE, from a
+    new scan or from a CVE newly listed (UpdateRisk before the refresh still holds the old verdict)."""
+    found: dict = defaultdict(lambda: (set(), set()))
+    ids = sorted(update_ids)
+    for start in range(0, len(ids), BATCH):
+        for agent_id, package, cve_id in Exposure.objects.filter(
+                package_update_id__in=ids[start:start + BATCH], status=ExposureStatus.FIXED_BY_UPDATE,
+                vulnerability__known_exploited=True).values_list("agent_id", "package_update__name",
+                                                                 "vulnerability__cve_id"):
+            found[agent_id][0].add(package)
+            found[agent_id][1].add(cve_id)
+    agents = Agent.objects.in_bulk(list(found))
+    events = []
+    for agent_id, (packages, cves) in found.items():
+        agent = agents.get(agent_id)
+        if agent is None:
+            continue
+        more = " …" if len(cves) > 5 else ""
+        events.append({"event_type": EventType.AGENT_SCAN, "subtype": EventSubtype.WARNING,
+                       "severity": Severity.ERROR, "component": Component.SECURITY, "agent": agent,
+                       "message": f"{agent.hostname} has updates fixing known-exploited "
+                                  f"{', '.join(sorted(cves)[:5])}{more}: {', '.join(sorted(packages)[:5])}",
+                       "metadata": {"kind": KEV_EXPOSURE_KIND, "cves": sorted(cves), "packages": sorted(packages)}})
+    # In a constant number of queries: the first KEV import can expose much of a fleet at once.
+    record_events(events)

@@ -8,11 +8,11 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import Max, Q
 from django.utils import timezone
 
 from events_app.choices import Component, EventSubtype, EventType, Severity
-from events_app.models import AuditApiToken, SystemEvent
+from events_app.models import SEQ_NAME, AuditApiToken, SystemEvent
 from redflag.models import EVENT_RETENTION_FLOOR_DAYS, SECURITY_EVENT_RETENTION_FLOOR_DAYS
 
 if TYPE_CHECKING:
@@ -62,6 +62,45 @@ def record_event(
         metadata=metadata or {},
         actor=actor[:255],  # "agent:" + a 255-character hostname would not fit
     )
+
+
+def record_events(events: list[dict[str, Any]]) -> int:
+    """Write many SystemEvents in a constant number of queries, in the caller's transaction.
+
+    Each dict holds ``record_event``'s keyword arguments (but ``standalone``). For sweeps that record one
+    event per machine (the patching policies) and must not grow queries with the fleet. ``seq`` keeps its
+    insertion order: PostgreSQL hands out one block of sequence values; on SQLite the first row's INSERT
+    takes the database's single write lock for this transaction, so the MAX(seq) read after it cannot move
+    before commit and the rest follow it.
+    """
+    if not events:
+        return 0
+    if not transaction.get_connection().in_atomic_block:
+        raise EventOutsideTransaction(f"{len(events)} events outside a transaction")
+    rows = []
+    for event in events:
+        agent = event.get("agent")
+        rows.append(SystemEvent(
+            agent=agent,
+            hostname=(event.get("hostname") or (agent.hostname if agent else ""))[:255],
+            event_type=event["event_type"], event_subtype=event["subtype"],
+            severity=event.get("severity", Severity.INFO), component=event["component"],
+            message=event["message"], metadata=event.get("metadata") or {},
+            actor=event.get("actor", SYSTEM_ACTOR)[:255],
+        ))
+    connection = transaction.get_connection()
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT nextval(%s) FROM generate_series(1, %s)", [SEQ_NAME, len(rows)])
+            seqs = sorted(value for (value,) in cursor.fetchall())
+    else:
+        rows[0].save(force_insert=True)
+        base = SystemEvent.objects.aggregate(top=Max("seq"))["top"]
+        rows, seqs = rows[1:], range(base + 1, base + len(rows))
+    for row, seq in zip(rows, seqs):
+        row.seq = seq
+    SystemEvent.objects.bulk_create(rows)
+    return len(events)
 
 
 def _security_event(event_type: EventType, subtype: EventSubtype, severity: Severity, message: str, *,

@@ -5,7 +5,8 @@ What a scrape returns:
 - the API's request counter and latency histogram, counted by every web process into its own files
   under ``PROMETHEUS_MULTIPROC_DIR`` (settings point it at the data folder) and summed at scrape time
   by the client library's multi-process collector, so any number of uvicorn workers add up;
-- the fleet's gauges (agents online/offline, outstanding updates by severity, security compliance) and
+- the fleet's gauges (agents online/offline, outstanding updates by severity, compliance with the patch
+  deadlines, the reports' own figures) and
   the task queue's depth and age, read from the database at scrape time by ``FleetCollector``: one
   answer whichever process is scraped, a constant number of queries whatever the fleet's size.
 
@@ -20,7 +21,7 @@ import time
 from collections.abc import Callable, Iterator
 
 from django.conf import settings
-from django.db.models import Count, Exists, OuterRef, Q
+from django.db.models import Count
 from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 from django.views.decorators.http import require_safe
@@ -32,7 +33,8 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from agents_app.choices import UpdateSeverity
-from agents_app.models import Agent, PackageUpdate
+from agents_app.models import PackageUpdate
+from reports_app.compliance import fleet_counts
 
 # Requests under this prefix are the API (agents, releases, signing keys, the auditors' read API).
 API_PREFIX = "/api/"
@@ -94,22 +96,27 @@ def oldest_task_age_seconds(broker, now) -> float:
 
 
 class FleetCollector:
-    """The fleet's gauges, read from the database when scraped: four queries, whatever the fleet's size."""
+    """The fleet's gauges, read from the database when scraped: five queries, whatever the fleet's size."""
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         now = timezone.now()
-        # One query for the three agent figures; "online" is Agent.objects.online()'s own rule.
-        fleet = Agent.objects.filter(revoked_at__isnull=True).aggregate(
-            total=Count("pk"),
-            online=Count("pk", filter=Q(pk__in=Agent.objects.online(now).values("pk"))),
-            exposed=Count("pk", filter=Q(Exists(PackageUpdate.objects.outstanding().filter(
-                agent=OuterRef("pk"), is_security=True)))),
-        )
+        # The same figures as the reports and the dashboard's trends (reports_app.compliance), two queries.
+        fleet = fleet_counts(now=now)
         agents = GaugeMetricFamily("redflag_agents", "Enrolled agents (revoked ones left out), by presence.",
                                    labels=["state"])
-        agents.add_metric(["online"], fleet["online"])
-        agents.add_metric(["offline"], fleet["total"] - fleet["online"])
+        agents.add_metric(["online"], fleet.online)
+        agents.add_metric(["offline"], fleet.machines - fleet.online)
         yield agents
+
+        compliance = GaugeMetricFamily(
+            "redflag_compliance_ratio",
+            "Share of enrolled agents with no security update past its deadline (REDFLAG_PATCH_DEADLINES_DAYS), "
+            "per severity and for all severities; absent while no agent is enrolled.", labels=["severity"])
+        if fleet.machines:
+            compliance.add_metric(["all"], fleet.compliant / fleet.machines)
+            for row in fleet.by_severity:
+                compliance.add_metric([row.severity], row.compliant / row.machines)
+        yield compliance
 
         pending = GaugeMetricFamily(
             "redflag_pending_updates", "Updates not yet installed, closed or ignored, by severity and kind.",
@@ -121,12 +128,6 @@ class FleetCollector:
             for security in (True, False):
                 pending.add_metric([severity, str(security).lower()], counts.get((severity, security), 0))
         yield pending
-
-        compliance = GaugeMetricFamily(
-            "redflag_security_compliance_ratio",
-            "Share of enrolled agents with no outstanding security update (1 when no agent is enrolled).")
-        compliance.add_metric([], 1.0 if not fleet["total"] else (fleet["total"] - fleet["exposed"]) / fleet["total"])
-        yield compliance
 
         broker = get_broker()
         depth = GaugeMetricFamily("redflag_task_queue_depth", "Tasks waiting in the django-q2 queue.")

@@ -96,8 +96,18 @@ def test_fleet_gauges_count_agents_updates_and_compliance(client, db, metrics_on
     assert samples[("redflag_pending_updates", (("security", "true"), ("severity", "important")))] == 1
     assert samples[("redflag_pending_updates", (("security", "false"), ("severity", "low")))] == 1
     assert samples[("redflag_pending_updates", (("security", "false"), ("severity", "critical")))] == 0
-    # web has outstanding security updates; db (installed) and old (none) do not: 2 of 3.
-    assert samples[("redflag_security_compliance_ratio", ())] == pytest.approx(2 / 3)
+    # Compliance is the reports' own figure: no security update past its severity's deadline.
+    assert samples[("redflag_compliance_ratio", (("severity", "all"),))] == 1.0  # all seen just now
+    PackageUpdate.objects.filter(name="openssl").update(first_seen_at=timezone.now() - timedelta(days=8))
+    samples = scrape(client)
+    # web's critical update is 8 days old, past the 7-day deadline: 2 of 3 agents comply.
+    assert samples[("redflag_compliance_ratio", (("severity", "all"),))] == pytest.approx(2 / 3)
+    assert samples[("redflag_compliance_ratio", (("severity", "critical"),))] == pytest.approx(2 / 3)
+    assert samples[("redflag_compliance_ratio", (("severity", "important"),))] == 1.0
+
+
+def test_compliance_is_absent_while_no_agent_is_enrolled(client, db, metrics_on):
+    assert not [key for key in scrape(client) if key[0] == "redflag_compliance_ratio"]
 
 
 def test_queue_depth_and_age_of_the_oldest_waiting_task(client, db, metrics_on, settings):
@@ -116,8 +126,8 @@ def test_scrape_costs_the_same_queries_whatever_the_fleet(client, db, metrics_on
     for index in range(3):
         _update(_agent(f"a{index}", seen=timedelta(seconds=1)), "pkg", UpdateSeverity.LOW, True)
     scrape(client)  # loads the server settings (the offline threshold) once
-    # agents, updates by severity, the queue's depth and its oldest task.
-    with django_assert_num_queries(4) as small:
+    # agents and their updates (reports_app.compliance), updates by severity, the queue's depth and oldest task.
+    with django_assert_num_queries(5) as small:
         scrape(client)
     for index in range(3, 40):
         _update(_agent(f"a{index}", seen=timedelta(seconds=1)), "pkg", UpdateSeverity.LOW, True)
@@ -165,6 +175,7 @@ def test_counters_of_several_web_processes_add_up(tmp_path):
 
 def test_the_grafana_dashboard_asks_only_for_series_a_scrape_has(client, db, metrics_on):
     """contrib/grafana/redflag-dashboard.json: every metric and label its queries use is in a real scrape."""
+    _agent("web", seen=timedelta(seconds=1))  # an enrolled agent, so the compliance series exist
     client.get(f"/api/v1/agents/{Agent(hostname='x').pk}/config")  # one API request, so its series exist
     response = client.get(URL, HTTP_AUTHORIZATION=f"Bearer {TOKEN}")
     families = {sample.name: set(sample.labels) for family in text_string_to_metric_families(
