@@ -63,6 +63,7 @@ from agent_client.transport import (
     plain_http_problem,
     register,
 )
+from agent_client.wakeup import WakeChannel
 
 logger = logging.getLogger("redflag.agent")
 
@@ -153,6 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     run_parser = commands.add_parser("run", help="poll the server (the service loop)")
     run_parser.add_argument("--once", action="store_true", help="one cycle: check in, flush the outbox, exit")
+    run_parser.add_argument("--poll-only", action="store_true",
+                            help="do not hold the fast channel (GET /agents/{id}/wait); commands then arrive at the "
+                            "next poll, as with an older server")
 
     scan_parser = commands.add_parser("scan", help="scan for updates locally (no server needed)")
     scan_parser.add_argument("--type", choices=PackageType.ALL, default=None, help="only this package manager")
@@ -472,6 +476,11 @@ def command_run(args: argparse.Namespace, config_path: Path) -> int:
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
+    if not args.poll_only:
+        channel = WakeChannel(client=lambda: runner.client, stop=stop)
+        runner.wait = channel.wait
+        runner.cycle_listeners.append(channel.cycle_finished)
+        channel.start()
     runner.run_forever()
     if restart.is_set():
         logger.info("restarting into the new agent version")
@@ -522,6 +531,7 @@ def _attach_executor(runner: Runner, config_path: Path, outbox: Outbox,
         reboot=schedule_reboot,
         fetch_keys=lambda: runner.client.signing_keys(),
         save_keys=save_keys,
+        tags=lambda: runner.config.tags,
     )
     executor.self_updater = SelfUpdater(
         state_dir=state_dir, agent_id=runner.config.agent_id, current_version=__version__,

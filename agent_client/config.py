@@ -21,7 +21,8 @@ Layout (``schema_version`` 1)::
       "registered_at": "…iso…",
       "last_checkin_at": "…iso…",
       "ca_bundle": null,
-      "insecure_http": false
+      "insecure_http": false,
+      "tags": ["production", "eu-west"]
     }
 
 ``insecure_http`` is true only when the agent was registered with
@@ -119,6 +120,10 @@ class AgentConfig:
     insecure_http: bool = False
     # register --capabilities: the most this agent may offer (None: whatever works on this host).
     capability_limit: Optional[list[str]] = None
+    # Tags an admin writes here for the server's groups ("tags": ["production", "eu-west"]), sent with
+    # each system report when they pass protocol.tags_problem. Read at start: restart the agent after
+    # editing them (the running agent rewrites this file with what it holds).
+    tags: list[str] = dataclasses.field(default_factory=list)
     schema_version: int = SCHEMA_VERSION
     # Unknown keys read from the file, written back untouched.
     extra: dict[str, Any] = dataclasses.field(default_factory=dict, repr=False)

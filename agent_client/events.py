@@ -31,7 +31,9 @@ EVENT_TYPES = (
 )
 SUBTYPES = ("initiated", "success", "failed", "info", "warning", "critical")
 SEVERITIES = ("info", "warning", "error", "critical")
-COMPONENTS = ("agent", "server", "build", "download", "config", "migration", "security", "scheduler")
+# The server's Component list (tests/server/test_protocol_agreement.py); the agent itself uses the first ones.
+COMPONENTS = ("agent", "server", "build", "download", "config", "migration", "security", "scheduler", "policy",
+              "notification", "reports", "accounts")
 
 MAX_MESSAGE_CHARS = 2000
 MAX_METADATA_KEYS = 100

@@ -31,7 +31,16 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from agent_client.events import AGENT_CHECKIN, CONFIG_CHANGED, SECURITY_VIOLATION, make_event
 from agent_client.outbox import KIND_COMMAND_RESULT, KIND_SYSTEM_REPORT, KIND_UPDATES_REPORT, Channel, Outbox
-from agent_client.protocol import CommandType, ResultStatus, command_signing_bytes_from_wire, key_endorsement_bytes
+from agent_client.protocol import (
+    DEFAULT_REBOOT_DELAY_MINUTES,
+    DEFAULT_REBOOT_MESSAGE,
+    CommandType,
+    ResultStatus,
+    command_signing_bytes_from_wire,
+    key_endorsement_bytes,
+    reboot_params_problem,
+    tags_problem,
+)
 from agent_client.scanners.base import (
     MAX_NOT_CHECKED,
     OperationResult,
@@ -135,12 +144,19 @@ def verify_command(command: Mapping[str, Any], *, agent_id: str, keys: Mapping[s
         raise CommandRefused("expired", f"command {command['id']} expired")
 
 
-def schedule_reboot() -> OperationResult:
-    """Ask the OS to reboot in a minute, so the result can still reach the server first."""
-    if sys.platform == "win32":
-        argv = ["shutdown", "/r", "/t", "60", "/c", "RedFlag: reboot requested by an administrator"]
-    else:
-        argv = ["shutdown", "-r", "+1", "RedFlag: reboot requested by an administrator"]
+def reboot_argv(delay_minutes: int, message: str, platform: str = sys.platform) -> list[str]:
+    """shutdown's argv for a reboot announced ``delay_minutes`` ahead with ``message`` (checked by
+    protocol.reboot_params_problem first: the message is one argument and never an option)."""
+    if platform == "win32":
+        return ["shutdown", "/r", "/t", str(delay_minutes * 60), "/c", message]
+    return ["shutdown", "-r", f"+{delay_minutes}", message]
+
+
+def schedule_reboot(delay_minutes: int = DEFAULT_REBOOT_DELAY_MINUTES,
+                    message: str = DEFAULT_REBOOT_MESSAGE) -> OperationResult:
+    """Ask the OS to reboot after the announced delay (by default a minute, so the result can still
+    reach the server first; the outbox keeps it across the reboot otherwise)."""
+    argv = reboot_argv(delay_minutes, message)
     try:
         outcome = run_command(argv, timeout=60)
     except ScanError as exc:
@@ -219,11 +235,12 @@ class CommandExecutor:
         system_facts: Callable[[], dict[str, Any]],
         record: Callable[[dict[str, Any]], None],
         set_heartbeat: Callable[[Optional[dt.datetime]], None] = lambda until: None,
-        reboot: Optional[Callable[[], OperationResult]] = None,
+        reboot: Optional[Callable[[int, str], OperationResult]] = None,
         fetch_keys: Optional[Callable[[], list[dict[str, Any]]]] = None,
         self_updater: Optional[Any] = None,
         save_keys: Callable[[list[dict[str, Any]]], None] = lambda keys: None,
         clock: Callable[[], float] = time.time,
+        tags: Callable[[], Any] = lambda: None,
     ) -> None:
         self.agent_id = agent_id
         self.pinned = [dict(key) for key in signing_keys]
@@ -239,6 +256,9 @@ class CommandExecutor:
         self.set_heartbeat = set_heartbeat
         self.reboot = reboot
         self.clock = clock
+        self.tags = tags
+        # Set by an install that succeeded: handle() then rescans that package type.
+        self.installed_package_type: Optional[str] = None
 
     def __call__(self, commands: list[dict[str, Any]]) -> None:
         for command in commands:
@@ -265,12 +285,28 @@ class CommandExecutor:
                           "command_type": str(command.get("type", ""))[:64]},
             ))
             return None
+        self.installed_package_type = None
         status, output, details, reports = self.run(command)
         for kind, item_id, payload in reports:
             self.outbox.add(kind, payload, item_id=item_id)
         self.outbox.add(KIND_COMMAND_RESULT, {"command_id": command["id"], "status": status, "output": output,
                                               **details}, item_id=f"result-{command['id']}")
+        if self.installed_package_type is not None:
+            self.rescan_after_install(self.installed_package_type)
         return status
+
+    def rescan_after_install(self, package_type: str) -> None:
+        """Scan the installed package type at once and queue the report after the install's result, so
+        the server sees what the install changed (a dependency it upgraded no longer pending) now rather
+        than at the next scheduled scan. A failed rescan is logged; the schedule catches up."""
+        try:
+            _status, output, _details, reports = self._scan({"package_type": package_type})
+        except Exception as exc:  # the install's result is queued already: nothing else may fail with it
+            logger.warning("rescan after install failed: %s", exc)
+            return
+        for kind, item_id, payload in reports:
+            self.outbox.add(kind, payload, item_id=item_id)
+        logger.info("rescan after install: %s", output)
 
     def learn_keys(self) -> bool:
         """Fetch the server's keys and pin those endorsed by a key already pinned."""
@@ -305,6 +341,7 @@ class CommandExecutor:
                 return self._scan(params)
             if kind in SYSTEM_COMMANDS:
                 report = system_report_body(self.system_facts())
+                report.update(self.reported_tags())
                 return ResultStatus.SUCCEEDED, "system facts collected", {}, [
                     (KIND_SYSTEM_REPORT, f"system-{uuid.uuid4().hex}", report)]
             if kind in PACKAGE_COMMANDS:
@@ -317,7 +354,7 @@ class CommandExecutor:
                 self.set_heartbeat(None)
                 return ResultStatus.SUCCEEDED, "heartbeat off", {}, []
             if kind == CommandType.REBOOT:
-                return self._reboot()
+                return self._reboot(params)
             if kind == CommandType.UPDATE_AGENT:
                 return self._update(command)
         except PackageNamesRefused as refusal:
@@ -329,6 +366,20 @@ class CommandExecutor:
             logger.exception("command %s failed", command["id"])
             return ResultStatus.FAILED, f"{type(exc).__name__}: {exc}", {}, []
         return ResultStatus.FAILED, f"this agent does not support {kind!r} commands", {}, []
+
+    def reported_tags(self) -> dict[str, Any]:
+        """``{"tags": [...]}`` from the config file for the system report; nothing (the server keeps what it
+        has) when the config holds none or bad ones, which a warning event names."""
+        tags = self.tags()
+        if tags is None:
+            return {}
+        problem = tags_problem(tags)
+        if problem:
+            logger.warning("not reporting the tags in the config file: %s", problem)
+            self.record(make_event(CONFIG_CHANGED, "warning", f"Tags in the config file not reported: {problem}",
+                                   severity="warning", metadata={"reason": "bad_tags"}))
+            return {}
+        return {"tags": list(tags)}
 
     def _scanner(self, package_type: Any, *, probe: bool = True) -> Scanner:
         scanner = self.scanners.get(package_type)
@@ -376,7 +427,12 @@ class CommandExecutor:
         packages = params.get("packages")
         # Anything but a list of names is no names at all (a string must not become its letters).
         names = [str(name) for name in packages] if isinstance(packages, list) else []
-        outcome = scanner.dry_run(names) if kind == CommandType.DRY_RUN_UPDATE else scanner.install(names)
+        if kind == CommandType.DRY_RUN_UPDATE:
+            outcome = scanner.dry_run(names)
+        else:
+            outcome = scanner.install(names)
+            if outcome.succeeded:  # a failed install leaves the rescan to the schedule
+                self.installed_package_type = scanner.package_type
         details = {"exit_code": outcome.exit_code, "duration_seconds": round(outcome.duration_seconds, 3),
                    "dependencies": list(outcome.dependencies), "packages": list(outcome.packages)}
         return ResultStatus.of(outcome.succeeded), tail(outcome.output_tail), details, []
@@ -398,11 +454,16 @@ class CommandExecutor:
             return ResultStatus.FAILED, f"update refused ({refusal.reason}): {refusal}", {}, []
         return ResultStatus.RUNNING, progress, {}, []
 
-    def _reboot(self):
+    def _reboot(self, params: Mapping[str, Any]):
         if self.reboot is None:
             return ResultStatus.FAILED, "rebooting is not set up on this agent", {}, []
-        outcome = self.reboot()
-        return ResultStatus.of(outcome.succeeded), tail(outcome.output_tail), {"exit_code": outcome.exit_code}, []
+        problem = reboot_params_problem(params)
+        if problem:  # the server refuses these before signing: a signed bad value is refused here too
+            return ResultStatus.FAILED, f"refused: {problem}", {}, []
+        delay = params.get("delay_minutes", DEFAULT_REBOOT_DELAY_MINUTES)
+        outcome = self.reboot(delay, params.get("message", DEFAULT_REBOOT_MESSAGE))
+        return ResultStatus.of(outcome.succeeded), tail(outcome.output_tail), {
+            "exit_code": outcome.exit_code, "details": {"delay_minutes": delay}}, []
 
 
 def _not_checked_line(item: Any) -> str:

@@ -109,6 +109,16 @@ def event_metadata_problem(metadata: Any) -> Optional[str]:
     return None
 
 
+# --- the fast channel -------------------------------------------------------------
+# GET /api/v1/agents/{id}/wait holds the request open and answers newline-delimited JSON: a first
+# line {"waiting": true}, then a blank line at least every WAKE_KEEPALIVE_SECONDS (so neither a
+# proxy nor the agent takes the silence for a dead connection), then one last line
+# {"wake": true|false, "reason": ...} when something is waiting for the agent or the hold ends.
+# A wake-up carries nothing: the agent then checks in as usual.
+
+WAKE_KEEPALIVE_SECONDS = 20
+WAKE_REASONS = ("pending", "notified", "queued", "reconnected", "hold_ended", "superseded")
+
 # --- package names ----------------------------------------------------------------
 # One grammar per package manager, checked by the server when a scan reports a name and again before it
 # signs a command, and by the agent before it starts any process. Each is deliberately narrower than
@@ -178,6 +188,72 @@ def package_name_problem(package_type: str, name: Any) -> Optional[str]:
     pattern, description = PACKAGE_NAME_GRAMMAR[package_type]
     if name.startswith("-") or not pattern.fullmatch(name):
         return f"not {description}"
+    return None
+
+
+# --- agent tags --------------------------------------------------------------------
+# Tags an agent reports from its config file (``tags`` in config.json), checked by the agent when it
+# reads them and again by the server when it stores them (Agent.reported_tags); the admin's own tags
+# follow the same rules (agents_app.admin.common.TagsField). A comma separates tags in the admin's
+# one-line field, so no tag holds one.
+
+TAGS_MAX_COUNT = 50
+TAG_MAX_CHARS = 64
+
+
+def tags_problem(tags: Any) -> Optional[str]:
+    """Why ``tags`` is not a list of tags; None when it is one."""
+    if not isinstance(tags, list):
+        return "tags must be a list of strings"
+    if len(tags) > TAGS_MAX_COUNT:
+        return f"at most {TAGS_MAX_COUNT} tags"
+    for tag in tags:
+        if not isinstance(tag, str) or not tag.strip():
+            return "each tag must be a non-empty string"
+        shown = repr(tag[:20])
+        if len(tag) > TAG_MAX_CHARS:
+            return f"tag {shown} is longer than {TAG_MAX_CHARS} characters"
+        if not tag.isprintable() or tag != tag.strip() or "," in tag:
+            return f"tag {shown} holds a control character, a comma or surrounding spaces"
+    if len(set(tags)) != len(tags):
+        return "a tag is listed twice"
+    return None
+
+
+# --- reboot -------------------------------------------------------------------------
+# A reboot command may announce itself: ``delay_minutes`` before the machine goes down (``shutdown -r
+# +N``; Windows ``/t`` in seconds) and a ``message`` shown to logged-in users. The server refuses bad
+# values before it signs the command; the agent checks again before it starts shutdown. The message is
+# one argv element (no shell), but shutdown still parses options from every argument (GNU getopt
+# permutes them; Windows reads "/x"), so a message may not start with "-" or "/".
+
+REBOOT_DELAY_MAX_MINUTES = 1440
+REBOOT_MESSAGE_MAX_CHARS = 200
+# Without a delay: one minute, so the command's result can still reach the server before the reboot.
+DEFAULT_REBOOT_DELAY_MINUTES = 1
+DEFAULT_REBOOT_MESSAGE = "RedFlag: reboot requested by an administrator"
+REBOOT_PARAMS = ("delay_minutes", "message")
+
+
+def reboot_params_problem(params: Any) -> Optional[str]:
+    """Why a reboot command's ``params`` are refused; None when they are fine (both keys are optional)."""
+    if not isinstance(params, Mapping):
+        return "reboot params must be an object"
+    unknown = sorted(str(key)[:40] for key in params if key not in REBOOT_PARAMS)
+    if unknown:
+        return f"reboot takes only delay_minutes and message, not {', '.join(unknown)}"
+    delay = params.get("delay_minutes", DEFAULT_REBOOT_DELAY_MINUTES)
+    if not isinstance(delay, int) or isinstance(delay, bool) or not 0 <= delay <= REBOOT_DELAY_MAX_MINUTES:
+        return f"delay_minutes must be a whole number of minutes from 0 to {REBOOT_DELAY_MAX_MINUTES}"
+    message = params.get("message", DEFAULT_REBOOT_MESSAGE)
+    if not isinstance(message, str) or not message.strip():
+        return "message must be a non-empty string"
+    if len(message) > REBOOT_MESSAGE_MAX_CHARS:
+        return f"message must be at most {REBOOT_MESSAGE_MAX_CHARS} characters"
+    if not message.isprintable():
+        return "message must hold printable characters only (no newline or control character)"
+    if message.startswith(("-", "/")):
+        return "message must not start with '-' or '/' (shutdown would read it as an option)"
     return None
 
 

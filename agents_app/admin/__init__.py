@@ -11,6 +11,7 @@ index is agents_app.templatetags.fleet.
 
 from agents_app.admin import (  # noqa: F401  (registration)
     agents,
+    groups,
     operations,
     releases,
     server_settings,

@@ -29,10 +29,12 @@ from agents_app.admin.common import (
     changelist_url,
     command_badge,
     neutral,
+    next_poll_label,
     severity_badge,
     table,
     usage_bar,
 )
+from agents_app.admin.groups import ANNOUNCED_REBOOT, AgentGroupFilter, AgentTagFilter, groups_links
 from agents_app.choices import CommandSource, names_in_words
 from agents_app.models import (
     Agent,
@@ -50,6 +52,7 @@ from agents_app.services.heartbeat import heartbeat_active
 from agents_app.services.releases import latest_release
 from agents_app.services.subsystems import subsystems_update
 from events_app.models import SystemEvent
+from redflag.admin_scoping import ScopedAdminMixin, ScopedInlineMixin
 from redflag.errors import ApiError
 
 # --- agents -------------------------------------------------------------------
@@ -105,7 +108,7 @@ def _outstanding_count(**filters) -> Coalesce:
     return Coalesce(Subquery(counted, output_field=IntegerField()), Value(0))
 
 
-class AgentSubsystemInline(admin.TabularInline):
+class AgentSubsystemInline(ScopedInlineMixin, admin.TabularInline):
     """Editable schedule, saved through agents_app.services.subsystems (config_version and the event)."""
 
     model = AgentSubsystem
@@ -120,25 +123,29 @@ class AgentSubsystemInline(admin.TabularInline):
 
 
 @admin.register(Agent)
-class AgentAdmin(admin.ModelAdmin):
+class AgentAdmin(ScopedAdminMixin, admin.ModelAdmin):
+    scope_agent_path = ""  # the rows are the agents (redflag.admin_scoping)
     list_display = ("hostname", "status_badge", "last_seen", "os", "agent_version", "outstanding_updates",
                     "security_updates", "reboot_flag")  # fits 1366 px: tests/browser/test_layout_browser.py
-    list_filter = (AgentStatusFilter, "os_family", "reboot_required", HasSecurityUpdatesFilter, "agent_version")
+    list_filter = (AgentStatusFilter, AgentGroupFilter, AgentTagFilter, "os_family", "reboot_required",
+                   HasSecurityUpdatesFilter, "agent_version")
     search_fields = ("hostname", "os_name", "=id")
     actions = ("scan_now", "heartbeat_10", "heartbeat_30", "heartbeat_60", "stop_heartbeat", "reboot",
-               "approve_security_updates", "update_agent", "allow_rebind", "revoke_credentials")
+               "reboot_announced", "approve_security_updates", "update_agent", "allow_rebind", "revoke_credentials")
     inlines = (AgentSubsystemInline,)
     readonly_fields = (
         "id", "hostname", "status_badge", "os_family", "os_name", "os_version", "kernel", "arch", "agent_version",
         "machine_id_prefix", "registered_at", "last_seen_at", "heartbeat_until", "reboot_reason",
         "last_boot_at", "config_version", "metrics", "rebind_allowed_until", "revoked_at", "system_reported_at",
         "system_facts", "storage", "outstanding_updates_section", "timeline", "reboot_flag",
+        "reported_tags", "groups", "next_poll",
     )
     fieldsets = (
         (None, {"fields": ("hostname", "status_badge", "id", ("os_family", "os_name", "os_version"),
                            ("kernel", "arch"), "agent_version", ("registered_at", "last_seen_at"))}),
-        ("Polling and configuration", {"fields": ("poll_interval_seconds", "heartbeat_until", "config_version",
-                                                  "tags", "verify_scans")}),
+        ("Polling and configuration", {"fields": ("poll_interval_seconds", "heartbeat_until", "next_poll",
+                                                  "config_version", "tags", "reported_tags", "groups",
+                                                  "verify_scans")}),
         ("System", {"fields": ("system_facts", ("reboot_flag", "reboot_reason"), "last_boot_at",
                                "system_reported_at")}),
         ("Storage", {"fields": ("storage",)}),
@@ -186,6 +193,22 @@ class AgentAdmin(admin.ModelAdmin):
         if agent.is_online:
             return badge("Online", GREEN)
         return badge("Offline", GREY)
+
+    @admin.display(description="next check-in")
+    def next_poll(self, agent: Agent):
+        """When the commands waiting for this agent will be picked up."""
+        waiting = agent.commands.pending().count()
+        note = f" — {waiting} command(s) waiting for it" if waiting else ""
+        return format_html("{}{}", next_poll_label(agent), note)
+
+    @admin.display(description="reported tags")
+    def reported_tags(self, agent: Agent):
+        """The agent's own tags, from its config file (``tags`` in config.json)."""
+        return ", ".join(agent.reported_tags or []) or neutral("none")
+
+    @admin.display(description="groups")
+    def groups(self, agent: Agent):
+        return groups_links(agent)
 
     @admin.display(description="last seen", ordering="last_seen_at")
     def last_seen(self, agent: Agent) -> str:
@@ -347,36 +370,40 @@ class AgentAdmin(admin.ModelAdmin):
                                        f"are already waiting, or there was nothing to do).", messages.INFO)
         return HttpResponseRedirect(reverse("admin:agents_app_agent_change", args=[agent.pk]))
 
-    @admin.action(description="Scan now", permissions=["change"])
+    @admin.action(description="Scan now", permissions=["operate"])
     def scan_now(self, request, queryset):
         return self._start_bulk(request, queryset, BulkOperation.Kind.SCAN)
 
-    @admin.action(description="Heartbeat for 10 minutes", permissions=["change"])
+    @admin.action(description="Heartbeat for 10 minutes", permissions=["operate"])
     def heartbeat_10(self, request, queryset):
         return self._start_bulk(request, queryset, BulkOperation.Kind.HEARTBEAT, {"minutes": 10}, "Heartbeat (10 min)")
 
-    @admin.action(description="Heartbeat for 30 minutes", permissions=["change"])
+    @admin.action(description="Heartbeat for 30 minutes", permissions=["operate"])
     def heartbeat_30(self, request, queryset):
         return self._start_bulk(request, queryset, BulkOperation.Kind.HEARTBEAT, {"minutes": 30}, "Heartbeat (30 min)")
 
-    @admin.action(description="Heartbeat for 60 minutes", permissions=["change"])
+    @admin.action(description="Heartbeat for 60 minutes", permissions=["operate"])
     def heartbeat_60(self, request, queryset):
         return self._start_bulk(request, queryset, BulkOperation.Kind.HEARTBEAT, {"minutes": 60}, "Heartbeat (60 min)")
 
-    @admin.action(description="Stop heartbeat", permissions=["change"])
+    @admin.action(description="Stop heartbeat", permissions=["operate"])
     def stop_heartbeat(self, request, queryset):
         return self._start_bulk(request, queryset, BulkOperation.Kind.HEARTBEAT, {"minutes": 0}, "Stop heartbeat")
 
-    @admin.action(description="Reboot", permissions=["change"])
+    @admin.action(description="Reboot", permissions=["approve"])
     def reboot(self, request, queryset):
         return self._start_bulk(request, queryset, BulkOperation.Kind.REBOOT)
 
-    @admin.action(description="Approve all security updates", permissions=["change"])
+    @admin.action(description="Reboot in 10 minutes, announced to logged-in users", permissions=["approve"])
+    def reboot_announced(self, request, queryset):
+        return self._start_bulk(request, queryset, BulkOperation.Kind.REBOOT, ANNOUNCED_REBOOT, "Announced reboot")
+
+    @admin.action(description="Approve all security updates", permissions=["approve"])
     def approve_security_updates(self, request, queryset):
         return self._start_bulk(request, queryset, BulkOperation.Kind.APPROVE, {"security_only": True},
                                 "Approve security updates")
 
-    @admin.action(description="Update the agent to the latest release", permissions=["change"])
+    @admin.action(description="Update the agent to the latest release", permissions=["approve"])
     def update_agent(self, request, queryset):
         """One agent: the signed update_agent command at once (source web_ui); several: a bulk task."""
         release = latest_release(platform=AgentRelease.Platform.ANY)

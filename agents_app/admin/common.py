@@ -15,7 +15,8 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
 from agents_app.choices import CommandStatus, UpdateSeverity
-from agents_app.models import Command, PackageUpdate
+from agents_app.models import Agent, Command, PackageUpdate
+from agents_app.services.heartbeat import next_poll_expected
 
 # Statuses the dashboard and the "failed in the last 24 h" filter count as failures.
 FAILED_COMMAND_STATUSES = (CommandStatus.FAILED, CommandStatus.TIMED_OUT)
@@ -63,6 +64,28 @@ def ago(moment: datetime | None, now: datetime | None = None) -> str:
         if seconds >= unit_seconds:
             return f"{seconds // unit_seconds} {unit} ago"
     return f"{seconds} s ago"
+
+
+def next_poll_label(agent: Agent, now: datetime | None = None) -> SafeString:
+    """When the agent is expected to check in next (and so pick up what waits for it): "expected in 4 min",
+    "expected any moment", "overdue since 12 min", with heartbeat mode named; the UTC time on hover."""
+    now = now or timezone.now()
+    earliest, latest, heartbeat = next_poll_expected(agent, now)
+    if earliest is None:
+        return neutral("at its first check-in")
+    mode = " (heartbeat mode: every 5 s)" if heartbeat else ""
+    title = f"{earliest:%Y-%m-%d %H:%M:%S} UTC"
+    if now > latest:
+        return format_html('<span class="rf-next-poll rf-overdue" title="{}" style="color:{}">overdue since {}</span>'
+                           '{}', title, RED, ago(latest, now).removesuffix(" ago"), mode)
+    seconds = int((earliest - now).total_seconds())
+    if seconds <= 0:
+        text = "expected any moment"
+    else:
+        unit_seconds, unit = next(((size, name) for size, name in ((86400, "d"), (3600, "h"), (60, "min"))
+                                   if seconds >= size), (1, "s"))
+        text = f"expected in {seconds // unit_seconds} {unit}"
+    return format_html('<span class="rf-next-poll" title="{}">{}</span>{}', title, text, mode)
 
 
 def neutral(text: str = "—") -> SafeString:

@@ -25,13 +25,15 @@ from agents_app.admin.common import (
     badge,
     changelist_url,
     command_badge,
+    next_poll_label,
     pretty_json,
     table,
 )
-from agents_app.choices import names_in_words
+from agents_app.choices import CommandStatus, names_in_words
 from agents_app.models import BulkOperation, Command, UpdateLog
 from agents_app.services.commands import CommandAlreadyOpen, command_retry
 from agents_app.services.results import commands_cancel
+from redflag.admin_scoping import ScopedAdminMixin
 from redflag.errors import Conflict
 
 # --- live operations ----------------------------------------------------------
@@ -77,7 +79,7 @@ class BulkOperationFilter(admin.SimpleListFilter):
 
 
 @admin.register(Command)
-class CommandAdmin(ReadOnlyDetailMixin, admin.ModelAdmin):
+class CommandAdmin(ScopedAdminMixin, ReadOnlyDetailMixin, admin.ModelAdmin):
     """'Live operations': commands are created by the workflow, never by hand."""
 
     list_display = ("title", "agent", "status_label", "source", "age", "created_by", "completed_at")
@@ -99,7 +101,11 @@ class CommandAdmin(ReadOnlyDetailMixin, admin.ModelAdmin):
 
     @admin.display(description="status", ordering="status")
     def status_label(self, command: Command):
-        return command_badge(command)
+        """A pending command waits for the agent's next check-in: say when that is expected."""
+        if command.status != CommandStatus.PENDING:
+            return command_badge(command)
+        return format_html('{}<br><span class="rf-muted">next check-in {}</span>', command_badge(command),
+                           next_poll_label(command.agent))
 
     @admin.display(description="age", ordering="-created_at")
     def age(self, command: Command) -> str:
@@ -118,7 +124,7 @@ class CommandAdmin(ReadOnlyDetailMixin, admin.ModelAdmin):
         return format_html('<pre style="white-space:pre-wrap;max-height:40em;overflow:auto;margin:0">{}</pre>',
                            command.output or "(none)")
 
-    @admin.action(description="Cancel pending commands", permissions=["change"])
+    @admin.action(description="Cancel pending commands", permissions=["operate"])
     def cancel_pending(self, request, queryset):
         cancelled = commands_cancel(commands=queryset.select_related("agent"), actor=actor_of(request))
         skipped = queryset.count() - cancelled
@@ -126,7 +132,7 @@ class CommandAdmin(ReadOnlyDetailMixin, admin.ModelAdmin):
         self.message_user(request, f"Cancelled {cancelled} command(s){note}.",
                           messages.SUCCESS if cancelled else messages.WARNING)
 
-    @admin.action(description="Retry failed commands", permissions=["change"])
+    @admin.action(description="Retry failed commands", permissions=["approve"])
     def retry_failed(self, request, queryset):
         retried = 0
         for command in queryset.select_related("agent"):
@@ -162,8 +168,11 @@ def progress_bar(operation: BulkOperation) -> SafeString:
 
 
 @admin.register(BulkOperation)
-class BulkOperationAdmin(ReadOnlyDetailMixin, admin.ModelAdmin):
+class BulkOperationAdmin(ScopedAdminMixin, ReadOnlyDetailMixin, admin.ModelAdmin):
     """Progress of fleet actions; the change page refreshes itself every 2 s until the task finishes."""
+
+    # An operation reaches its agents through many commands: a scoped user sees the ones they started.
+    scope_owner_field = "created_by"
 
     list_display = ("__str__", "kind", "status_label", "progress", "requested", "done", "failed", "created_by",
                     "created_at")
@@ -218,7 +227,7 @@ class BulkOperationAdmin(ReadOnlyDetailMixin, admin.ModelAdmin):
 
 
 @admin.register(UpdateLog)
-class UpdateLogAdmin(ReadOnlyDetailMixin, admin.ModelAdmin):
+class UpdateLogAdmin(ScopedAdminMixin, ReadOnlyDetailMixin, admin.ModelAdmin):
     list_display = ("created_at", "agent", "action", "package_type", "package_count", "succeeded", "exit_code",
                     "duration_seconds")
     list_filter = ("action", "succeeded", "package_type")

@@ -5,8 +5,11 @@ from agent_client.protocol import (
     EVENT_METADATA_MAX_BYTES,
     EVENT_METADATA_MAX_DEPTH,
     EVENT_METADATA_MAX_KEYS,
+    TAG_MAX_CHARS,
+    TAGS_MAX_COUNT,
     event_metadata_problem,
     package_name_problem,
+    tags_problem,
 )
 from agents_app.choices import CommandStatus, PackageType, SubsystemName, UpdateSeverity
 from events_app.choices import AGENT_REPORTABLE_TYPES, Component, EventSubtype, Severity
@@ -264,6 +267,25 @@ class DiskSerializer(serializers.Serializer):
     percent = serializers.FloatField(min_value=0, max_value=100)
 
 
+@extend_schema_field({
+    "type": "array", "maxItems": TAGS_MAX_COUNT, "uniqueItems": True,
+    "items": {"type": "string", "minLength": 1, "maxLength": TAG_MAX_CHARS},
+    "description": "Printable, no comma, no leading or trailing space (agent_client.protocol.tags_problem).",
+})
+class TagsListField(serializers.ListField):
+    """An agent's tags, checked with the rule the agent and the admin share (agent_client.protocol.tags_problem)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(child=Text(max_length=TAG_MAX_CHARS), max_length=TAGS_MAX_COUNT, **kwargs)
+
+    def to_internal_value(self, data):
+        tags = super().to_internal_value(data)
+        problem = tags_problem(tags)
+        if problem:
+            raise serializers.ValidationError(problem)
+        return tags
+
+
 class SystemReportSerializer(serializers.Serializer):
     hostname = Text(max_length=255, required=False)
     os_name = Text(max_length=128, required=False, allow_blank=True)
@@ -282,6 +304,8 @@ class SystemReportSerializer(serializers.Serializer):
                                          max_length=256)
     reboot_required = serializers.BooleanField()
     reboot_reason = Text(max_length=1000, required=False, allow_blank=True, default="")
+    # The tags in the agent's config file (Agent.reported_tags); absent: the stored ones stay.
+    tags = TagsListField(required=False)
 
 
 class SubsystemConfigSerializer(serializers.Serializer):

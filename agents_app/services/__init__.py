@@ -3,6 +3,7 @@
 
 Imports flow downwards in this list; nothing imports a module above it:
 
+- ``groups``: agent groups (save, delete) and fleet actions on the agents of groups.
 - ``checkin``: one check-in, assembled (alive, heartbeat, due scans, delivery) into a reply.
 - ``bulk``: fleet-wide actions run as a django-q2 task, one agent at a time.
 - ``agents``: registration and re-enrolment, machine binding, revocation, admin edits of an agent.

@@ -17,10 +17,11 @@ from django.db.models import F
 from django.utils import timezone
 from django_q.tasks import async_task
 
+from agent_client.protocol import REBOOT_PARAMS
 from agents_app.choices import CommandSource, CommandType, UpdateStatus
 from agents_app.models import Agent, BulkOperation, Command, PackageUpdate
 from agents_app.services.agent_upgrade import agent_update_start
-from agents_app.services.commands import CommandAlreadyOpen, command_create
+from agents_app.services.commands import CommandAlreadyOpen, command_create, reboot_params_check
 from agents_app.services.heartbeat import heartbeat_before_operation, heartbeat_enable
 from agents_app.services.package_updates import updates_approve, updates_install
 from agents_app.services.releases import ReleaseError, release_find
@@ -31,10 +32,18 @@ from events_app.services import SYSTEM_ACTOR, record_event
 MAX_RECORDED_ERRORS = 50
 
 
-def bulk_operation_start(*, kind: str, agent_ids: list, params: dict | None = None, user=None) -> BulkOperation:
-    """Create the operation and enqueue its task when the transaction commits."""
+def bulk_operation_start(*, kind: str, agent_ids: list, params: dict | None = None, user=None,
+                         groups: list[str] | None = None) -> BulkOperation:
+    """Create the operation and enqueue its task when the transaction commits.
 
+    ``groups``: the names of the agent groups the agents were resolved from (at start: a later change of
+    a group does not change the operation), kept in its params and its event.
+    """
+    if kind == BulkOperation.Kind.REBOOT:
+        reboot_params_check(_reboot_params(params or {}))  # refused now, not once per agent
     params = {**(params or {}), "agent_ids": [str(agent_id) for agent_id in agent_ids]}
+    if groups is not None:
+        params["groups"] = list(groups)
     with transaction.atomic():
         operation = BulkOperation.objects.create(kind=kind, params=params, requested=len(agent_ids), created_by=user)
         record_event(
@@ -43,7 +52,7 @@ def bulk_operation_start(*, kind: str, agent_ids: list, params: dict | None = No
             component=Component.SERVER,
             message=f"{operation.get_kind_display()} requested for {len(agent_ids)} agent(s)",
             metadata={"bulk_operation_id": str(operation.pk), "kind": kind, "agents": len(agent_ids),
-                      "source": CommandSource.WEB_UI_BULK},
+                      "source": CommandSource.WEB_UI_BULK, **({"groups": list(groups)} if groups is not None else {})},
             actor=user.get_username() if user else SYSTEM_ACTOR,
         )
         transaction.on_commit(lambda: async_task("agents_app.tasks.bulk_operation_run", str(operation.pk),
@@ -105,9 +114,14 @@ def _heartbeat(agent: Agent, asked: Asked) -> None:
         asked.command(agent, CommandType.DISABLE_HEARTBEAT)
 
 
+def _reboot_params(params: dict[str, Any]) -> dict[str, Any]:
+    """The announced delay and message a reboot carries, from the action's params (which hold more)."""
+    return {key: params[key] for key in REBOOT_PARAMS if key in params}
+
+
 def _reboot(agent: Agent, asked: Asked) -> None:
     heartbeat_before_operation(agent=agent, now=timezone.now(), source=asked.source, actor=asked.actor)
-    asked.command(agent, CommandType.REBOOT)
+    asked.command(agent, CommandType.REBOOT, _reboot_params(asked.params))
 
 
 def _update_agent(agent: Agent, asked: Asked) -> None:

@@ -12,9 +12,10 @@ from typing import Any
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from agent_client.protocol import command_signing_bytes, package_name_problem
-from agents_app.choices import CommandSource, CommandStatus
+from agent_client.protocol import command_signing_bytes, package_name_problem, reboot_params_problem
+from agents_app.choices import CommandSource, CommandStatus, CommandType
 from agents_app.models import Agent, Command
+from agents_app.services.wakeup import agent_wake_on_commit
 from events_app.choices import Component, EventSubtype, EventType
 from events_app.services import SYSTEM_ACTOR, record_event
 from redflag.errors import Conflict, InvalidRequest
@@ -47,6 +48,14 @@ def package_names_check(params: dict[str, Any]) -> None:
             raise InvalidRequest(f"refusing to sign a command for package {str(name)[:100]!r}: {problem}")
 
 
+def reboot_params_check(params: dict[str, Any]) -> None:
+    """A reboot's announced delay and message (protocol.reboot_params_problem, checked again by the agent):
+    InvalidRequest naming the problem, before anything is signed."""
+    problem = reboot_params_problem(params)
+    if problem:
+        raise InvalidRequest(f"refusing to sign a reboot: {problem}")
+
+
 def command_build(
     *,
     agent_id,
@@ -64,6 +73,8 @@ def command_build(
     (with ``key`` when the caller builds many: see ``tokens_app.signing.sign``), and never over a
     package name that is not one (package_names_check)."""
     package_names_check(params)
+    if command_type == CommandType.REBOOT:
+        reboot_params_check(params)
     command = Command(
         agent_id=agent_id,
         command_type=command_type,
@@ -119,6 +130,7 @@ def command_create(
     try:
         with transaction.atomic():
             command.save(force_insert=True)
+            agent_wake_on_commit(agent.pk)  # an agent on the fast channel checks in now, not at its next poll
             if record:
                 record_event(
                     event_type=EventType.COMMAND_CREATED,

@@ -25,6 +25,19 @@ def heartbeat_active(agent: Agent, now: datetime) -> bool:
     return bool(agent.heartbeat_until and agent.heartbeat_until > now)
 
 
+def next_poll_expected(agent: Agent, now: datetime) -> tuple[datetime | None, datetime | None, bool]:
+    """When the agent's next check-in is due: (earliest, latest, heartbeat), or (None, None, False) for an
+    agent never seen. Earliest is last seen + the poll interval (5 s in heartbeat mode); the agent adds up
+    to 10 % jitter, at most a minute (agent_client.runner.poll_delay), so only past ``latest`` is it late."""
+    if agent.last_seen_at is None:
+        return None, None, False
+    heartbeat = heartbeat_active(agent, now)
+    interval = HEARTBEAT_POLL_SECONDS if heartbeat else agent.effective_poll_interval_seconds
+    earliest = agent.last_seen_at + timedelta(seconds=interval)
+    jitter = 0 if heartbeat else min(60.0, interval * 0.1)
+    return earliest, earliest + timedelta(seconds=jitter), heartbeat
+
+
 def heartbeat_enable(*, agent: Agent, minutes: int | None, source: str, actor: str = SYSTEM_ACTOR,
                      created_by=None, bulk_operation=None) -> Command | None:
     """Queue enable_heartbeat; None when one is already waiting for this agent."""

@@ -139,6 +139,8 @@ def updates_report_ingest(*, agent: Agent, report_id: str, package_type: str, up
 def system_report_ingest(*, agent: Agent, report: dict[str, Any], now: datetime | None = None) -> None:
     """Store the latest system facts; the reboot flag clears only when the agent reports it gone."""
     now = now or timezone.now()
+    report = dict(report)
+    tags = report.pop("tags", None)  # absent (an older agent): the stored ones stay
     changes = {
         "system_info": report,
         "system_reported_at": now,
@@ -150,8 +152,21 @@ def system_report_ingest(*, agent: Agent, report: dict[str, Any], now: datetime 
             changes[field] = report[field]
     if report.get("boot_time"):
         changes["last_boot_at"] = report["boot_time"]
+    if tags is not None:
+        changes["reported_tags"] = list(tags)
     with transaction.atomic():
         Agent.objects.filter(pk=agent.pk).update(**changes)
+        if tags is not None and list(tags) != list(agent.reported_tags or []):
+            # Group membership by tag follows these: say when they change.
+            record_event(
+                event_type=EventType.CONFIG_CHANGED,
+                subtype=EventSubtype.INFO,
+                component=Component.AGENT,
+                message=f"{agent.hostname} reports the tags {', '.join(tags) or '(none)'}",
+                agent=agent,
+                metadata={"reported_tags": list(tags), "previous": list(agent.reported_tags or [])},
+                actor=agent_actor(agent),
+            )
         if agent.reboot_required and not report["reboot_required"]:
             record_event(
                 event_type=EventType.AGENT_REBOOT,

@@ -583,7 +583,8 @@ def test_real_dnf_never_sees_a_hostile_name(sandbox, built_repository, tmp_path,
         # The same route with a valid name reaches the real dnf: after "--", with signature checks forced.
         install = signer.command("install_updates", {"package_type": "dnf", "packages": ["redflag-test-sec"]})
         assert executor.handle(install) == "succeeded", result_payloads(outbox)[-1]["output"]
-    (started,) = shims.started_by("dnf")
+    # The upgrade, then the scan the agent runs after a successful install (its own dnf processes).
+    (started,) = [line for line in shims.started_by("dnf") if " upgrade " in line]
     assert started.endswith(" upgrade -y --setopt=gpgcheck=1 --setopt=*.gpgcheck=1 --setopt=localpkg_gpgcheck=1 "
                             "-- redflag-test-sec")
     assert sandbox.installed("redflag-test-pkg", "redflag-test-sec") == {

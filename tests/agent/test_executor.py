@@ -151,7 +151,7 @@ def test_a_command_runs_at_most_once_even_across_restarts(setup, signer):
     assert executor.handle(command) is None
     restarted, _, _, restarted_events, _ = setup(scanner=scanner)  # new ledger object, same file
     assert restarted.handle(command) is None
-    assert scanner.calls == [("install", ("openssl",))]
+    assert scanner.calls == [("install", ("openssl",)), ("scan",)]  # the install, then its rescan
     assert [e["metadata"]["reason"] for e in events + restarted_events] == ["replayed", "replayed"]
 
 
@@ -159,7 +159,7 @@ def test_dry_run_reports_dependencies_and_install_failure_is_a_failure(setup, si
     executor, scanner, outbox, _, _ = setup(scanner=RecordingScanner(fail_install=True))
     executor.handle(signer.command("dry_run_update", {"package_type": "apt", "packages": ["openssl"]}))
     executor.handle(signer.command("install_updates", {"package_type": "apt", "packages": ["openssl"]}))
-    (_, dry_run), (_, install) = queued(outbox)
+    (_, dry_run), (_, install) = queued(outbox)  # no rescan after a failed install: the schedule's scan follows
     assert dry_run["status"] == "succeeded" and dry_run["dependencies"] == ["libssl3"] and dry_run["exit_code"] == 0
     assert install["status"] == "failed" and install["exit_code"] == 100
     assert "Unable to fetch" in install["output"]

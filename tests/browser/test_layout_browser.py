@@ -16,7 +16,7 @@ from django_q.models import OrmQ, Schedule, Task
 from playwright.sync_api import expect
 
 from agents_app.choices import CommandSource
-from agents_app.models import Agent, AgentSubsystem, BulkOperation, PackageUpdate, UpdateLog
+from agents_app.models import Agent, AgentGroup, AgentSubsystem, BulkOperation, PackageUpdate, UpdateLog
 from agents_app.services.commands import command_create
 from agents_app.services.releases import release_build
 from events_app.choices import Component, EventSubtype, EventType, Severity
@@ -74,6 +74,8 @@ def fleet(django_user_model, settings):
     audit_token_issue(user=user, label="SIEM export (nightly)", issued_by="admin")
     release_build(version="0.1.23.5", actor="test")
     Group.objects.create(name="Operators")
+    AgentGroup.objects.create(name="production build runners", rule_tag="production",
+                              rule_hostname_pattern="build-runner-*.lab.example.internal", rule_package_type="apt")
     Schedule.objects.create(name="redflag.retention", func="events_app.tasks.events_purge_task")
     for success in (True, False):
         Task.objects.create(id=f"{int(success):032d}", name="alpha-bravo-charlie-delta", func="agents_app.tasks.x",
