@@ -19,6 +19,8 @@ from agents_app.admin.agents import AgentAdmin
 from agents_app.admin.common import ReadOnlyDetailMixin, changelist_url
 from agents_app.admin.updates import PackageUpdateAdmin
 from agents_app.models import Agent, PackageUpdate
+from redflag.access import agents_in_scope
+from redflag.admin_scoping import ScopedAdminMixin
 
 RED, ORANGE, GREY = "#ba2121", "#c77c02", "#666"
 
@@ -175,7 +177,9 @@ class VulnerabilityAdmin(ReadOnlyDetailMixin, admin.ModelAdmin):
     readonly_fields = fields
 
     def get_queryset(self, request):
-        return super().get_queryset(request).with_exposure_counts()
+        # Machines counted only within the reader's agents (redflag.access): the CVE list itself is shared knowledge.
+        return super().get_queryset(request).with_exposure_counts(
+            agents=agents_in_scope(request.user, "advisories_app.view_exposure"))
 
     @admin.display(description="CVSS", ordering=F("cvss_score").desc(nulls_last=True))
     def cvss(self, vulnerability: Vulnerability):
@@ -210,7 +214,7 @@ class VulnerabilityAdmin(ReadOnlyDetailMixin, admin.ModelAdmin):
 
 
 @admin.register(Exposure)
-class ExposureAdmin(ReadOnlyDetailMixin, admin.ModelAdmin):
+class ExposureAdmin(ScopedAdminMixin, ReadOnlyDetailMixin, admin.ModelAdmin):
     """Exposed machines per CVE, with the pending update that fixes it (or why none does)."""
 
     list_display = ("vulnerability", "agent", "update", "status", "fixed_version", "source")

@@ -9,14 +9,16 @@ from advisories_app.choices import ExposureStatus
 
 
 class VulnerabilityQuerySet(models.QuerySet):
-    def with_exposure_counts(self):
-        """exposed_machines (any status), fixable_machines (a pending update fixes it), no_fix_machines."""
+    def with_exposure_counts(self, agents=None):
+        """exposed_machines (any status), fixable_machines (a pending update fixes it), no_fix_machines;
+        counting only ``agents`` (a queryset of Agent: the reader's scope) when given."""
+        within = models.Q() if agents is None else models.Q(exposures__agent__in=agents.values("pk"))
         return self.annotate(
-            exposed_machines=Count("exposures__agent", distinct=True),
+            exposed_machines=Count("exposures__agent", distinct=True, filter=within or None),
             fixable_machines=Count("exposures__agent", distinct=True,
-                                   filter=models.Q(exposures__status=ExposureStatus.FIXED_BY_UPDATE)),
+                                   filter=within & models.Q(exposures__status=ExposureStatus.FIXED_BY_UPDATE)),
             no_fix_machines=Count("exposures__agent", distinct=True,
-                                  filter=models.Q(exposures__status=ExposureStatus.NO_FIX_YET)),
+                                  filter=within & models.Q(exposures__status=ExposureStatus.NO_FIX_YET)),
         )
 
 

@@ -9,6 +9,7 @@ from django.db.models import Count, F, Q
 from django.db.models.functions import Coalesce
 
 from advisories_app.models import Exposure
+from redflag.access import scope_queryset
 
 RISK_FIELDS = ("cve_count", "max_cvss", "max_epss", "known_exploited")
 # Highest risk first: known exploited, then the highest CVSS; updates that fix nothing known last.
@@ -38,11 +39,14 @@ def update_risk(update) -> dict[str, Any]:
     return {field: annotated.get(field) for field in RISK_FIELDS}
 
 
-def fleet_risk() -> dict[str, int]:
+def fleet_risk(user=None) -> dict[str, int]:
     """The dashboard's figures in one aggregate query: exposed machines, machines exposed to a known-exploited
-    CVE, and how many such CVEs."""
+    CVE, and how many such CVEs; over the agents ``user`` may see (redflag.access), every agent without one."""
     exploited = Q(vulnerability__known_exploited=True)
-    return Exposure.objects.aggregate(
+    exposures = Exposure.objects.all()
+    if user is not None:
+        exposures = scope_queryset(exposures, user, "agent", "advisories_app.view_exposure")
+    return exposures.aggregate(
         exposed_machines=Count("agent", distinct=True),
         exploited_machines=Count("agent", distinct=True, filter=exploited),
         exploited_cves=Count("vulnerability", distinct=True, filter=exploited),

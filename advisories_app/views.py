@@ -16,6 +16,7 @@ from rest_framework.views import APIView
 from advisories_app.choices import ExposureStatus
 from advisories_app.rendering import csv_lines, exposure_record, exposures_for_reading, jsonl_lines
 from events_app.api.auth import AuditTokenAuthentication
+from redflag.access import scope_queryset
 from redflag.api.schema import ErrorSerializer
 
 VIEW_EXPOSURES = "advisories_app.view_exposure"
@@ -38,8 +39,10 @@ class ExposureFilter(serializers.Serializer):
     after = serializers.IntegerField(required=False, min_value=0, default=0, help_text="next_cursor of the last page.")
     limit = serializers.IntegerField(required=False, min_value=1, max_value=MAX_LIMIT, default=100)
 
-    def queryset(self):
-        data, rows = self.validated_data, exposures_for_reading().filter(pk__gt=self.validated_data["after"])
+    def queryset(self, user):
+        """The matching exposures of the agents ``user`` may see (redflag.access)."""
+        rows = scope_queryset(exposures_for_reading(), user, "agent", VIEW_EXPOSURES)
+        data, rows = self.validated_data, rows.filter(pk__gt=self.validated_data["after"])
         if data.get("cve"):
             rows = rows.filter(vulnerability__cve_id=data["cve"])
         if data.get("agent"):
@@ -65,7 +68,7 @@ def export(request, export_format: str):
         return HttpResponseBadRequest("Invalid request: " + "; ".join(
             f"{name}: {' '.join(map(str, messages))}" for name, messages in errors.items()), content_type="text/plain")
     content_type, lines = EXPORT_FORMATS[export_format]
-    response = StreamingHttpResponse(lines(filters.queryset().iterator(chunk_size=EXPORT_BATCH)),
+    response = StreamingHttpResponse(lines(filters.queryset(request.user).iterator(chunk_size=EXPORT_BATCH)),
                                      content_type=content_type)
     stamp = timezone.now().strftime("%Y%m%dT%H%M%SZ")
     response["Content-Disposition"] = f'attachment; filename="redflag-exposures-{stamp}.{export_format}"'
@@ -120,7 +123,7 @@ class ExposuresView(APIView):
         filters = ExposureFilter(data=request.query_params.dict())
         filters.is_valid(raise_exception=True)
         limit = filters.validated_data["limit"]
-        rows = list(filters.queryset()[:limit + 1])
+        rows = list(filters.queryset(request.user)[:limit + 1])
         page = rows[:limit]
         return Response({"results": [exposure_record(row) for row in page],
                          "next_cursor": page[-1].pk if len(rows) > limit else None})

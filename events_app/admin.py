@@ -10,10 +10,11 @@ from django.utils.http import urlencode
 
 from events_app.models import AuditApiToken, SystemEvent
 from events_app.services import audit_token_issue, audit_token_revoke
+from redflag.admin_scoping import ScopedAdminMixin
 
 
 @admin.register(SystemEvent)
-class SystemEventAdmin(admin.ModelAdmin):
+class SystemEventAdmin(ScopedAdminMixin, admin.ModelAdmin):
     """Read-only history: events are append-only, for admins and auditors alike."""
 
     list_display = ("created_at", "event_type", "event_subtype", "severity", "component", "hostname", "actor",

@@ -29,6 +29,7 @@ from events_app.querysets import (
     decode_cursor,
     parse_metadata_value,
 )
+from redflag.access import agent_model
 
 FILTER_FIELDS = ("agent", "event_type", "subtype", "severity", "component", "origin", "since", "until", "q", "meta")
 MAX_METADATA_TERMS = 5
@@ -120,6 +121,16 @@ class EventFilterForm(forms.Form):
         required=False, max_length=500, label="Metadata", help_text="key=value; several separated by commas"
     )
     cursor = forms.CharField(required=False, max_length=200, widget=forms.HiddenInput)
+    agents_q = None  # the reader's agents (see within)
+
+    def within(self, agents_q) -> EventFilterForm:
+        """Limit the form to the reader's agents (redflag.access.agents_q; None = the whole fleet): the picker
+        names only those, and spec() reads only their events."""
+        self.agents_q = agents_q
+        if agents_q is not None:
+            picker = self.fields["agent"].widget
+            picker.choices = forms.ModelChoiceField(queryset=agent_model().objects.filter(agents_q)).choices
+        return self
 
     def clean_meta(self) -> tuple[tuple[str, str], ...]:
         raw = self.cleaned_data.get("meta") or ""
@@ -182,6 +193,7 @@ class EventFilterForm(forms.Form):
             until=data.get("until"),
             text=data.get("q") or "",
             metadata=data.get("meta") or (),
+            agents_in=self.agents_q,
         )
 
     def filter_query(self, **changes) -> str:

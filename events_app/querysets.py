@@ -23,6 +23,8 @@ from django.db.models import Q
 from django.db.models.fields.json import KeyTransform
 from django.utils.dateparse import parse_datetime
 
+from redflag.access import agent_model
+
 
 class InvalidCursor(ValueError):
     """A pagination cursor that was not produced by ``encode_cursor``."""
@@ -115,6 +117,9 @@ class EventFilter:
     until: datetime | None = None
     text: str = ""
     metadata: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+    # The reader's agents (redflag.access.agents_q, a Q over Agent): only their events; None = every event.
+    # A scoped reader never sees events of no agent (server-wide facts belong to the whole fleet).
+    agents_in: Any = field(default=None, compare=False)
 
     def as_dict(self) -> dict[str, Any]:
         """What the filter was, for an audit record (the export event) or a log line."""
@@ -153,6 +158,8 @@ class SystemEventQuerySet(models.QuerySet):
 
     def matching(self, spec: EventFilter) -> SystemEventQuerySet:
         qs = self
+        if spec.agents_in is not None:
+            qs = qs.filter(agent__in=agent_model().objects.filter(spec.agents_in).values("pk"))
         if spec.agent:
             qs = qs.filter(agent_id=spec.agent)
         if spec.event_type:

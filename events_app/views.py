@@ -17,12 +17,14 @@ from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
 from django.views.decorators.http import require_safe
 
-from events_app.access import auditor_required, can_read_events
+from events_app.access import VIEW_EVENTS, auditor_required, can_read_events
 from events_app.filters import REPEATED, EventFilterForm, repeated_parameters
 from events_app.models import SystemEvent
+from events_app.querysets import EventFilter
 from events_app.rendering import csv_lines, jsonl_lines
 from events_app.services import event_export_record
 from events_app.stream import event_stream, event_stream_sync
+from redflag.access import agents_q
 
 PAGE_SIZE = 50
 EXPORT_BATCH = 2000
@@ -50,7 +52,7 @@ def history(request):
     goes live, also reads the newest seq (one index lookup), so the stream starts exactly where the
     rendered page ends.
     """
-    form = EventFilterForm(request.GET)
+    form = EventFilterForm(request.GET).within(agents_q(request.user, VIEW_EVENTS))
     events, next_cursor, stream_from = [], None, None
     is_first_page = not request.GET.get("cursor")
     if form.is_valid():
@@ -79,7 +81,9 @@ def history(request):
 @require_safe
 @auditor_required
 def detail(request, event_id):
-    event = get_object_or_404(SystemEvent, pk=event_id)
+    # Outside the reader's agents an event is not found (redflag.access), as if it did not exist.
+    readable = SystemEvent.objects.matching(EventFilter(agents_in=agents_q(request.user, VIEW_EVENTS)))
+    event = get_object_or_404(readable, pk=event_id)
     related = []
     if event.agent_id:
         related.append(("Agent", event.hostname or str(event.agent_id),
@@ -118,7 +122,7 @@ def bad_request(errors: dict[str, list[str]]) -> HttpResponseBadRequest:
 @auditor_required
 def export(request, export_format: str):
     """The current filter, streamed: keyset batches of EXPORT_BATCH rows, constant memory."""
-    form = EventFilterForm(request.GET)
+    form = EventFilterForm(request.GET).within(agents_q(request.user, VIEW_EVENTS))
     errors = {} if form.is_valid() else dict(form.errors)
     if export_format not in EXPORT_FORMATS:
         errors["format"] = [f"Export as one of: {', '.join(EXPORT_FORMATS)}."]
@@ -150,7 +154,7 @@ async def stream(request):
         return redirect_to_login(request.get_full_path(), login_url="admin:login")
     if not await sync_to_async(can_read_events)(user):
         raise PermissionDenied
-    form = EventFilterForm(request.GET)
+    form = EventFilterForm(request.GET).within(await sync_to_async(agents_q)(user, VIEW_EVENTS))
     errors = {} if form.is_valid() else dict(form.errors)
     id_source = "Last-Event-ID" if request.headers.get("Last-Event-ID") else "last_event_id"
     raw_id = request.headers.get("Last-Event-ID") or request.GET.get("last_event_id") or ""

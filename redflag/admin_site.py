@@ -1,5 +1,5 @@
-"""The RedFlag admin site: Django's admin with a rate-limited log-in, the fleet listed first, and one
-navigation bar across the top instead of the app sidebar.
+"""The RedFlag admin site: Django's admin with a rate-limited, two-factor sign-in (accounts_app/signin),
+the fleet listed first, and one navigation bar across the top instead of the app sidebar.
 
 The fleet dashboard on its index is a template tag of agents_app (templates/admin/index.html), so
 this module imports no app.
@@ -15,7 +15,10 @@ base template, so they share the header, the navigation and the stylesheet.
 from __future__ import annotations
 
 from django.contrib import admin
+from django.contrib.auth import REDIRECT_FIELD_NAME
+from django.contrib.auth.views import redirect_to_login
 from django.http import HttpResponse
+from django.urls import reverse
 
 from redflag.api.throttling import AdminLoginThrottle
 
@@ -28,13 +31,36 @@ MODEL_TITLES = {
 # the ones their permissions open (an auditor: agents and the event history).
 NAVIGATION = (
     ("Agents", "agents_app", "Agent"),
+    ("Groups", "agents_app", "AgentGroup"),
+    ("Policies", "policies_app", "Policy"),
+    ("Windows", "policies_app", "MaintenanceWindow"),
+    ("Rollouts", "policies_app", "Rollout"),
     ("Updates", "agents_app", "PackageUpdate"),
     ("Commands", "agents_app", "Command"),
     ("Bulk operations", "agents_app", "BulkOperation"),
     ("Registration tokens", "tokens_app", "RegistrationToken"),
     ("Releases", "agents_app", "AgentRelease"),
+    ("Reports", "reports_app", "Report"),
+    ("Notifications", "notifications_app", "Destination"),
     ("Server settings", "redflag", "ServerSettings"),
+    ("People", "auth", "User"),
 )
+
+
+def login_throttled(request) -> HttpResponse | None:
+    """A 429 with Retry-After when this address has used up its log-in attempts (ServerSettings' admin
+    rate), else None. The sign-in page asks before every posted attempt, ahead of any password check."""
+    throttle = AdminLoginThrottle()
+    if throttle.allow_request(request, None):
+        return None
+    wait = max(1, int((throttle.wait() or 1) + 0.999))
+    response = HttpResponse(
+        f"Too many log-in attempts from your address. Try again in {wait} seconds.",
+        status=429,
+        content_type="text/plain",
+    )
+    response["Retry-After"] = str(wait)
+    return response
 
 
 class RedFlagAdminSite(admin.AdminSite):
@@ -59,18 +85,11 @@ class RedFlagAdminSite(admin.AdminSite):
                 if (app_label, object_name) in urls]
 
     def login(self, request, extra_context=None):
-        if request.method == "POST":
-            throttle = AdminLoginThrottle()
-            if not throttle.allow_request(request, None):
-                wait = max(1, int((throttle.wait() or 1) + 0.999))
-                response = HttpResponse(
-                    f"Too many log-in attempts from your address. Try again in {wait} seconds.",
-                    status=429,
-                    content_type="text/plain",
-                )
-                response["Retry-After"] = str(wait)
-                return response
-        return super().login(request, extra_context)
+        # Signing in is allauth's log-in with its second factors (accounts_app/signin), mounted at this
+        # site's log-in address ahead of the site's own URLs: anything that still reaches Django's admin
+        # log-in goes there, so no password form skips the second factor.
+        return redirect_to_login(request.GET.get(REDIRECT_FIELD_NAME) or reverse("admin:index"),
+                                 login_url="account_login")
 
     def get_app_list(self, request, app_label=None):
         """The fleet first (it is what admins come for), with the admins' names for its lists."""

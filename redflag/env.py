@@ -7,6 +7,7 @@ silently become a default, and never hides behind a traceback.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from datetime import timedelta
@@ -77,6 +78,39 @@ def env_list(name: str, default: list[str]) -> list[str]:
     if value is None:
         return list(default)
     return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def env_int_map(name: str, default: dict[str, int], *, minimum: int = 1) -> dict[str, int]:
+    """``key=number`` pairs separated by commas (``critical=3,low=60``) over ``default``: only its keys are
+    accepted, and a key left out keeps its default."""
+    value = _raw(name)
+    result = dict(default)
+    if value is None:
+        return result
+    accepted = f"comma-separated key=days pairs with keys {', '.join(default)}"
+    for item in filter(None, (part.strip() for part in value.split(","))):
+        key, _, number = (piece.strip() for piece in item.partition("="))
+        if key not in default or not number.isdigit():
+            raise StartupRefused(f"{name} must be {accepted}, not {item!r}")
+        if int(number) < minimum:
+            raise StartupRefused(f"{name}: {key} must be at least {minimum}, not {number}")
+        result[key] = int(number)
+    return result
+
+
+def env_json_object(name: str) -> dict:
+    """A JSON object (``{"key": ...}``), or {} when unset. A refusal names the variable, not the value
+    (it may be long, and quoting it back would not help)."""
+    value = _raw(name)
+    if value is None:
+        return {}
+    try:
+        parsed = json.loads(value)
+    except ValueError as exc:
+        raise StartupRefused(f"{name} must be a JSON object: {exc.msg} at character {exc.pos}") from None
+    if not isinstance(parsed, dict):
+        raise StartupRefused(f"{name} must be a JSON object ({{...}}), not a {type(parsed).__name__}")
+    return parsed
 
 
 def env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:

@@ -20,6 +20,8 @@ from redflag.env import (
     env_choice,
     env_database_url,
     env_int,
+    env_int_map,
+    env_json_object,
     env_list,
     env_redis_url,
     env_str,
@@ -141,6 +143,14 @@ INSTALLED_APPS = [
     "notifications_app",
     "reports_app",
     "accounts_app",
+    # Sign-in (accounts_app/signin): allauth's log-in flow, second factors and OpenID Connect.
+    "allauth",
+    "allauth.account",
+    "allauth.mfa",
+    "allauth.socialaccount",
+    "allauth.socialaccount.providers.openid_connect",
+    # allauth's security-key list ({% load humanize %}) answered 500 without it (found by the roles URL walk).
+    "django.contrib.humanize",
 ]
 
 MIDDLEWARE = [
@@ -153,6 +163,9 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "allauth.account.middleware.AccountMiddleware",
+    # A person who can change anything and has no second factor is sent to set one up (REDFLAG_REQUIRE_MFA).
+    "accounts_app.signin.middleware.SecondFactorRequiredMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
@@ -233,6 +246,16 @@ else:
         }
     }
 
+# Who holds which permission: Django's own (superusers, groups such as Auditors), then the role grants
+# (accounts_app/roles.py). Where those roles apply (which agents) is REDFLAG_ACCESS_POLICY's answer.
+AUTHENTICATION_BACKENDS = [
+    "django.contrib.auth.backends.ModelBackend",
+    "accounts_app.backends.RoleBackend",
+    # allauth's log-in (username + password, then the second factor; OpenID Connect).
+    "allauth.account.auth_backends.AuthenticationBackend",
+]
+REDFLAG_ACCESS_POLICY = "accounts_app.scoping.GrantAccessPolicy"
+
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
@@ -284,6 +307,10 @@ if PRODUCTION:
 # --- RedFlag ----------------------------------------------------------------
 REDFLAG_SIGNING_KEY_FILE = Path(env_str("REDFLAG_SIGNING_KEY_FILE", str(DATA_DIR / "signing_key.pem")))
 REDFLAG_RATE_LIMIT_ENABLED = env_bool("REDFLAG_RATE_LIMIT_ENABLED", True)
+# Compliance (reports_app.compliance): how many days a security update of each severity may stay outstanding
+# before its machine counts as non-compliant, e.g. REDFLAG_PATCH_DEADLINES_DAYS="critical=3,important=10".
+REDFLAG_PATCH_DEADLINES_DAYS = env_int_map(
+    "REDFLAG_PATCH_DEADLINES_DAYS", {"critical": 7, "important": 14, "moderate": 30, "low": 90, "unknown": 30})
 # Largest agent request body (bytes); scan reports are the biggest.
 REDFLAG_MAX_BODY_BYTES = env_int("REDFLAG_MAX_BODY_BYTES", 8 * 1024 * 1024, minimum=1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = REDFLAG_MAX_BODY_BYTES  # Django's own body limit agrees with ours
@@ -297,6 +324,70 @@ if REDFLAG_METRICS_TOKEN and len(REDFLAG_METRICS_TOKEN) < 24:
     raise StartupRefused("REDFLAG_METRICS_TOKEN must be at least 24 characters (make one with: "
                          "python3 -c 'import secrets; print(secrets.token_urlsafe(32))')")
 REDFLAG_EVENT_STREAM_SECONDS = env_int("REDFLAG_EVENT_STREAM_SECONDS", 300, minimum=5)
+# How long GET /api/v1/agents/{id}/wait (the fast channel) holds one request before the agent opens
+# the next; a blank line every 20 s keeps proxies from timing it out in between (README, fast channel).
+REDFLAG_WAKE_HOLD_SECONDS = env_int("REDFLAG_WAKE_HOLD_SECONDS", 600, minimum=5)
+
+# --- sign-in (accounts_app/signin; README "Signing in") ---------------------------------------------
+# A second factor (TOTP, security key/passkey) is required of everyone who can change anything: a
+# superuser, or staff holding any add/change/delete permission. On unless switched off.
+REDFLAG_REQUIRE_MFA = env_bool("REDFLAG_REQUIRE_MFA", True)
+# Single sign-on through one OpenID Connect provider: all three set, or none.
+REDFLAG_OIDC_ISSUER = env_str("REDFLAG_OIDC_ISSUER")
+REDFLAG_OIDC_CLIENT_ID = env_str("REDFLAG_OIDC_CLIENT_ID")
+REDFLAG_OIDC_CLIENT_SECRET = env_str("REDFLAG_OIDC_CLIENT_SECRET")
+_oidc_settings = {"REDFLAG_OIDC_ISSUER": REDFLAG_OIDC_ISSUER, "REDFLAG_OIDC_CLIENT_ID": REDFLAG_OIDC_CLIENT_ID,
+                  "REDFLAG_OIDC_CLIENT_SECRET": REDFLAG_OIDC_CLIENT_SECRET}
+if any(_oidc_settings.values()) and not all(_oidc_settings.values()):
+    raise StartupRefused("single sign-on needs all of REDFLAG_OIDC_ISSUER, REDFLAG_OIDC_CLIENT_ID and "
+                         "REDFLAG_OIDC_CLIENT_SECRET; missing: "
+                         + ", ".join(name for name, value in _oidc_settings.items() if not value))
+if REDFLAG_OIDC_ISSUER and not REDFLAG_OIDC_ISSUER.startswith(("https://", "http://127.0.0.1", "http://localhost")):
+    raise StartupRefused("REDFLAG_OIDC_ISSUER must be an https:// URL (plain http only on this machine)")
+REDFLAG_OIDC_NAME = env_str("REDFLAG_OIDC_NAME", "single sign-on")
+REDFLAG_OIDC_SCOPES = (env_str("REDFLAG_OIDC_SCOPES", "openid profile email") or "").split()
+# The claim whose values pick roles, and what each value grants: {"<value>": {"role": "approver",
+# "groups": ["web"]}} (no groups: the whole fleet). Checked against the roles at start-up
+# (accounts_app/signin/checks.py) and applied at every single sign-on.
+REDFLAG_OIDC_ROLE_CLAIM = env_str("REDFLAG_OIDC_ROLE_CLAIM", "groups")
+REDFLAG_OIDC_ROLE_MAP = env_json_object("REDFLAG_OIDC_ROLE_MAP")
+# A second factor done at the provider counts (its "amr" claim names one: mfa, otp, hwk, swk...).
+REDFLAG_OIDC_TRUST_PROVIDER_MFA = env_bool("REDFLAG_OIDC_TRUST_PROVIDER_MFA", False)
+# SSO only: password sign-in is refused except for break-glass accounts (superusers and these names).
+REDFLAG_SSO_ONLY = env_bool("REDFLAG_SSO_ONLY", False)
+REDFLAG_BREAK_GLASS_USERS = env_list("REDFLAG_BREAK_GLASS_USERS", [])
+if REDFLAG_SSO_ONLY and not REDFLAG_OIDC_ISSUER:
+    raise StartupRefused("REDFLAG_SSO_ONLY needs single sign-on configured (REDFLAG_OIDC_ISSUER and the rest)")
+
+LOGIN_URL = "admin:login"
+LOGIN_REDIRECT_URL = "admin:index"
+ACCOUNT_ADAPTER = "accounts_app.signin.adapters.AccountAdapter"
+SOCIALACCOUNT_ADAPTER = "accounts_app.signin.adapters.SocialAccountAdapter"
+ACCOUNT_LOGIN_METHODS = {"username"}
+ACCOUNT_SIGNUP_FIELDS = ["username*", "password1*", "password2*"]
+ACCOUNT_EMAIL_VERIFICATION = "none"  # accounts are made by admins or by single sign-on, never by sign-up
+ACCOUNT_SESSION_REMEMBER = False  # a session ends with the browser
+ACCOUNT_LOGOUT_REDIRECT_URL = "admin:login"
+# A signed-in person sent to the sign-in page (a page their roles do not open) sees it, not a redirect loop.
+ACCOUNT_AUTHENTICATED_LOGIN_REDIRECTS = False
+# Wrong passwords count per address and per account: five per account in five minutes lock that
+# account's password sign-in for the rest of the window (recorded as user_lockout).
+REDFLAG_LOCKOUT_SECONDS = 300
+ACCOUNT_RATE_LIMITS = {"login_failed": f"10/m/ip,5/{REDFLAG_LOCKOUT_SECONDS}s/key"}
+MFA_SUPPORTED_TYPES = ["totp", "webauthn", "recovery_codes"]
+MFA_TOTP_ISSUER = "RedFlag"
+MFA_FORMS = {"authenticate": "accounts_app.signin.forms.RecordedAuthenticateForm"}  # lock-outs recorded
+# Passkeys are second factors here, not a way around the password (and around SSO only).
+MFA_PASSKEY_LOGIN_ENABLED = False
+# Browsers allow WebAuthn on http://localhost; a deployment serves https (SECURE_SSL_REDIRECT).
+MFA_WEBAUTHN_ALLOW_INSECURE_ORIGIN = not PRODUCTION
+SOCIALACCOUNT_AUTO_SIGNUP = True
+SOCIALACCOUNT_EMAIL_AUTHENTICATION = False  # an address at the provider never takes over a local account
+SOCIALACCOUNT_STORE_TOKENS = False
+SOCIALACCOUNT_PROVIDERS = {"openid_connect": {"OAUTH_PKCE_ENABLED": True, "SCOPE": REDFLAG_OIDC_SCOPES, "APPS": [
+    {"provider_id": "sso", "name": REDFLAG_OIDC_NAME, "client_id": REDFLAG_OIDC_CLIENT_ID,
+     "secret": REDFLAG_OIDC_CLIENT_SECRET, "settings": {"server_url": REDFLAG_OIDC_ISSUER}},
+] if REDFLAG_OIDC_ISSUER else []}}
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [],

@@ -16,6 +16,8 @@ urlpatterns = [
     path("", include("tokens_app.api.urls")),
     path("api/v1/health", HealthView.as_view(), name="health"),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    # Signing in (allauth, with second factors and single sign-on): ahead of the admin, whose log-in it is.
+    path("", include("accounts_app.signin.urls")),
     path("admin/", admin.site.urls),
     path("", include("events_app.urls")),
     path("", include("advisories_app.urls")),

@@ -20,12 +20,16 @@ from agents_app.admin.common import (
 )
 from agents_app.choices import OPEN_COMMAND_STATUSES, PackageType, UpdateSeverity
 from agents_app.models import Agent, BulkOperation, Command, PackageUpdate
+from redflag.access import scope_queryset
 from redflag.models import ServerSettings
 
 # --- the dashboard's numbers (redflag.admin_site renders them) -------------------
 
-def fleet_summary(now: datetime | None = None) -> dict[str, Any]:
+def fleet_summary(now: datetime | None = None, user=None) -> dict[str, Any]:
     """Everything the admin index shows, in three aggregate queries whatever the fleet size.
+
+    Counted over the agents ``user`` may see (redflag.access), the same rows their lists show; every
+    agent when no user is given.
 
     1. agents: one aggregate (online reuses Agent.objects.online() as a subquery);
     2. outstanding updates grouped by severity, package type and security flag;
@@ -33,7 +37,13 @@ def fleet_summary(now: datetime | None = None) -> dict[str, Any]:
     """
     now = now or timezone.now()
     server = ServerSettings.current()
-    agents = Agent.objects.aggregate(
+
+    def scoped(queryset, path: str):
+        # Each figure through the grants that let the user read its list (as the list itself does).
+        view = f"{queryset.model._meta.app_label}.view_{queryset.model._meta.model_name}"
+        return queryset if user is None else scope_queryset(queryset, user, path, view)
+
+    agents = scoped(Agent.objects.all(), "").aggregate(
         total=Count("pk"),
         online=Count("pk", filter=Q(pk__in=Agent.objects.online(now).values("pk"))),
         heartbeat=Count("pk", filter=Q(heartbeat_until__gt=now)),
@@ -45,15 +55,15 @@ def fleet_summary(now: datetime | None = None) -> dict[str, Any]:
     by_severity = dict.fromkeys(UpdateSeverity.values, 0)
     by_type = dict.fromkeys(PackageType.values, 0)
     security = total_updates = 0
-    grouped = (PackageUpdate.objects.outstanding().order_by().values("severity", "package_type", "is_security")
-               .annotate(n=Count("pk")))
+    grouped = (scoped(PackageUpdate.objects.outstanding(), "agent").order_by()
+               .values("severity", "package_type", "is_security").annotate(n=Count("pk")))
     for row in grouped:
         by_severity[row["severity"]] = by_severity.get(row["severity"], 0) + row["n"]
         by_type[row["package_type"]] = by_type.get(row["package_type"], 0) + row["n"]
         security += row["n"] if row["is_security"] else 0
         total_updates += row["n"]
 
-    commands = Command.objects.filter(
+    commands = scoped(Command.objects.all(), "agent").filter(
         Q(status__in=OPEN_COMMAND_STATUSES)
         | Q(status__in=FAILED_COMMAND_STATUSES, completed_at__gte=now - RECENT_FAILURE_WINDOW)
     ).aggregate(

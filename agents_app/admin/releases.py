@@ -101,7 +101,8 @@ class AgentReleaseAdmin(admin.ModelAdmin):
     def has_delete_permission(self, request, obj=None):
         return False  # revoke instead: agents and the audit trail refer to releases by version
 
-    @admin.action(description="Revoke the selected releases (downloads answer 410)")
+    # Revoking changes what every agent may download: the admin role's (change), not any reader's.
+    @admin.action(description="Revoke the selected releases (downloads answer 410)", permissions=["change"])
     def revoke_releases(self, request, queryset):
         revoked = sum(release_revoke(release=release, actor=request.user.get_username()) for release in queryset)
         self.message_user(request, f"Revoked {revoked} release(s).", messages.SUCCESS)

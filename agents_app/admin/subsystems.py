@@ -11,10 +11,11 @@ from agents_app.models import AgentSubsystem
 
 # --- subsystems across the fleet --------------------------------------------------------------
 from agents_app.services.subsystems import subsystems_configure
+from redflag.admin_scoping import ScopedAdminMixin
 
 
 @admin.register(AgentSubsystem)
-class AgentSubsystemAdmin(admin.ModelAdmin):
+class AgentSubsystemAdmin(ScopedAdminMixin, admin.ModelAdmin):
     """Schedules across the fleet, changed in bulk through subsystems_configure (config_version + event)."""
 
     list_display = ("agent", "name", "enabled", "auto_run", "interval_minutes", "next_run_at", "last_run_at",

@@ -8,6 +8,7 @@ from agents_app.admin.dashboard import fleet_summary as summary
 register = template.Library()
 
 
-@register.simple_tag
-def fleet_summary():
-    return summary()
+@register.simple_tag(takes_context=True)
+def fleet_summary(context):
+    # The figures of the agents the signed-in user may see (redflag.access).
+    return summary(user=context["request"].user)

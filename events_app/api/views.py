@@ -11,12 +11,14 @@ from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from events_app.access import VIEW_EVENTS
 from events_app.api.auth import AuditTokenAuthentication, CanReadEvents
 from events_app.api.serializers import AuditEventPageSerializer
 from events_app.choices import Component, EventSubtype, EventType, Origin, Severity
 from events_app.filters import REPEATED, EventFilterForm, repeated_parameters
 from events_app.models import SystemEvent
 from events_app.rendering import event_record
+from redflag.access import agents_q
 from redflag.api.schema import ErrorSerializer
 
 DEFAULT_LIMIT = 100
@@ -56,7 +58,7 @@ class AuditEventsView(APIView):
     @extend_schema(operation_id="audit_events_list", parameters=PARAMETERS,
                    responses={200: AuditEventPageSerializer, **ERRORS}, tags=["audit"])
     def get(self, request):
-        form = EventFilterForm(request.query_params)
+        form = EventFilterForm(request.query_params).within(agents_q(request.user, VIEW_EVENTS))
         limit = LimitField(data={k: v for k, v in request.query_params.items() if k == "limit"})
         errors = {**(form.errors if not form.is_valid() else {}), **(limit.errors if not limit.is_valid() else {})}
         if repeated_parameters(request.query_params, ["limit"]):

@@ -86,7 +86,7 @@ def screenshot(page, name: str) -> None:
 
 def log_in(page, username: str, password: str, next_url: str = "/admin/") -> None:
     page.goto(f"/admin/login/?next={next_url}")
-    page.fill("#id_username", username)
+    page.fill("#id_login", username)
     page.fill("#id_password", password)
     page.click("[type=submit]")
     page.wait_for_url(f"**{next_url}")

@@ -64,7 +64,7 @@ def wait_for_bulk_operation_to_finish(page, requested: int) -> BulkOperation:
 def test_admin_dashboard_approve_bulk_scan_and_heartbeat(page, live_server, fleet, qcluster):
     # Log in.
     page.goto("/admin/login/?next=/admin/")
-    page.fill("#id_username", "admin")
+    page.fill("#id_login", "admin")
     page.fill("#id_password", PASSWORD)
     page.click("input[type=submit]")
 

@@ -74,7 +74,7 @@ def test_auditor_filters_watches_live_exports_and_is_refused_elsewhere(page, liv
     # Log in: the history page sends an anonymous visitor to the admin log-in, and back.
     page.goto("/audit/events/")
     assert "/admin/login/" in page.url
-    page.fill("#id_username", "audrey")
+    page.fill("#id_login", "audrey")
     page.fill("#id_password", PASSWORD)
     page.click("input[type=submit]")
     page.wait_for_url(re.compile(r"/audit/events/$"))

@@ -77,7 +77,7 @@ def admin_login(web: WebServer, username: str) -> requests.Session:
     page = session.get(f"{web.url}/admin/login/", timeout=10)
     token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text).group(1)
     response = session.post(f"{web.url}/admin/login/", timeout=10, allow_redirects=False, data={
-        "csrfmiddlewaretoken": token, "username": username, "password": PASSWORD, "next": "/admin/"})
+        "csrfmiddlewaretoken": token, "login": username, "password": PASSWORD, "next": "/admin/"})
     assert response.status_code == 302, response.text[-2000:]
     return session
 
@@ -104,7 +104,8 @@ def deployment(transactional_db, tmp_path):
     operator.password = hasher.encode(PASSWORD, hasher.salt())
     operator.save(update_fields=["password"])
     url = database_url()
-    web_env = server_env(url, REDFLAG_EVENT_STREAM_SECONDS="30")
+    # The operator signs in with a password only: the second factor is tested in tests/server/accounts_app/signin/.
+    web_env = server_env(url, REDFLAG_EVENT_STREAM_SECONDS="30", REDFLAG_REQUIRE_MFA="false")
     queue_env = server_env(url, REDFLAG_LOG_LEVEL="INFO")  # django-q2 logs each task it processes
     webs = [WebServer(web_env, tmp_path, name="web-a"), WebServer(web_env, tmp_path, name="web-b")]
     clusters = [Cluster(queue_env, tmp_path, name="q-1"), Cluster(queue_env, tmp_path, name="q-2")]

@@ -19,8 +19,8 @@ def auditor(db):
 
 def test_admin_logins_are_recorded(client, auditor):
     client.login(username="audrey", password="wrong")
-    client.post("/admin/login/", {"username": "audrey", "password": "wrong"})
-    client.post("/admin/login/", {"username": "audrey", "password": "pw-audrey-123"})
+    client.post("/admin/login/", {"login": "audrey", "password": "wrong"})
+    client.post("/admin/login/", {"login": "audrey", "password": "pw-audrey-123"})
     assert SystemEvent.objects.filter(event_type="auth_failure", metadata__username="audrey").count() == 2
     assert SystemEvent.objects.filter(event_type="user_login", actor="audrey").count() == 1
     assert not SystemEvent.objects.filter(message__contains="pw-audrey").exists()

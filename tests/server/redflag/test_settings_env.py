@@ -50,6 +50,11 @@ def test_development_settings_do_not_pass_check_deploy(tmp_path):
     ("REDFLAG_ACCESS_TOKEN_SECONDS", "5", "REDFLAG_ACCESS_TOKEN_SECONDS must be at least 60"),
     ("REDFLAG_ENV", "prod", "REDFLAG_ENV must be one of development, production"),
     ("DATABASE_URL", "mongodb://nope", "DATABASE_URL must be a postgresql://"),
+    ("REDFLAG_PATCH_DEADLINES_DAYS", "urgent=3", "REDFLAG_PATCH_DEADLINES_DAYS must be comma-separated key=days "
+                                                 "pairs with keys critical, important, moderate, low, unknown, "
+                                                 "not 'urgent=3'"),
+    ("REDFLAG_PATCH_DEADLINES_DAYS", "critical=soon", "REDFLAG_PATCH_DEADLINES_DAYS must be comma-separated"),
+    ("REDFLAG_PATCH_DEADLINES_DAYS", "critical=0", "REDFLAG_PATCH_DEADLINES_DAYS: critical must be at least 1"),
 ])
 def test_bad_value_stops_start_up_naming_the_variable(tmp_path, variable, value, message):
     result = manage("check", env={variable: value}, tmp_path=tmp_path)
