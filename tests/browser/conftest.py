@@ -32,14 +32,16 @@ LAPTOP = {"width": 1366, "height": 768}
 SCREENSHOT_DIR = Path(os.environ.get("REDFLAG_BROWSER_SCREENSHOTS") or ROOT / "artifacts" / "browser")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium():
-    """One headless Chromium for the session.
+    """One headless Chromium per test module.
 
     Playwright's sync API keeps an asyncio event loop running in this thread,
     which makes Django refuse ORM calls from the test body ("async unsafe");
     the test's ORM calls are ordinary synchronous ones, so allow them while
-    Playwright is alive, and only then.
+    Playwright is alive, and only then. Per module, not per session: the
+    tests after the browser tests (an asyncio.run() of an ASGI endpoint,
+    Django's async-safety checks) must run with no loop left in this thread.
     """
     require_tools(CHROMIUM)
     previous = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")

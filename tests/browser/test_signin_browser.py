@@ -17,7 +17,7 @@ from playwright.sync_api import expect
 from accounts_app.models import RoleGrant
 from agents_app.models import AgentGroup
 from events_app.models import SystemEvent
-from tests.browser.conftest import screenshot
+from tests.browser.conftest import screenshot, wait_until
 from tests.oidc_provider import OidcProvider
 from tests.server.accounts_app.signin.helpers import totp
 
@@ -121,8 +121,10 @@ def test_a_security_key_as_the_second_factor(page, live_server, admin_account):
     page.goto("/accounts/2fa/webauthn/add/")
     page.fill("#id_name", "virtual key")
     page.click("#mfa_webauthn_add")
-    page.wait_for_url(re.compile(r"/accounts/2fa/"))
-    assert Authenticator.objects.filter(user=admin_account, type=Authenticator.Type.WEBAUTHN).count() == 1
+    # The page's own URL already matches /accounts/2fa/: wait for the key to be stored, not for a URL.
+    wait_until(lambda: Authenticator.objects.filter(user=admin_account, type=Authenticator.Type.WEBAUTHN).count() == 1,
+               30, "the security key stored")
+    page.wait_for_load_state()
     screenshot(page, "webauthn-added")
     sign_out(page)
 

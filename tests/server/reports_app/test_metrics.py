@@ -152,7 +152,10 @@ def test_api_requests_are_counted_by_route_pattern_not_by_path(client, db, metri
 def test_counters_of_several_web_processes_add_up(tmp_path):
     """Two uvicorn processes on the same data folder: either one's scrape counts both one's requests."""
     database = database_url()
-    env = server_env(database, REDFLAG_METRICS_TOKEN=TOKEN)
+    # A counter folder of their own: this test process's earlier requests count in the default one.
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+    env = server_env(database, REDFLAG_METRICS_TOKEN=TOKEN, PROMETHEUS_MULTIPROC_DIR=str(metrics_dir))
     migrate(env)
     first = WebServer(env, tmp_path, name="web-a").start()
     second = WebServer(env, tmp_path, name="web-b").start()
