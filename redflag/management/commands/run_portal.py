@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import BaseCommand
@@ -159,6 +160,9 @@ class Command(BaseCommand):
         self.stdout.write(self.style.SUCCESS(f"RedFlag admin: http://{shown_host}:{port}/admin/"))
         if password_note:
             self.stdout.write(self.style.WARNING(password_note))
+            if settings.REDFLAG_REQUIRE_MFA:
+                self.stdout.write("At the first sign-in, set up a second factor: an authenticator app (TOTP) "
+                                  "scans the code shown; keep the recovery codes.")
         self.stdout.write(f"Forgot the admin password? {PASSWORD_RESET}. Ctrl-C stops the web server and workers.")
 
     def _ensure_admin(self) -> str:

@@ -188,4 +188,5 @@ def test_make_run_on_another_port_serves_the_admin_and_stops_on_ctrl_c(tmp_path)
     assert portal.returncode in (0, -signal.SIGINT), output  # make itself also gets the Ctrl-C
     assert f"RedFlag admin: http://127.0.0.1:{port}/admin/" in output
     assert "Forgot the admin password? make admin-password." in output
+    assert "At the first sign-in, set up a second factor" in output  # REDFLAG_REQUIRE_MFA is on by default
     assert "readme-pw" not in output
