@@ -17,6 +17,7 @@ from notifications_app.services import (
     destination_url_error,
     rule_save,
 )
+from redflag.admin_site import ReadOnlyAdminMixin
 
 LIST_TIME = "%Y-%m-%d %H:%M"
 
@@ -153,19 +154,8 @@ class DeliveryAttemptInline(admin.TabularInline):
         return False
 
 
-class ReadOnlyAdmin(admin.ModelAdmin):
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
-
-
 @admin.register(Delivery)
-class DeliveryAdmin(ReadOnlyAdmin):
+class DeliveryAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = ("created", "subject", "destination_name", "kind", "status", "attempts", "next_attempt",
                     "last_error")
     list_filter = ("status", "kind", "destination_name")
@@ -184,7 +174,7 @@ class DeliveryAdmin(ReadOnlyAdmin):
 
 
 @admin.register(DeliveryAttempt)
-class DeliveryAttemptAdmin(ReadOnlyAdmin):
+class DeliveryAttemptAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     """The delivery log: every try, newest first."""
 
     list_display = ("attempted", "destination_name", "subject", "number", "succeeded", "error", "duration_ms")

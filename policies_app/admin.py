@@ -35,6 +35,7 @@ from policies_app.selection import next_window_for_agent, next_windows_for_agent
 from policies_app.services.rollouts import policy_changed, rollout_abort, rollout_resume, window_changed
 from policies_app.windows import current_or_next
 from redflag.admin_scoping import ScopedAdminMixin, ScopedInlineMixin
+from redflag.admin_site import ReadOnlyAdminMixin
 
 MONTH_DAY_CHOICES = [(str(d), str(d)) for d in range(1, 32)] + [(str(LAST_DAY_OF_MONTH), "last day")]
 ROLLOUT_COLOURS = {RolloutStatus.RUNNING: GREEN, RolloutStatus.HALTED: RED, RolloutStatus.ABORTED: GREY,
@@ -205,7 +206,7 @@ class RolloutAdmin(ScopedAdminMixin, admin.ModelAdmin):
 
 
 @admin.register(MachineTurn)
-class MachineTurnAdmin(ScopedAdminMixin, admin.ModelAdmin):
+class MachineTurnAdmin(ScopedAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
     scope_agent_path = "agent"
     list_display = ["agent", "policy", "occurrence_start", "stage_position", "state_badge", "packages_short",
                     "note", "changed_at"]
@@ -213,15 +214,6 @@ class MachineTurnAdmin(ScopedAdminMixin, admin.ModelAdmin):
     search_fields = ["agent__hostname"]
     list_select_related = ["agent", "policy"]
     date_hierarchy = "occurrence_start"
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
     @admin.display(description="State", ordering="state")
     def state_badge(self, turn):

@@ -63,6 +63,20 @@ def login_throttled(request) -> HttpResponse | None:
     return response
 
 
+class ReadOnlyAdminMixin:
+    """A list that is a record (events, deliveries, a policy's machine turns): viewed, never added,
+    changed or deleted in the admin. Put it after any scoping mixin, before ``admin.ModelAdmin``."""
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+
 class RedFlagAdminSite(admin.AdminSite):
     site_header = "RedFlag"
     site_title = "RedFlag"
