@@ -11,13 +11,17 @@ MANAGE := $(BIN)/python manage.py
 
 .PHONY: run test lint test-agent-py39 token release admin-password
 
+# Set-up steps say what they do on stderr, so that `make token` prints only the token on stdout
+# even the first time (or after requirements.txt changed).
 $(BIN)/python:
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
+	@echo "creating $(VENV) with $(PYTHON)" >&2
+	@$(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install --quiet --upgrade pip >&2
 
 $(VENV)/.runtime-installed: requirements.txt | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -r requirements.txt
-	touch $@
+	@echo "installing requirements.txt into $(VENV)" >&2
+	@$(BIN)/python -m pip install --quiet -r requirements.txt >&2
+	@touch $@
 
 $(VENV)/.test-installed: requirements.txt requirements-test.txt | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -r requirements-test.txt

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 import redis
 from django.conf import settings
 from django.db import connection
+from django.db.migrations.executor import MigrationExecutor
 from django.db.utils import OperationalError
 
 from redflag.env import StartupRefused
@@ -69,6 +70,27 @@ def services_problem() -> str | None:
     return (database_problem()
             or redis_problem("REDFLAG_Q_BROKER_URL", settings.Q_BROKER_URL)
             or redis_problem("REDFLAG_CACHE_URL", settings.CACHE_URL))
+
+
+def schema_problem() -> str | None:
+    """Why the database cannot serve a command yet: migrations not applied (a fresh data folder before
+    the first `make run`, or an upgrade before `migrate`); None when the schema is current."""
+    try:
+        executor = MigrationExecutor(connection)
+        pending = executor.migration_plan(executor.loader.graph.leaf_nodes())
+    finally:
+        connection.close()
+    if not pending:
+        return None
+    return (f"the database is not set up yet ({len(pending)} migration(s) not applied): run `make run` once, "
+            f"or `.venv/bin/python manage.py migrate`, then this command again")
+
+
+def require_schema() -> None:
+    """Stop a command that reads the tables with one line when they are missing or out of date."""
+    problem = services_problem() or schema_problem()
+    if problem:
+        raise StartupRefused(problem)
 
 
 def require_services() -> None:

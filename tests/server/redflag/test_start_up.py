@@ -103,3 +103,12 @@ def test_make_run_takes_port_and_addr_and_refuses_a_bad_one(tmp_path):
     assert bad.returncode != 0
     assert bad.stderr.splitlines()[0] == ("RedFlag will not start: the address '127.0.0.1:eighty' needs a port from "
                                           "1 to 65535 (make run PORT=8000 ADDR=127.0.0.1)")
+
+
+@pytest.mark.parametrize("argv", [["create_registration_token", "--label", "rack-2"], ["rotate_signing_key"]])
+def test_a_command_before_the_first_run_says_to_migrate_instead_of_a_traceback(tmp_path, argv):
+    """A fresh data folder (no `make run` yet): the README's commands that read the tables say what to do.
+    (That they work once migrated: test_readme_commands.py.)"""
+    line = one_line(start([sys.executable, "manage.py", *argv], tmp_path))
+    assert line.startswith("RedFlag will not start: the database is not set up yet (")
+    assert line.endswith("run `make run` once, or `.venv/bin/python manage.py migrate`, then this command again")
