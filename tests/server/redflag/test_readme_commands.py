@@ -22,6 +22,7 @@ import pty
 import re
 import select
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -74,12 +75,20 @@ def run(command: str, env: dict[str, str], timeout: float = 300) -> subprocess.C
     return subprocess.run(shlex.split(command), cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.fixture
-def migrated(tmp_path) -> dict[str, str]:
-    env = private_env(tmp_path)
-    result = run(f"{VENV_PYTHON} manage.py migrate", env)
+@pytest.fixture(scope="module")
+def migrated_once(tmp_path_factory) -> Path:
+    """One data folder migrated by the real `manage.py migrate` (92 migrations take seconds)."""
+    folder = tmp_path_factory.mktemp("migrated")
+    result = run(f"{VENV_PYTHON} manage.py migrate", private_env(folder))
     assert result.returncode == 0, result.stderr
-    return env
+    return folder / "data"
+
+
+@pytest.fixture
+def migrated(tmp_path, migrated_once) -> dict[str, str]:
+    """A private copy of that folder (modes kept: RedFlag refuses a data folder others can read)."""
+    shutil.copytree(migrated_once, tmp_path / "data")
+    return private_env(tmp_path)
 
 
 def test_the_readme_shows_the_commands_this_test_checks():
