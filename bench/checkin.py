@@ -15,10 +15,14 @@ In a scratch database (created and dropped):
    - ``checkin``: ``POST /agents/{id}/checkin`` with metrics, as the agent sends it;
    - ``bare``: the same check-in against ``bench/bare_checkin.py``, a bare ASGI handler running
      the check-in's own SQL under uvicorn with the same worker count (baseline 2, the floor).
-3. For each: requests per second, p50/p95/p99, errors, and CPU split between the server's
-   processes, PostgreSQL's processes and the rest, per request. Ratios: check-in against each
-   baseline. The machine may be shared: every figure is from the same run, and the load average
-   before and after is printed.
+3. For each: requests per second, p50/p95/p99, errors, and CPU per request split between the
+   server's processes, the scratch database's PostgreSQL backends (``postgres``; ``postgres_all``
+   is every PostgreSQL process on the machine, other databases' work included), the client and
+   the whole machine. Ratios: check-in against each baseline. The machine may be shared: every
+   figure is from the same run, and the load average before and after is printed.
+
+``--uvicorn-plain`` runs both servers on uvicorn's pure-Python HTTP parser and asyncio's loop
+(``--http h11 --loop asyncio``), to show what httptools and uvloop (requirements.txt) are worth.
 """
 
 from __future__ import annotations
@@ -36,7 +40,8 @@ from pathlib import Path
 import psutil
 import psycopg
 from events import drop_database, scratch_database  # bench/events.py: scratch DB helpers
-from fleet import Fleet, Recorder, SimAgent, machine, prepare, register_all, server_argv, server_env
+from fleet import UVICORN_PLAIN, Fleet, Recorder, SimAgent, machine, prepare, register_all, server_argv, server_env
+from schedule import fleet_sql
 from serving import start_server, stop_group
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,9 +62,25 @@ def parse_args() -> argparse.Namespace:
                         help="rate_checkin for the server (default: as shipped, 60/min per agent); the smoke "
                              "run's few agents would exceed it")
     parser.add_argument("--cache-url", default="", help="REDFLAG_CACHE_URL for the server")
+    parser.add_argument("--uvicorn-plain", action="store_true",
+                        help="both servers on uvicorn's pure-Python parser and asyncio's loop (--http h11 --loop "
+                        "asyncio): what httptools and uvloop are worth")
+    parser.add_argument("--fleet", type=int, default=0,
+                        help="agents in the database in all: the --agents that check in plus inert ones loaded with "
+                             "bench/schedule.py's INSERT ... SELECT (4 subsystems each), to see how the check-in's "
+                             "cost grows with the fleet")
     parser.add_argument("--database-url", default=os.environ.get("DATABASE_URL", ""))
     parser.add_argument("--keep", action="store_true")
     return parser.parse_args()
+
+
+def pad_fleet(database_url: str, agents: int) -> None:
+    """``agents`` more agents that never check in (their subsystems are buried with the others)."""
+    if agents <= 0:
+        return
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        for sql, params in fleet_sql(agents, first=10_000_000):
+            conn.execute(sql, params or None)
 
 
 def cpu_seconds(processes) -> float:
@@ -77,16 +98,42 @@ def postgres_processes() -> list[psutil.Process]:
     return [p for p in psutil.process_iter(["name"]) if (p.info["name"] or "").startswith("postgres")]
 
 
-class Split:
-    """CPU seconds of the server's process group, PostgreSQL and the whole machine over one phase."""
+def database_backends(database_url: str) -> dict[int, psutil.Process]:
+    """The PostgreSQL backends connected to the scratch database (other work on the machine left out)."""
+    name = database_url.rsplit("/", 1)[1]
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        pids = [row[0] for row in conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()", (name,))]
+    found = {}
+    for pid in pids:
+        try:
+            found[pid] = psutil.Process(pid)
+        except psutil.Error:
+            pass
+    return found
 
-    def __init__(self, server_pid: int) -> None:
+
+class Split:
+    """CPU seconds over one phase: the server's process group, the scratch database's PostgreSQL
+    backends ("postgres"; a backend opened during the phase counts from zero), every PostgreSQL
+    process on the machine ("postgres_all", other databases' work included), this client and the
+    whole machine."""
+
+    def __init__(self, server_pid: int, database_url: str | None = None) -> None:
         self.server = psutil.Process(server_pid)
+        self.database_url = database_url
+        self.backends: dict[int, float] = {}
 
     def sample(self) -> dict:
         machine_times = psutil.cpu_times()
+        backends = database_backends(self.database_url) if self.database_url else {}
+        previous, self.backends = self.backends, {pid: cpu_seconds([process]) for pid, process in backends.items()}
+        # Cumulative over the backends seen so far: a difference of two samples is the phase's work.
+        self.backend_total = getattr(self, "backend_total", 0.0) + sum(
+            cpu - previous.get(pid, 0.0) for pid, cpu in self.backends.items())
         return {"server": cpu_seconds([self.server, *self.server.children(recursive=True)]),
-                "postgres": cpu_seconds(postgres_processes()),
+                "postgres": self.backend_total,
+                "postgres_all": cpu_seconds(postgres_processes()),
                 "client": cpu_seconds([psutil.Process()]),
                 "machine": machine_times.user + machine_times.system + machine_times.nice
                 + getattr(machine_times, "softirq", 0.0) + getattr(machine_times, "irq", 0.0)}
@@ -134,6 +181,7 @@ async def phase(fleet: Fleet, name: str, kind: str, agents: list[SimAgent], args
         **{key: summary[key] for key in ("p50_ms", "p95_ms", "p99_ms", "max_ms")},
         "cpu_ms_per_request": {"server": round(spent["server"] * 1000 / ok, 2),
                                "postgres": round(spent["postgres"] * 1000 / ok, 2),
+                               "postgres_all": round(spent["postgres_all"] * 1000 / ok, 2),
                                "client": round(spent["client"] * 1000 / ok, 2),
                                "machine": round(spent["machine"] * 1000 / ok, 2)},
         "cores_used": {key: round(value / seconds, 2) for key, value in spent.items()},
@@ -157,8 +205,9 @@ async def run(args, url: str, bare_url_factory, secret: str, database_url: str, 
         failed = await register_all(fleet, agents, secret, 16)
         registration_seconds = time.perf_counter() - started
         registered = [agent for agent in agents if agent.id]
+        pad_fleet(database_url, args.fleet - len(registered))
         bury_scans(database_url)
-        split = Split(server.pid)
+        split = Split(server.pid, database_url)
         result = {"registration": {"agents": len(registered), "failed": failed,
                                    "seconds": round(registration_seconds, 1),
                                    "per_second": round(len(registered) / registration_seconds, 1)}}
@@ -168,7 +217,7 @@ async def run(args, url: str, bare_url_factory, secret: str, database_url: str, 
     bare, bare_url = bare_url_factory()
     try:
         async with Fleet(bare_url, Recorder(), apt_report, system_report) as fleet:
-            result["bare"] = await phase(fleet, "bare", "checkin", registered, args, Split(bare.pid))
+            result["bare"] = await phase(fleet, "bare", "checkin", registered, args, Split(bare.pid, database_url))
     finally:
         stop_group(bare)
     return result
@@ -199,19 +248,20 @@ def main() -> int:
     env = server_env(database_url, data_dir, args.cache_url, 0)
     load_before = os.getloadavg()
     server = None
+    plain = UVICORN_PLAIN if args.uvicorn_plain else ()
     try:
         secret = prepare(env, seats=args.agents, interval=300)
         if args.checkin_rate:
             with psycopg.connect(database_url, autocommit=True) as conn:
                 conn.execute("UPDATE redflag_serversettings SET rate_checkin = %s", (args.checkin_rate,))
         server, url = start_server(env, Path(data_dir) / "server.log",
-                                   lambda port: server_argv("uvicorn", args.workers, port), timeout=60)
+                                   lambda port: server_argv("uvicorn", args.workers, port, plain), timeout=60)
         bare_env = {**env, "PYTHONPATH": str(ROOT / "bench")}
 
         def bare_factory():
             return start_server(bare_env, Path(data_dir) / "bare.log", lambda port: [
                 sys.executable, "-m", "uvicorn", "bare_checkin:app", "--host", "127.0.0.1", "--port", str(port),
-                "--workers", str(args.workers), "--log-level", "warning", "--no-access-log"], timeout=60)
+                "--workers", str(args.workers), "--log-level", "warning", "--no-access-log", *plain], timeout=60)
 
         result = asyncio.run(run(args, url, bare_factory, secret, database_url, server))
         log = (Path(data_dir) / "server.log").read_text(errors="replace")
@@ -226,8 +276,10 @@ def main() -> int:
     output = {
         "bench": "checkin", "machine": machine(),
         "conditions": {"clients": args.clients, "seconds_per_phase": args.seconds, "workers": args.workers,
-                       "agents": args.agents, "new_connection_per_request": True,
+                       "agents": args.agents, "fleet": max(args.fleet, args.agents),
+                       "new_connection_per_request": True,
                        "rate_limit_counters": "redis" if args.cache_url else "database table",
+                       "uvicorn": "h11 + asyncio" if args.uvicorn_plain else "auto (httptools + uvloop when installed)",
                        "checkin_rate": args.checkin_rate or "as shipped",
                        "load_average_before": [round(x, 2) for x in load_before],
                        "load_average_after": [round(x, 2) for x in os.getloadavg()]},

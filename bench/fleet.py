@@ -25,7 +25,16 @@ What it does, in a scratch database it creates and drops:
    (``bench/data/apt_scan_debian12.json``, 124 packages), a system or storage scan
    sends the recorded system report of the same host, and every command gets its
    result. ``--heartbeat`` of the agents are in heartbeat mode (``heartbeat_until``
-   set on the server) and poll every 5 s.
+   set on the server) and poll every 5 s, as today's agent still does
+   (``agent_client.runner.poll_delay``) and older agents always did.
+
+   The fast channel (``--channel agent``, the default): like ``agent_client run``,
+   every agent also holds ``GET /agents/{id}/wait`` (``agent_client/wakeup.py``),
+   re-opens it when a hold ends, and checks in at once when woken. The waits are
+   opened before the baseline (at most 150 a second), and each agent's first hold
+   is cut short at a random point of the server's hold period, so re-opens arrive at
+   a steady fleet's rate (agents / REDFLAG_WAKE_HOLD_SECONDS a second).
+   ``--channel none`` is a fleet of older agents, polling only.
 
 Every request opens its own TCP connection (agents 5 minutes apart do not keep
 one), and the simulated agents do not verify command signatures (the real agent
@@ -64,9 +73,12 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).resolve().parent / "data"
 sys.path.insert(0, str(ROOT))
 
+from agent_client.protocol import WAKE_KEEPALIVE_SECONDS  # noqa: E402
 from agent_client.runner import HEARTBEAT_POLL_SECONDS, failure_delay, poll_delay  # noqa: E402  (the agent's own)
 
-P99_GOAL_MS = 250
+P99_GOAL_MS = 100  # issue 16, goal 2
+WAKE_HOLD_SECONDS = 600  # the server's REDFLAG_WAKE_HOLD_SECONDS as shipped
+CHANNEL_OPENS_PER_SECOND = 150
 
 
 def parse_args() -> argparse.Namespace:
@@ -82,6 +94,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--scans", choices=("spread", "due"), default="spread",
                         help="spread: each subsystem's next scan somewhere in its interval (a fleet that has been "
                         "running); due: every scan due at the first check-in (a fleet just enrolled)")
+    parser.add_argument("--channel", choices=("agent", "none"), default="agent",
+                        help="agent: every agent also holds the fast channel (GET …/wait), as agent_client run does; "
+                        "none: older agents, polling only")
     parser.add_argument("--register-concurrency", type=int, default=16)
     parser.add_argument("--baseline-seconds", type=float, default=30)
     parser.add_argument("--pool-size", type=int, default=0, help="REDFLAG_DB_POOL_SIZE for the server (default: "
@@ -133,11 +148,15 @@ def prepare(env: dict, seats: int, interval: int) -> str:
     return manage(env, "shell", "--no-imports", "-c", PREPARE.format(seats=seats, interval=interval)).strip()
 
 
-def server_argv(kind: str, workers: int, port: int) -> list[str]:
+# uvicorn without its C parser and event loop (httptools, uvloop), as before they were in requirements.txt.
+UVICORN_PLAIN = ("--loop", "asyncio", "--http", "h11")
+
+
+def server_argv(kind: str, workers: int, port: int, extra: tuple = ()) -> list[str]:
     if kind == "gunicorn":
         return [sys.executable, "-m", "gunicorn", "redflag.wsgi:application", "--bind", f"127.0.0.1:{port}",
                 "--workers", str(workers), "--worker-class", "gthread", "--threads", "8", "--log-level", "warning"]
-    return uvicorn_argv(port, "--workers", str(workers), "--log-level", "warning", "--no-access-log")
+    return uvicorn_argv(port, "--workers", str(workers), "--log-level", "warning", "--no-access-log", *extra)
 
 
 def spread_fleet(database_url: str, heartbeat_ids: list[str], scans: str) -> None:
@@ -249,6 +268,7 @@ class SimAgent:
         self.id = ""
         self.access_token = ""
         self.failures = 0
+        self.woken = asyncio.Event()  # the fast channel says: check in now
 
     def headers(self) -> dict:
         return {"Authorization": f"Bearer {self.access_token}", "X-Machine-ID": self.machine_id,
@@ -338,10 +358,68 @@ class Fleet:
         loop = asyncio.get_running_loop()
         # A fleet that has been running: this agent's check-in falls anywhere in its interval.
         first = agent.rng.uniform(0, HEARTBEAT_POLL_SECONDS if agent.heartbeat else interval)
-        await asyncio.sleep(min(first, max(0.0, until - loop.time())))
+        await self.pause(agent, min(first, max(0.0, until - loop.time())))
         while loop.time() < until:
             delay = await self.cycle(agent)
-            await asyncio.sleep(max(0.0, min(delay, until - loop.time())))
+            await self.pause(agent, max(0.0, min(delay, until - loop.time())))
+
+    @staticmethod
+    async def pause(agent: SimAgent, seconds: float) -> None:
+        """The runner's wait between cycles: ends early when the fast channel wakes the agent."""
+        try:
+            await asyncio.wait_for(agent.woken.wait(), seconds)
+        except asyncio.TimeoutError:
+            pass
+        agent.woken.clear()
+
+    async def hold_channel(self, agent: SimAgent, gate: asyncio.Semaphore, opened: asyncio.Event) -> None:
+        """agent_client/wakeup.py's loop: hold GET …/wait, re-open when a hold ends, nudge the check-in
+        when woken, back off after a failure. The first hold ends at a random point of the hold period
+        (a fleet that has been running re-opens its waits at an even rate). Cancelled at the end."""
+        url = f"{self.url}/api/v1/agents/{agent.id}/wait"
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=3 * WAKE_KEEPALIVE_SECONDS)
+        cut_after = agent.rng.uniform(0, WAKE_HOLD_SECONDS)
+        failures = 0
+        while True:
+            gated = not opened.is_set()
+            if gated:
+                await gate.acquire()
+            started, problem, woken = time.perf_counter(), None, False
+            cut = asyncio.timeout(cut_after)
+            try:
+                async with self.session.get(url, headers=agent.headers(), timeout=timeout) as response:
+                    if response.status != 200:
+                        problem = response.status
+                    else:
+                        async with cut:
+                            async for raw in response.content:
+                                line = raw.strip()
+                                if not line:
+                                    continue
+                                message = json.loads(line)
+                                if message.get("waiting"):
+                                    self.recorder.add("wait_open", 200, time.perf_counter() - started)
+                                    failures = 0
+                                    if gated:
+                                        gated = False
+                                        gate.release()
+                                    opened.set()
+                                elif "wake" in message:
+                                    woken = message["wake"] is True
+                                    break
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                if not cut.expired():  # else the first hold, cut short
+                    problem = type(exc).__name__
+            finally:
+                if gated:
+                    gate.release()
+            cut_after = None
+            if problem is not None:
+                failures += 1
+                self.recorder.add("wait_open", problem, time.perf_counter() - started)
+                await asyncio.sleep(failure_delay(failures, None, agent.rng))
+            elif woken:
+                agent.woken.set()
 
 
 async def register_all(fleet: Fleet, agents: list[SimAgent], secret: str, concurrency: int) -> int:
@@ -390,6 +468,18 @@ async def simulate(args: argparse.Namespace, url: str, secret: str, database_url
         spread_fleet(database_url, [agent.id for agent in registered if agent.heartbeat], args.scans)
         print(f"registered {len(registered)} agents in {register_seconds:.1f} s", file=sys.stderr)
 
+        channels: list[asyncio.Task] = []
+        if args.channel == "agent":
+            recorder.start("connect")
+            gate, connect_started = asyncio.Semaphore(32), time.perf_counter()
+            opened = [asyncio.Event() for _ in registered]
+            for agent, event in zip(registered, opened):
+                channels.append(asyncio.create_task(fleet.hold_channel(agent, gate, event)))
+                await asyncio.sleep(1 / CHANNEL_OPENS_PER_SECOND)
+            await asyncio.wait([asyncio.create_task(event.wait()) for event in opened], timeout=120)
+            print(f"{sum(event.is_set() for event in opened)} waits open in "
+                  f"{time.perf_counter() - connect_started:.1f} s", file=sys.stderr)
+
         recorder.start("baseline")
         await open_loop(target, args.baseline_seconds,
                         lambda n: fleet.config(registered[n % len(registered)]))
@@ -402,6 +492,9 @@ async def simulate(args: argparse.Namespace, url: str, secret: str, database_url
         await asyncio.gather(*(fleet.run_agent(agent, args.interval, until) for agent in registered))
         steady_seconds = time.perf_counter() - started
         cores = CpuMeter.spent(cpu_before, meter.sample(), steady_seconds)
+        for task in channels:
+            task.cancel()
+        await asyncio.gather(*channels, return_exceptions=True)
     steady = recorder.summary("steady", steady_seconds)
     baseline = recorder.summary("baseline", args.baseline_seconds)["config"]
     checkin = steady.get("checkin", {})
@@ -410,6 +503,7 @@ async def simulate(args: argparse.Namespace, url: str, secret: str, database_url
         "registration": {**recorder.summary("register", register_seconds)["register"],
                          "seconds": round(register_seconds, 1), "failed_agents": failed},
         "target_checkins_per_second": round(target, 2),
+        "channel": {"mode": args.channel, "connect": recorder.summary("connect", 1.0).get("wait_open")},
         "steady_seconds": round(steady_seconds, 1),
         "steady": steady,
         "steady_cores_used": cores,
@@ -462,7 +556,7 @@ def main() -> int:
             shutil.rmtree(data_dir, ignore_errors=True)
     result = {"bench": "fleet", "machine": machine(),
               "fleet": {"agents": args.agents, "heartbeat_agents": args.heartbeat, "interval_seconds": args.interval,
-                        "duration_seconds": args.duration, "scans": args.scans},
+                        "duration_seconds": args.duration, "scans": args.scans, "channel": args.channel},
               **result}
     print(json.dumps(result, indent=2))
     return 0

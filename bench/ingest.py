@@ -3,7 +3,8 @@
 Prints JSON. Each figure is compared with a baseline measured in the same run on
 the same PostgreSQL server: a raw COPY of the same rows into the same table in one
 transaction (the fastest way PostgreSQL takes rows). Also the SQL statement count
-per report, which must not depend on the package count.
+per report, which must not depend on the package count, and where a report's time
+goes: the JSON parser, the serializer and the ingestion service, each timed alone.
 
     DATABASE_URL=postgresql://postgres@127.0.0.1:5432/postgres .venv/bin/python bench/ingest.py
 """
@@ -11,6 +12,7 @@ per report, which must not depend on the package count.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import secrets
@@ -54,26 +56,43 @@ def enrolled_client():
                                                    "hostname": "bench", "os_family": "linux", "agent_version": "0.1"},
                        content_type="application/json").json()
 
-    def post(rows: list[dict]):
+    def prepare(rows: list[dict]):
+        """The request, encoded as the agent sends it; calling the result sends it (timed alone)."""
         headers = {"HTTP_AUTHORIZATION": f"Bearer {body['access_token']}", "HTTP_X_MACHINE_ID": machine,
                    "HTTP_X_REQUEST_NONCE": secrets.token_urlsafe(24), "HTTP_X_REQUEST_TIMESTAMP": str(int(time.time()))}
-        return client.post(f"/api/v1/agents/{body['agent_id']}/reports/updates",
-                           {"report_id": uuid.uuid4().hex, "package_type": "apt", "updates": rows},
-                           content_type="application/json", **headers)
+        payload = json.dumps({"report_id": uuid.uuid4().hex, "package_type": "apt", "updates": rows}).encode()
+        return lambda: client.post(f"/api/v1/agents/{body['agent_id']}/reports/updates", payload,
+                                   content_type="application/json", **headers)
 
-    return post
+    return prepare
 
 
-def timed_report(post, rows) -> tuple[float, int]:
+def cpu_ms() -> float:
+    """CPU time so far of this process (the server, in process) and of its PostgreSQL backend, in ms.
+
+    Less moved than wall time by other processes on a shared machine: waiting for a core is not counted.
+    The backend's comes from /proc/<pid>/schedstat (nanoseconds on a CPU); PostgreSQL is on this machine.
+    """
+    connection.ensure_connection()
+    with open(f"/proc/{connection.connection.info.backend_pid}/schedstat") as stat:
+        backend_ns = int(stat.read().split()[0])
+    return (time.process_time_ns() + backend_ns) / 1e6
+
+
+def timed_report(prepare, rows, cpu: list[float] | None = None) -> tuple[float, int]:
+    send = prepare(rows)
+    cpu_started = cpu_ms()
     with CaptureQueriesContext(connection) as context:
         started = time.perf_counter()
-        response = post(rows)
+        response = send()
         elapsed = (time.perf_counter() - started) * 1000
+    if cpu is not None:
+        cpu.append(cpu_ms() - cpu_started)
     assert response.status_code == 200, response.content
     return elapsed, len(context.captured_queries)
 
 
-def baseline_copy(rows: list[dict]) -> float:
+def baseline_copy(rows: list[dict], cpu: list[float] | None = None) -> float:
     """COPY the same rows into the same table for a fresh agent, in one transaction."""
     from agents_app.models import Agent  # noqa: PLC0415  (needs setup_django())
 
@@ -82,6 +101,7 @@ def baseline_copy(rows: list[dict]) -> float:
     columns = ("agent_id", "package_type", "name", "current_version", "available_version", "severity",
                "is_security", "repository", "size_bytes", "cve_ids", "kb_ids", "metadata", "status", "dependencies",
                "last_report_id", "first_seen_at", "last_seen_at", "status_changed_at")
+    cpu_started = cpu_ms()
     started = time.perf_counter()
     with transaction.atomic(), connection.cursor() as cursor:
         with cursor.cursor.copy(f"COPY agents_app_packageupdate ({', '.join(columns)}) FROM STDIN") as copy:
@@ -90,7 +110,37 @@ def baseline_copy(rows: list[dict]) -> float:
                                 row["severity"], row["is_security"], row["repository"], row["size_bytes"],
                                 json.dumps(row["cve_ids"]), json.dumps(row["kb_ids"]), json.dumps(row["metadata"]),
                                 "pending", "[]", "baseline", now, now, now))
-    return (time.perf_counter() - started) * 1000
+    elapsed = (time.perf_counter() - started) * 1000
+    if cpu is not None:
+        cpu.append(cpu_ms() - cpu_started)
+    return elapsed
+
+
+def stages(rows: list[dict], repeat: int) -> dict[str, float]:
+    """Median ms of each step of the request alone, in process: StrictJSONParser on the body, the
+    UpdatesReportSerializer, updates_report_ingest (first report of a fresh agent, in its transaction)."""
+    from agents_app.api.serializers import UpdatesReportSerializer  # noqa: PLC0415  (needs setup_django())
+    from agents_app.models import Agent  # noqa: PLC0415
+    from agents_app.services.reports import updates_report_ingest  # noqa: PLC0415
+    from redflag.api.parsers import StrictJSONParser  # noqa: PLC0415
+
+    body = json.dumps({"report_id": uuid.uuid4().hex, "package_type": "apt", "updates": rows}).encode()
+    timings: dict[str, list[float]] = {"parse": [], "validate": [], "ingest": []}
+    for _ in range(repeat):
+        started = time.perf_counter()
+        data = StrictJSONParser().parse(io.BytesIO(body))
+        parsed = time.perf_counter()
+        serializer = UpdatesReportSerializer(data=data)
+        serializer.is_valid(raise_exception=True)
+        validated = time.perf_counter()
+        agent = Agent.objects.create(hostname="stages", machine_id_hash=uuid.uuid4().hex * 2)
+        ingest_started = time.perf_counter()
+        updates_report_ingest(agent=agent, report_id=uuid.uuid4().hex, package_type="apt",
+                              updates=serializer.validated_data["updates"], not_checked=[])
+        timings["ingest"].append((time.perf_counter() - ingest_started) * 1000)
+        timings["parse"].append((parsed - started) * 1000)
+        timings["validate"].append((validated - parsed) * 1000)
+    return {f"{name}_ms": round(statistics.median(values), 2) for name, values in timings.items()}
 
 
 def main() -> int:
@@ -105,28 +155,37 @@ def main() -> int:
         settings.REDFLAG_RATE_LIMIT_ENABLED = False
         settings.DEBUG = False
         first, repeated, baseline, first_statements, repeat_statements = [], [], [], set(), set()
+        cpu: dict[str, list[float]] = {"first": [], "repeated": [], "baseline": []}
         for _ in range(args.repeat):
             post = enrolled_client()
-            ms, statements = timed_report(post, report_rows(args.packages, "1"))
+            ms, statements = timed_report(post, report_rows(args.packages, "1"), cpu["first"])
             first.append(ms)
             first_statements.add(statements)
-            ms, statements = timed_report(post, report_rows(args.packages, "2"))  # every row conflicts
+            ms, statements = timed_report(post, report_rows(args.packages, "2"), cpu["repeated"])  # all conflict
             repeated.append(ms)
             repeat_statements.add(statements)
-            baseline.append(baseline_copy(report_rows(args.packages, "1")))
+            baseline.append(baseline_copy(report_rows(args.packages, "1"), cpu["baseline"]))
         small_post = enrolled_client()
         _, small_statements = timed_report(small_post, report_rows(10, "1"))
+        steps = stages(report_rows(args.packages, "1"), args.repeat)
         base_ms = statistics.median(baseline)
+        base_cpu = statistics.median(cpu["baseline"])
         result = {
             "packages": args.packages, "repeat": args.repeat,
             "baseline_copy_ms": round(base_ms, 2),
+            "baseline_copy_cpu_ms": round(base_cpu, 2),
             "first_report": {"server_ms": round(statistics.median(first), 2),
                              "ratio": round(statistics.median(first) / base_ms, 2),
+                             "cpu_ms": round(statistics.median(cpu["first"]), 2),
+                             "cpu_ratio": round(statistics.median(cpu["first"]) / base_cpu, 2),
                              "statements": sorted(first_statements)},
             "repeated_report": {"server_ms": round(statistics.median(repeated), 2),
                                 "ratio": round(statistics.median(repeated) / base_ms, 2),
+                                "cpu_ms": round(statistics.median(cpu["repeated"]), 2),
+                                "cpu_ratio": round(statistics.median(cpu["repeated"]) / base_cpu, 2),
                                 "statements": sorted(repeat_statements)},
             "statements_for_10_packages": small_statements,
+            "first_report_stages": steps,  # the rest of server_ms: authentication, nonce, middleware, response
         }
         print(json.dumps(result, indent=2))
     finally:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -105,21 +105,35 @@ def token_revoke(*, token: RegistrationToken, actor: str) -> bool:
     return bool(revoked)
 
 
-def token_redeem(*, secret: str, now: datetime) -> RegistrationToken | RefusalReason:
-    """Consume one seat with a single conditional UPDATE.
+def token_redeem(*, token: RegistrationToken, now: datetime) -> RefusalReason | None:
+    """Consume one of ``token``'s seats with a single conditional UPDATE (the validity rule of
+    ``active_condition``, so a seat is never over-issued under concurrency).
 
-    Returns the token, or the real reason it was refused. Must run inside the
-    caller's transaction so the seat and the agent commit together.
+    None when the seat is taken; otherwise the real reason it was refused, read again (the token may
+    have been revoked or used up since the caller read it). Must run inside the caller's transaction
+    so the seat and the agent commit together; it takes the token's row lock until that commit, so
+    the caller runs it last.
     """
-    rows = RegistrationToken.objects.by_secret(secret)
-    if rows.filter(active_condition(now)).update(seats_used=F("seats_used") + 1):
-        return rows.get()
-    return token_refusal(secret=secret, now=now)
+    if RegistrationToken.objects.filter(pk=token.pk).filter(active_condition(now)).update(
+        seats_used=F("seats_used") + 1
+    ):
+        return None
+    return token_refusal(token=RegistrationToken.objects.filter(pk=token.pk).first(), now=now)
 
 
-def token_refusal(*, secret: str, now: datetime) -> RefusalReason:
-    """Why this secret cannot enroll a machine now."""
-    token = RegistrationToken.objects.by_secret(secret).first()
+def token_redeem_sql(*, secret: str, now: datetime, condition: str = "TRUE") -> tuple[str, list]:
+    """``token_redeem``'s conditional UPDATE as SQL, for a caller that sends it inside a larger statement
+    (one round trip): a seat of the token with this secret if it is active (the WHERE compiled from
+    ``active_condition``: the same rule) and ``condition`` holds; RETURNING the token's id and label."""
+    query = RegistrationToken.objects.by_secret(secret).filter(active_condition(now)).query
+    where, params = query.get_compiler(connection=connection).compile(query.where)
+    table, seats = connection.ops.quote_name(RegistrationToken._meta.db_table), connection.ops.quote_name("seats_used")
+    return (f"UPDATE {table} SET {seats} = {seats} + 1 WHERE {where} AND {condition} RETURNING id, label",
+            list(params))
+
+
+def token_refusal(*, token: RegistrationToken | None, now: datetime) -> RefusalReason:
+    """Why this token (None: no token has the secret presented) cannot enroll a machine now."""
     if token is None:
         return RefusalReason.UNKNOWN
     return RefusalReason(token_status(token, now).value)

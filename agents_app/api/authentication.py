@@ -196,12 +196,18 @@ class CheckinAuthentication(AgentTokenAuthentication):
         except exceptions.APIException:
             return None
         try:
-            serializer = CheckinSerializer(data=request.data)
+            body = request.data
         except exceptions.APIException as error:  # DRF answers an empty body if request.data is read again
             return error
-        if abs(time.time() - int(raw_timestamp)) > settings.REDFLAG_NONCE_SKEW_SECONDS or not serializer.is_valid():
+        if abs(time.time() - int(raw_timestamp)) > settings.REDFLAG_NONCE_SKEW_SECONDS:
             return None
-        return serializer.validated_data, machine_id_hash, nonce
+        data = CheckinSerializer.plain_validated_data(body)
+        if data is None:
+            serializer = CheckinSerializer(data=body)
+            if not serializer.is_valid():
+                return None
+            data = serializer.validated_data
+        return data, machine_id_hash, nonce
 
 
 class IsPathAgent(BasePermission):

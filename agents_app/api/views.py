@@ -42,8 +42,9 @@ from agents_app.services.credentials import credentials_renew
 from agents_app.services.reports import agent_events_ingest, system_report_ingest, updates_report_ingest
 from agents_app.services.results import command_result_record
 from redflag.api.schema import ERRORS, ErrorSerializer
-from redflag.api.throttling import BucketThrottle, CheckinThrottle, RegistrationThrottle, ReportsThrottle
+from redflag.api.throttling import CheckinThrottle, RegistrationThrottle, ReportsThrottle, WindowThrottle
 from tokens_app.api.serializers import SigningKeySerializer
+from tokens_app.models import SigningKey
 from tokens_app.signing import active_public_keys
 
 AGENT_ID = OpenApiParameter("agent_id", OpenApiTypes.UUID, OpenApiParameter.PATH, description="The agent's UUID.")
@@ -84,7 +85,7 @@ class RegisterView(APIView):
             "agent_id": agent.pk,
             "reregistered": registration.reregistered,
             **CredentialsSerializer(credentials).data,
-            "signing_keys": SigningKeySerializer(active_public_keys(), many=True).data,
+            "signing_keys": SigningKeySerializer(self.signing_keys(), many=True).data,
             "config": {
                 "config_version": agent.config_version,
                 "poll_interval_seconds": agent.effective_poll_interval_seconds,
@@ -92,9 +93,16 @@ class RegisterView(APIView):
         }
         return Response(body, status=status.HTTP_201_CREATED)
 
+    @staticmethod
+    def signing_keys() -> list[SigningKey]:
+        """The keys the new agent pins: one read once a primary key is published (by the server's first
+        signature or registration); before that, ``active_public_keys`` publishes it."""
+        keys = list(SigningKey.objects.filter(retired_at__isnull=True).order_by("-is_primary", "-created_at"))
+        return keys if keys and keys[0].is_primary else active_public_keys()
 
-class RenewThrottle(BucketThrottle):
-    """Per client IP, at the check-in rate: a renew comes before the agent is known."""
+
+class RenewThrottle(WindowThrottle):
+    """Per client IP, at the check-in rate: a renew comes before the agent is known. One statement."""
 
     bucket = "checkin"
 

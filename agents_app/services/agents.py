@@ -6,7 +6,9 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from django.db import IntegrityError, models, transaction
+from django.core.exceptions import ObjectDoesNotExist
+from django.db import IntegrityError, connection, models, transaction
+from django.db.models.expressions import DatabaseDefault
 from django.utils import timezone
 
 from agents_app.models import Agent, machine_id_prefix
@@ -15,17 +17,18 @@ from agents_app.services.credentials import (
     IssuedCredentials,
     credentials_current,
     credentials_issue,
+    credentials_prepare,
     credentials_revoke_all,
 )
 from agents_app.services.results import commands_cancel_open
-from agents_app.services.subsystems import subsystems_ensure
+from agents_app.services.subsystems import subsystems_build, subsystems_ensure
 from events_app.choices import Component, EventSubtype, EventType, Severity
 from events_app.services import agent_actor, record_event, security_violation
 from redflag.errors import Conflict, InvalidRequest, MachineMismatch, RegistrationRefused
 from tokens_app.choices import RefusalReason, TokenStatus
 from tokens_app.models import RegistrationToken
 from tokens_app.querysets import token_status
-from tokens_app.services import token_redeem, token_refusal
+from tokens_app.services import token_redeem, token_redeem_sql, token_refusal
 
 HOST_FACT_FIELDS = ("hostname", "os_family", "os_name", "os_version", "kernel", "arch", "agent_version")
 REBIND_WINDOW = timedelta(hours=24)
@@ -74,9 +77,12 @@ def agent_register(
     The machine id is an identifier, not a secret (any local user reads it), so knowing it proves
     nothing. In one transaction:
 
-    1. Find the agent bound to this machine id (locked).
-    2. None: a new agent, which takes a seat of an active token with one conditional UPDATE, last,
-       so the token's row lock lasts only until the commit.
+    1. Read the token, and find the agent bound to this machine id (locked).
+    2. None: a new agent, its registration event, its subsystems (one INSERT) and its first refresh
+       token; then it takes a seat of an active token with one conditional UPDATE, last, so the
+       token's row lock lasts only until the commit. Seven statements and one commit; on
+       PostgreSQL, steps 1 and 2 are one statement plus the event (``_enrol_in_one_statement``).
+       tests/server/agents_app/services/test_agents.py counts both.
     3. One: a re-enrolment, allowed only with the agent's current refresh token or through a
        re-enrolment window an admin opened (one use). A revoked agent comes back only through the
        window. The old credentials are revoked, every open command is cancelled (nothing planned
@@ -89,17 +95,24 @@ def agent_register(
     now = timezone.now()
     try:
         with transaction.atomic():
-            token = RegistrationToken.objects.by_secret(token_secret).first()
-            agent = Agent.objects.select_for_update().filter(machine_id_hash=machine_id_hash).first()
-            if agent is not None:
+            if connection.vendor == "postgresql":
+                registration = _enrol_in_one_statement(token_secret, machine_id_hash, facts, client_ip, now)
+                if registration is not None:
+                    return registration
+            token = _one(RegistrationToken.objects.by_secret(token_secret))
+            # The lock reads only the id: a new machine (the common case) needs no more.
+            agent_id = _one(Agent.objects.select_for_update().filter(machine_id_hash=machine_id_hash)
+                            .values_list("pk", flat=True))
+            if agent_id is not None:
+                agent = Agent.objects.get(pk=agent_id)
                 registration = _reenrol(agent, token, facts, client_ip, refresh_token, now)
             else:
                 if token is None or token_status(token, now) != TokenStatus.ACTIVE:
-                    raise _Refused(token_refusal(secret=token_secret, now=now))
+                    raise _Refused(token_refusal(token=token, now=now))
                 registration = _enrol(token, machine_id_hash, facts, client_ip, now)
-                redeemed = token_redeem(secret=token_secret, now=now)
-                if isinstance(redeemed, RefusalReason):  # revoked or used up since the read above
-                    raise _Refused(redeemed)
+                refused = token_redeem(token=token, now=now)
+                if refused is not None:  # revoked or used up since the read above
+                    raise _Refused(refused)
     except IntegrityError:
         # Another registration for the same machine id committed first.
         raise Conflict("A registration for this machine is already in progress; retry.") from None
@@ -119,6 +132,15 @@ def agent_register(
         )
         raise AlreadyEnrolled() from None
     return registration
+
+
+def _one(queryset):
+    """The one row of a lookup by a unique column, or None; ``.get()`` sends no ORDER BY (``.first()``
+    orders by the model's ordering, which costs compiling on this hot path and buys nothing here)."""
+    try:
+        return queryset.get()
+    except ObjectDoesNotExist:  # a values_list() raises its model's DoesNotExist too
+        return None
 
 
 class _Refused(Exception):
@@ -154,8 +176,73 @@ def _enrol(token, machine_id_hash, facts, client_ip, now) -> Registration:
         metadata=_registration_metadata(token, facts, client_ip),
         actor=agent_actor(agent),
     )
-    subsystems_ensure(agent=agent, capabilities=facts.get("capabilities", ()))
+    subsystems_ensure(agent=agent, capabilities=facts.get("capabilities", ()), existing=())
     return Registration(agent, credentials_issue(agent=agent, now=now), False)
+
+
+def _insert_if_seated(row: models.Model) -> tuple[str, list]:
+    """The INSERT of one unsaved row, done only if the statement's ``seat`` was taken. Its values are
+    prepared as the ORM's own INSERT prepares them; NULL columns are left out (their default is NULL),
+    and so are columns the database fills (an auto-numbered id, a ``db_default``)."""
+    columns, values = [], []
+    for field in row._meta.local_concrete_fields:
+        if field.db_returning:
+            continue
+        value = field.pre_save(row, True)
+        if isinstance(value, DatabaseDefault):
+            continue
+        value = field.get_db_prep_save(value, connection)
+        if value is not None:
+            columns.append(connection.ops.quote_name(field.column))
+            values.append(value)
+    table = connection.ops.quote_name(row._meta.db_table)
+    return (f"INSERT INTO {table} ({', '.join(columns)}) SELECT {', '.join(['%s'] * len(values))} "
+            f"WHERE EXISTS (SELECT 1 FROM seat)", values)
+
+
+def _enrol_in_one_statement(token_secret, machine_id_hash, facts, client_ip, now) -> Registration | None:
+    """PostgreSQL, a new machine: ``_enrol`` and the seat in one statement, then the event (inside the
+    caller's transaction).
+
+    The statement locks the agent bound to this machine id if there is one; only if there is none does
+    the token's conditional UPDATE (``token_redeem_sql``, the one validity rule) take a seat, and only
+    if it did are the agent, its subsystems and its refresh token inserted. The event needs the token's
+    id and label, which the UPDATE returns. None when no seat was taken (a known machine, a token that
+    is not active): nothing was written, and the caller's general path finds out which and answers.
+    The rows skip ``Model.save()``: Agent, AgentSubsystem and RefreshToken have no save() of their
+    own and no signal receivers (a model that gains one must leave this path).
+    """
+    agent = Agent(machine_id_hash=machine_id_hash, registered_at=now, last_seen_at=now,
+                  capabilities=sorted(set(facts.get("capabilities", ()))), **_host_facts(facts))
+    credentials, refresh_row = credentials_prepare(agent=agent, now=now)
+    rows = [agent, *subsystems_build(agent=agent, names=agent.capabilities), refresh_row]
+    quote = connection.ops.quote_name
+    agents, machine = quote(Agent._meta.db_table), quote(Agent._meta.get_field("machine_id_hash").column)
+    seat_sql, seat_params = token_redeem_sql(secret=token_secret, now=now, condition="NOT EXISTS (SELECT 1 FROM known)")
+    ctes = [f"known AS (SELECT id FROM {agents} WHERE {machine} = %s FOR UPDATE)", f"seat AS ({seat_sql})"]
+    params = [machine_id_hash, *seat_params]
+    for index, row in enumerate(rows):
+        insert_sql, insert_params = _insert_if_seated(row)
+        ctes.append(f"row_{index} AS ({insert_sql})")
+        params += insert_params
+    with connection.cursor() as cursor:
+        cursor.execute(f"WITH {', '.join(ctes)} SELECT id, label FROM seat", params)
+        seat = cursor.fetchone()
+    if seat is None:
+        return None
+    for row in rows:
+        row._state.adding, row._state.db = False, connection.alias
+    token = RegistrationToken(pk=seat[0], label=seat[1])
+    record_event(
+        event_type=EventType.AGENT_REGISTRATION,
+        subtype=EventSubtype.SUCCESS,
+        component=Component.SECURITY,
+        message=f"Agent {agent.hostname} registered",
+        agent=agent,
+        metadata=_registration_metadata(token, facts, client_ip),
+        actor=agent_actor(agent),
+    )
+    return Registration(agent, credentials, False)
 
 
 def _reenrolment_way(agent: Agent, refresh_token: str | None, now) -> ReenrolmentWay:

@@ -3,8 +3,10 @@ DELIVERY_BATCH signed commands are handed over. The view only validates and seri
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from datetime import timezone as dt_timezone
 from typing import Any
 
 from django.db import connection, transaction
@@ -44,6 +46,63 @@ class CheckinClaim:
 
 # Columns the check-in reads back from its UPDATE: everything but the large system report.
 _RETURNED_FIELDS = [field for field in Agent._meta.concrete_fields if field.name != "system_info"]
+_RETURNED_ATTNAMES = [field.attname for field in _RETURNED_FIELDS]
+# Stand-ins for "now" and the agent's id while a read is compiled once (see _Probe).
+_PROBE_NOW = datetime(2001, 2, 3, 4, 5, 6, 789012, tzinfo=dt_timezone.utc)
+_PROBE_AGENT = uuid.UUID("5eed5eed-0000-4000-8000-00000000a6e7")
+
+
+@dataclass(frozen=True)
+class _Probe:
+    """A read compiled once per database vendor, its parameters re-filled per check-in.
+
+    Why: compiling the two "anything due / pending?" reads through the ORM on every check-in cost
+    more CPU than the rest of the check-in's own work (cProfile, bench/checkin.py). The rules stay
+    where they are defined (``AgentSubsystem.objects.due``, ``Command.objects.pending``): the
+    queryset is compiled with stand-in values and each parameter that is a stand-in is replaced
+    by the request's own value.
+    """
+
+    sql: str
+    slots: tuple  # per parameter: "now", "agent", or ("value", the compiled constant)
+
+    def params(self, *, now, agent) -> list:
+        return [now if slot == "now" else agent if slot == "agent" else slot[1] for slot in self.slots]
+
+
+_PROBES: dict[str, tuple[_Probe, _Probe]] = {}
+_COLUMNS: dict[str, str] = {}  # the RETURNING list, quoted for each vendor
+
+
+def _probe(queryset) -> _Probe:
+    ops = connection.ops
+    now = ops.adapt_datetimefield_value(_PROBE_NOW)
+    agent = Agent._meta.pk.get_db_prep_value(_PROBE_AGENT, connection)
+    sql, params = queryset.values("pk").query.sql_with_params()
+    slots = tuple("now" if param == now else "agent" if param == agent else ("value", param) for param in params)
+    if "now" not in slots or "agent" not in slots:  # a stand-in compiled to something else: never guess
+        raise RuntimeError(f"cannot precompile {sql!r}: a stand-in value is missing from {params!r}")
+    return _Probe(sql, slots)
+
+
+def _due_and_pending_probes() -> tuple[_Probe, _Probe]:
+    """The check-in's two reads, compiled for this connection's vendor on first use."""
+    probes = _PROBES.get(connection.vendor)
+    if probes is None:
+        probes = _PROBES[connection.vendor] = (
+            _probe(AgentSubsystem.objects.due(_PROBE_NOW).filter(agent_id=_PROBE_AGENT)),
+            _probe(Command.objects.pending().filter(agent_id=_PROBE_AGENT, expires_at__gt=_PROBE_NOW)),
+        )
+    return probes
+
+
+def pending_probe_sql(*, agent_id: str, now: datetime) -> tuple[str, list]:
+    """SQL: ``EXISTS (…)``, a command is pending for the agent (the check-in's own rule, precompiled);
+    the wait's catch-up read (agents_app/api/wait.py) asks the same question in its one statement."""
+    pending = _due_and_pending_probes()[1]
+    return (f"EXISTS ({pending.sql})",
+            pending.params(now=connection.ops.adapt_datetimefield_value(now),
+                           agent=Agent._meta.pk.get_db_prep_value(agent_id, connection)))
 
 
 def _alive_sql(*, agent_id: str, generation: int, machine_id_hash: str, agent_version: str | None,
@@ -52,19 +111,19 @@ def _alive_sql(*, agent_id: str, generation: int, machine_id_hash: str, agent_ve
     ops = connection.ops
     pk = Agent._meta.pk.get_db_prep_value(agent_id, connection)
     metrics_field = Agent._meta.get_field("metrics")
-    sets, params = ["last_seen_at = %s", "metrics = %s"], [ops.adapt_datetimefield_value(now),
-                                                         metrics_field.get_db_prep_save(metrics, connection)]
+    db_now = ops.adapt_datetimefield_value(now)
+    sets, params = ["last_seen_at = %s", "metrics = %s"], [db_now, metrics_field.get_db_prep_save(metrics, connection)]
     if agent_version:
         sets.append("agent_version = %s")
         params.append(agent_version)
-    due_sql, due_params = AgentSubsystem.objects.due(now).filter(agent_id=agent_id).values("pk").query.sql_with_params()
-    pending_sql, pending_params = (Command.objects.pending().filter(agent_id=agent_id, expires_at__gt=now)
-                                   .values("pk").query.sql_with_params())
-    columns = ", ".join(ops.quote_name(field.column) for field in _RETURNED_FIELDS)
+    due, pending = _due_and_pending_probes()
+    columns = _COLUMNS.get(connection.vendor) or _COLUMNS.setdefault(
+        connection.vendor, ", ".join(ops.quote_name(field.column) for field in _RETURNED_FIELDS))
     sql = (f"UPDATE {ops.quote_name(Agent._meta.db_table)} SET {', '.join(sets)} "
            f"WHERE id = %s AND credential_generation = %s AND machine_id_hash = %s AND revoked_at IS NULL{guards} "
-           f"RETURNING {columns}, EXISTS ({due_sql}) AS checkin_due, EXISTS ({pending_sql}) AS checkin_pending")
-    return sql, [*params, pk, generation, machine_id_hash, *guard_params, *due_params, *pending_params]
+           f"RETURNING {columns}, EXISTS ({due.sql}) AS checkin_due, EXISTS ({pending.sql}) AS checkin_pending")
+    return sql, [*params, pk, generation, machine_id_hash, *guard_params, *due.params(now=db_now, agent=pk),
+                 *pending.params(now=db_now, agent=pk)]
 
 
 def nonce_take_sql(*, nonce: str, agent_id: str | None, now: datetime, condition: str = "true",
@@ -78,7 +137,7 @@ def nonce_take_sql(*, nonce: str, agent_id: str | None, now: datetime, condition
             [nonce, agent, connection.ops.adapt_datetimefield_value(now), *condition_params])
 
 
-def _credentials_hold(*, agent_id: str, generation: int, machine_id_hash: str) -> tuple[str, tuple]:
+def credentials_hold_sql(*, agent_id: str, generation: int, machine_id_hash: str) -> tuple[str, tuple]:
     """SQL: the agent exists with this credential generation and machine, and is not revoked."""
     table = connection.ops.quote_name(Agent._meta.db_table)
     return (f"EXISTS (SELECT 1 FROM {table} WHERE id = %s AND credential_generation = %s AND machine_id_hash = %s "
@@ -86,14 +145,26 @@ def _credentials_hold(*, agent_id: str, generation: int, machine_id_hash: str) -
             (Agent._meta.pk.get_db_prep_value(agent_id, connection), generation, machine_id_hash))
 
 
+def _row_converters() -> list[list]:
+    """Per returned column, the converters Django would apply reading it (computed once per vendor)."""
+    converters = _CONVERTERS.get(connection.vendor)
+    if converters is None:
+        converters = _CONVERTERS[connection.vendor] = [
+            connection.ops.get_db_converters(field.cached_col) + field.get_db_converters(connection)
+            for field in _RETURNED_FIELDS]
+    return converters
+
+
+_CONVERTERS: dict[str, list[list]] = {}
+
+
 def _agent_from_row(values) -> Agent:
     converted = []
-    for field, value in zip(_RETURNED_FIELDS, values):
-        expression = field.cached_col
-        for converter in connection.ops.get_db_converters(expression) + field.get_db_converters(connection):
-            value = converter(value, expression, connection)
+    for field, field_converters, value in zip(_RETURNED_FIELDS, _row_converters(), values):
+        for converter in field_converters:
+            value = converter(value, field.cached_col, connection)
         converted.append(value)
-    return Agent.from_db(connection.alias, [field.attname for field in _RETURNED_FIELDS], converted)
+    return Agent.from_db(connection.alias, _RETURNED_ATTNAMES, converted)
 
 
 def checkin_claim(*, agent_id: str, generation: int, machine_id_hash: str, nonce: str, rate: RateWindow | None,
@@ -115,7 +186,7 @@ def checkin_claim(*, agent_id: str, generation: int, machine_id_hash: str, nonce
     count = rate_take(rate) if rate is not None and table is None else None
     if count is not None and count > rate.allowed:
         return CheckinClaim(agent=None, nonce_fresh=False, rate_count=count)
-    credentials, credential_params = _credentials_hold(agent_id=agent_id, generation=generation,
+    credentials, credential_params = credentials_hold_sql(agent_id=agent_id, generation=generation,
                                                        machine_id_hash=machine_id_hash)
     nonce_sql, nonce_params = nonce_take_sql(nonce=nonce, agent_id=agent_id, now=now, condition=credentials,
                                              condition_params=credential_params)

@@ -46,15 +46,22 @@ def _access_token(agent: Agent, now: datetime) -> tuple[str, datetime]:
     return token, now + timedelta(seconds=settings.REDFLAG_ACCESS_TOKEN_SECONDS)
 
 
-def _new_refresh_token(agent: Agent, family: uuid.UUID, now: datetime) -> tuple[RefreshToken, str]:
+def _refresh_token_row(agent: Agent, family: uuid.UUID, now: datetime) -> tuple[RefreshToken, str]:
+    """A refresh token and its row, not saved yet."""
     secret = new_secret(REFRESH_PREFIX)
-    row = RefreshToken.objects.create(
+    row = RefreshToken(
         agent=agent,
         family=family,
         token_hash=hash_secret(secret),
         created_at=now,
         expires_at=now + timedelta(days=settings.REDFLAG_REFRESH_TOKEN_DAYS),
     )
+    return row, secret
+
+
+def _new_refresh_token(agent: Agent, family: uuid.UUID, now: datetime) -> tuple[RefreshToken, str]:
+    row, secret = _refresh_token_row(agent, family, now)
+    row.save(force_insert=True)
     return row, secret
 
 
@@ -79,11 +86,19 @@ def credentials_current(*, agent: Agent, secret: str, now: datetime) -> bool:
                                        revoked_at__isnull=True, expires_at__gt=now).exists()
 
 
+def credentials_prepare(*, agent: Agent, now: datetime) -> tuple[IssuedCredentials, RefreshToken]:
+    """``credentials_issue`` without its write: the caller inserts the refresh token's row (the
+    enrolment does, in its one statement)."""
+    access, access_expires = _access_token(agent, now)
+    refresh_row, refresh = _refresh_token_row(agent, uuid.uuid4(), now)
+    return IssuedCredentials(access, access_expires, refresh, refresh_row.expires_at), refresh_row
+
+
 def credentials_issue(*, agent: Agent, now: datetime) -> IssuedCredentials:
     """A new access token and the first refresh token of a new family."""
-    access, access_expires = _access_token(agent, now)
-    refresh_row, refresh = _new_refresh_token(agent, uuid.uuid4(), now)
-    return IssuedCredentials(access, access_expires, refresh, refresh_row.expires_at)
+    issued, refresh_row = credentials_prepare(agent=agent, now=now)
+    refresh_row.save(force_insert=True)
+    return issued
 
 
 def credentials_revoke_all(*, agent: Agent, now: datetime) -> None:

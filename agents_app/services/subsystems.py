@@ -30,13 +30,21 @@ UPDATES_INTERVAL_MINUTES = 360
 ERROR_LIMIT = 2000
 
 
-def subsystems_ensure(*, agent: Agent, capabilities: Iterable[str]) -> None:
-    """Create the subsystems an agent reports it can run; existing ones keep their settings."""
-    existing = set(agent.subsystems.values_list("name", flat=True))
-    for name in sorted(set(capabilities) - existing):
-        AgentSubsystem.objects.create(
-            agent=agent, name=name, interval_minutes=DEFAULT_INTERVAL_MINUTES.get(name, UPDATES_INTERVAL_MINUTES)
-        )
+def subsystems_ensure(*, agent: Agent, capabilities: Iterable[str], existing: Iterable[str] | None = None) -> None:
+    """Create the subsystems an agent reports it can run, in one INSERT; existing ones keep their settings.
+
+    ``existing``: the names the agent has, when the caller knows them (an agent created in the same
+    transaction has none), which saves reading them.
+    """
+    have = set(agent.subsystems.values_list("name", flat=True)) if existing is None else set(existing)
+    AgentSubsystem.objects.bulk_create(subsystems_build(agent=agent, names=set(capabilities) - have))
+
+
+def subsystems_build(*, agent: Agent, names: Iterable[str]) -> list[AgentSubsystem]:
+    """New subsystem rows with their default intervals, not saved yet."""
+    return [AgentSubsystem(agent=agent, name=name,
+                           interval_minutes=DEFAULT_INTERVAL_MINUTES.get(name, UPDATES_INTERVAL_MINUTES))
+            for name in sorted(set(names))]
 
 
 def _validate(changes: Mapping[str, Any]) -> None:

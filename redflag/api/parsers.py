@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 from rest_framework.exceptions import ParseError
 from rest_framework.parsers import BaseParser
 
 MAX_NESTING = 32
+# A decoded string can hold NUL or a lone surrogate only through one of these escapes: the decoder refuses a
+# raw NUL (a control character) and UTF-8 decoding refuses an encoded surrogate. Without one in the text, the
+# strings need no look (a hit, even a paired surrogate or an escaped backslash, only means a full look).
+_SUSPECT_ESCAPE = re.compile(r"\\u(?:0000|[dD][89a-fA-F])")
 
 
 def _refuse_constant(name: str):
@@ -58,6 +63,19 @@ def _inspect(value, limit: int) -> None:
             stack.extend((child, depth + 1) for child in item)
 
 
+def _check_depth(value, limit: int) -> None:
+    """_inspect's nesting rule alone, one level at a time over the containers (what a clean text needs)."""
+    level, depth = [value], 1
+    while level:
+        below = []
+        for item in level:
+            children = item.values() if type(item) is dict else item
+            if children and depth >= limit:
+                raise ParseError(f"JSON nests deeper than {limit} levels.")
+            below += [child for child in children if type(child) is dict or type(child) is list]
+        level, depth = below, depth + 1
+
+
 class StrictJSONParser(BaseParser):
     """Not a JSONParser subclass on purpose: DRF reads a JSONParser's body through request.body, which
     applies Django's DATA_UPLOAD_MAX_MEMORY_SIZE (2.5 MB) and answers an HTML 400 above it. The body's
@@ -80,5 +98,8 @@ class StrictJSONParser(BaseParser):
             raise ParseError(f"JSON nests deeper than {MAX_NESTING} levels.") from None
         except ValueError as exc:
             raise ParseError(f"The body is not valid JSON: {exc}") from None
-        _inspect(data, MAX_NESTING)
+        if _SUSPECT_ESCAPE.search(text):
+            _inspect(data, MAX_NESTING)
+        elif type(data) is dict or type(data) is list:
+            _check_depth(data, MAX_NESTING)
         return data

@@ -56,12 +56,6 @@ class BucketThrottle(SimpleRateThrottle):
         return self.get_ident(request) or "unknown-client"
 
 
-class RegistrationThrottle(BucketThrottle):
-    """Per client IP (REDFLAG_NUM_PROXIES says how many proxies to trust)."""
-
-    bucket = "registration"
-
-
 class AdminLoginThrottle(BucketThrottle):
     bucket = "admin"
 
@@ -154,6 +148,12 @@ class WindowThrottle(BucketThrottle):
 class _PerAgentThrottle(WindowThrottle):
     def identity(self, request) -> str:
         return str(request.user.agent.pk)
+
+
+class RegistrationThrottle(WindowThrottle):
+    """Per client IP (REDFLAG_NUM_PROXIES says how many proxies to trust), one statement a request."""
+
+    bucket = "registration"
 
 
 class CheckinThrottle(_PerAgentThrottle):

@@ -38,3 +38,5 @@ def test_fleet_smoke_run():
     assert report["baseline"]["ok"] > 0 and report["baseline"]["p50_ms"] > 0
     assert report["server"]["log_tracebacks"] == 0
     assert report["steady_checkin_timeline"]
+    # Like agent_client run, every agent held the fast channel (GET …/wait) beside its polls.
+    assert report["channel"]["mode"] == "agent" and report["channel"]["connect"]["ok"] == 35

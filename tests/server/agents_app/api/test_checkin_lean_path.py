@@ -30,7 +30,8 @@ def database_counters(settings, db):
 
 def counter_rows() -> list[tuple[str, str]]:
     with connection.cursor() as cursor:
-        cursor.execute("SELECT cache_key, value FROM redflag_cache WHERE cache_key LIKE 'redflag-rate:%%'")
+        # The check-in's bucket only (the enrolment that made the agent counts in its own, "registration").
+        cursor.execute("SELECT cache_key, value FROM redflag_cache WHERE cache_key LIKE 'redflag-rate:checkin:%%'")
         return sorted(cursor.fetchall())
 
 

@@ -6,10 +6,12 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from django.db import connection
 from django.utils import timezone
 
 from agents_app.choices import CommandSource, CommandStatus, CommandType, UpdateStatus
-from agents_app.models import Agent, Command, PackageUpdate, RefreshToken
+from agents_app.models import Agent, AgentSubsystem, Command, PackageUpdate, RefreshToken
+from agents_app.services import agents as agents_services
 from agents_app.services.agents import agent_allow_rebind, agent_revoke
 from agents_app.services.commands import command_create
 from events_app.models import SystemEvent
@@ -84,6 +86,54 @@ def test_refused_registration_does_not_consume_a_seat(client, db):
     register(client, secret)
     token.refresh_from_db()
     assert token.seats_used == 0
+
+
+def test_a_seat_taken_by_another_registration_first_refuses_this_one(client, db, monkeypatch):
+    """The race, made deterministic: another registration takes the token's last seat just before this one's
+    conditional UPDATE (SQLite: after this one read the token and wrote its agent; PostgreSQL: just before the
+    one statement that takes the seat and writes the agent). This one backs off: the same 401, nothing of it
+    stays, the event says why."""
+    token, secret = token_create(label="last seat", max_seats=1, expires_in=timedelta(hours=1))
+    enrol, seat_sql = agents_services._enrol, agents_services.token_redeem_sql
+
+    def the_other_takes_the_seat():
+        RegistrationToken.objects.filter(pk=token.pk).update(seats_used=1)
+
+    def enrol_then_lose_the_seat(*args, **kwargs):
+        registration = enrol(*args, **kwargs)
+        the_other_takes_the_seat()
+        return registration
+
+    def lose_the_seat_then_take_it(**kwargs):
+        the_other_takes_the_seat()
+        return seat_sql(**kwargs)
+
+    monkeypatch.setattr(agents_services, "_enrol", enrol_then_lose_the_seat)
+    monkeypatch.setattr(agents_services, "token_redeem_sql", lose_the_seat_then_take_it)
+    response = register(client, secret, hostname="late", capabilities=["apt", "system"])
+    assert response.status_code == 401
+    assert response.json() == {"error": {"code": "registration_refused",
+                                         "message": "The registration token is not valid."}}
+    assert not Agent.objects.exists() and not RefreshToken.objects.exists() and not AgentSubsystem.objects.exists()
+    assert not SystemEvent.objects.filter(event_type="agent_registration", event_subtype="success").exists()
+    refusal = SystemEvent.objects.get(event_type="agent_registration", event_subtype="failed")
+    assert refusal.metadata["reason"] == "exhausted" and refusal.metadata["token_id"] == token.pk
+
+
+def test_a_new_enrolment_is_a_fixed_number_of_statements(client, registration_secret, django_assert_num_queries):
+    """The registration hot path, in one transaction (here a savepoint: 2 statements), then one read of the
+    signing keys. PostgreSQL: one statement takes the seat and writes the agent, its subsystems and its
+    refresh token, then the event. SQLite: token read, machine lock, agent, event, every subsystem in one
+    INSERT, refresh token, the seat last. The per-IP rate count is one more statement when the counters
+    live in the database (the test settings keep them in memory)."""
+    register(client, registration_secret)  # the signing key is published on first use
+    with django_assert_num_queries(5 if connection.vendor == "postgresql" else 10):
+        response = register(client, registration_secret, capabilities=["apt", "docker", "storage", "system"])
+    assert response.status_code == 201
+    agent = Agent.objects.get(pk=response.json()["agent_id"])
+    assert sorted(agent.subsystems.values_list("name", "interval_minutes")) == [
+        ("apt", 360), ("docker", 360), ("storage", 60), ("system", 60)]
+    assert RegistrationToken.objects.get().seats_used == 2
 
 
 def checkin_status(client, body: dict, machine_id: str) -> int:

@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from agents_app.choices import UpdateStatus
 from agents_app.models import Agent, IngestedReport, PackageUpdate
+from agents_app.services.reports import updates_report_ingest
 from events_app.models import SystemEvent
 from redflag.models import ServerSettings
 from tests.server.conftest import NOW, valid_body
@@ -107,6 +108,58 @@ def test_statement_count_does_not_grow_with_the_package_count(enroll):
     assert PackageUpdate.objects.filter(agent_id=large.id).count() == 2000
     # The second, same-size report (all rows conflict) costs the same too.
     assert _ingest_queries(large, 2000) == _ingest_queries(small, 10)
+
+
+# What updates_report_ingest sends, savepoints aside. PostgreSQL: claim + upsert in one statement, then reopen,
+# install and close in one, then the scan event. SQLite (no data-modifying WITH): claim, upsert, reopen,
+# install, close, event.
+INGEST_STATEMENTS = {"postgresql": 3, "sqlite": 6}
+
+
+def _statements(context) -> list[str]:
+    return [query["sql"] for query in context.captured_queries
+            if not query["sql"].startswith(("SAVEPOINT", "RELEASE SAVEPOINT", "ROLLBACK TO SAVEPOINT"))]
+
+
+@pytest.mark.parametrize("count", [1, 2000])
+def test_ingestion_sends_a_fixed_number_of_statements(agent, count):
+    packages = [package(f"pkg-{index}", metadata={"source": f"src-{index // 2}"} if index % 2 else {})
+                for index in range(count)]
+    model = agent.model
+    for report_id in (uuid.uuid4().hex, uuid.uuid4().hex):  # new rows, then every row conflicting
+        with CaptureQueriesContext(connection) as context:
+            outcome = updates_report_ingest(agent=model, report_id=report_id, package_type="apt",
+                                            updates=packages, not_checked=[])
+        assert outcome["updates"] == count
+        assert len(_statements(context)) == INGEST_STATEMENTS[connection.vendor], _statements(context)
+    with CaptureQueriesContext(connection) as context:  # a report id applied before: the claim alone
+        assert updates_report_ingest(agent=model, report_id=report_id, package_type="apt",
+                                     updates=packages, not_checked=[]) is None
+    assert len(_statements(context)) == 1, _statements(context)
+
+
+def test_the_counts_say_what_each_report_reopened_installed_and_closed(agent):
+    def counts(response) -> tuple[int, int, int, int]:
+        body = response.json()
+        event = SystemEvent.objects.filter(event_type="agent_scan").latest("seq").metadata
+        assert {key: event[key] for key in ("updates", "closed", "installed", "reopened")} == {
+            key: body[key] for key in ("updates", "closed", "installed", "reopened")}
+        return body["updates"], body["reopened"], body["installed"], body["closed"]
+
+    assert counts(report(agent, [package("aa"), package("bb"), package("cc"), package("dd"), package("ff")])) == (
+        5, 0, 0, 0)
+    PackageUpdate.objects.filter(name="bb").update(status=UpdateStatus.APPROVED, dependencies=["libx"])
+    PackageUpdate.objects.filter(name="cc").update(status=UpdateStatus.IGNORED)
+    PackageUpdate.objects.filter(name="ff").update(status=UpdateStatus.FAILED)
+    assert counts(report(agent, [package("bb"), package("cc"), package("ee")])) == (3, 0, 0, 3)  # aa, dd, ff
+    assert counts(report(agent, [package("aa"), package("cc")])) == (2, 1, 1, 1)  # aa back; bb gone; ee gone
+    assert statuses(agent) == {"aa": "pending", "bb": "installed", "cc": "ignored", "dd": "closed",
+                               "ee": "closed", "ff": "closed"}
+    assert counts(report(agent, [package("bb"), package("dd")])) == (2, 2, 0, 1)  # bb, dd back; aa gone
+    bb = PackageUpdate.objects.get(name="bb")
+    assert (bb.status, bb.dependencies) == (UpdateStatus.PENDING, [])  # reopened: the old dry-run's list goes
+    assert counts(report(agent, [package("bb"), package("dd")])) == (2, 0, 0, 0)  # the same again: no change
+    assert PackageUpdate.objects.get(name="cc").status == UpdateStatus.IGNORED  # ignored stays ignored, even gone
 
 
 @pytest.mark.parametrize("change, field", [
