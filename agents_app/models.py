@@ -205,7 +205,8 @@ class BulkOperation(models.Model):
 
 
 class Command(models.Model):
-    """Work for one agent, Ed25519-signed at creation (agents_app.services.commands.command_build)."""
+    """Work for one agent, Ed25519-signed at creation (agents_app.services.commands.command_build), except
+    the scheduler's scans: stored unsigned and signed as they are delivered (commands_deliver)."""
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="commands")
@@ -221,11 +222,11 @@ class Command(models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     completed_at = models.DateTimeField(null=True, blank=True)
     expires_at = models.DateTimeField()
-    # The signed envelope.
+    # The signed envelope. Empty nonce, key id and signature: a scheduled scan not delivered yet.
     issued_at = models.DateTimeField()
-    nonce = models.CharField(max_length=64)
-    key_id = models.CharField(max_length=32)
-    signature = models.CharField(max_length=128)
+    nonce = models.CharField(max_length=64, blank=True)
+    key_id = models.CharField(max_length=32, blank=True)
+    signature = models.CharField(max_length=128, blank=True)
     result = models.JSONField(default=dict, blank=True)
     output = models.TextField(blank=True)
     retry_of = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="retries")

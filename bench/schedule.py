@@ -10,14 +10,20 @@
 3. Baselines, in the same run:
    - ``select_due``: one plain SELECT of every due row (what the sweep must at least read);
    - ``insert_select``: one raw INSERT ... SELECT of the same number of command rows (fixed dummy
-     signature), rolled back and vacuumed away — the least a database can do to create them;
-   - ``ed25519``: bare Ed25519 signatures of the same number of commands, and ``command_build``
-     (the signed, unsaved Command the sweep builds for each, with the key it fetched once).
+     signature), rolled back and vacuumed away — the least a database can do to create them; and
+     the same with its deferred foreign-key checks run (``insert_select_with_foreign_keys``), which
+     every committed INSERT pays and a rolled-back one does not;
+   - ``ed25519``: bare Ed25519 signatures of the same number of commands (the sweep no longer signs:
+     scheduled scans are signed as they are delivered, so this is what delivery adds in all).
 4. Drain the fleet exactly as the django-q2 schedule does: call ``agents_app.tasks.sweep_due_scans``
    (at most SWEEP_LIMIT subsystems a call) until it returns 0; time each call and count its SQL
    statements. Then COUNT the scheduler's commands: it must be agents × 4.
-5. The nothing-due sweep: one more call with every subsystem scheduled in the future.
-6. Print the figures with their ratios; drop the scratch database (unless --keep).
+5. Delivery, where the signing went: ``commands_deliver`` (the check-in's step) for the first
+   ``--deliver-agents`` agents, each taking its 4 scans, signed as they are claimed; every
+   signature verified afterwards. Its baseline: the same for the next as many agents, whose scans
+   were given a signature first (delivery as it was when every command was signed at creation).
+6. The nothing-due sweep: one more call with every subsystem scheduled in the future.
+7. Print the figures with their ratios; drop the scratch database (unless --keep).
 """
 
 from __future__ import annotations
@@ -46,16 +52,18 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--agents", type=int, default=50_000)
     parser.add_argument("--database-url", default=os.environ.get("DATABASE_URL", DEFAULT_SERVER),
                         help="any database on the PostgreSQL server to use (a scratch database is created)")
+    parser.add_argument("--deliver-agents", type=int, default=1000,
+                        help="agents whose scans are delivered (and signed) after the sweep")
     parser.add_argument("--keep", action="store_true", help="keep the scratch database")
     return parser.parse_args()
 
 
-def load(agents: int) -> None:
-    from agents_app.choices import SUBSYSTEM_SCAN  # noqa: PLC0415  (needs setup_django())
-
-    assert set(SUBSYSTEMS) <= set(SUBSYSTEM_SCAN), "every benchmarked subsystem must have a scan command"
-    with connection.cursor() as cursor:
-        cursor.execute(
+def fleet_sql(agents: int, *, first: int = 1) -> list[tuple[str, dict]]:
+    """``agents`` inert agents (hosts ``first`` … ``first + agents - 1``) and 4 subsystems each, never
+    run (so all due), as two INSERT ... SELECT statements and their ANALYZE; bench/checkin.py pads its
+    fleet with them too."""
+    return [
+        (
             """
             INSERT INTO agents_app_agent
                 (id, hostname, os_family, os_name, os_version, kernel, arch, agent_version, machine_id_hash,
@@ -65,22 +73,33 @@ def load(agents: int) -> None:
                    '6.1.0', 'x86_64', '0.1.0', md5(i::text) || md5('m' || i::text),
                    now() - interval '30 days', now() - make_interval(secs => i %% 300), false, '', '[]', 1, '{}',
                    1, '{}', ''
-            FROM generate_series(1, %(agents)s) AS i
+            FROM generate_series(%(first)s, %(last)s) AS i
             """,
-            {"agents": agents},
-        )
-        cursor.execute(
+            {"first": first, "last": first + agents - 1},
+        ),
+        (
             """
             INSERT INTO agents_app_agentsubsystem
                 (agent_id, name, enabled, auto_run, interval_minutes, next_run_at, last_status, last_error)
             SELECT a.id, s.name, true, true, s.minutes, NULL, 'never_run', ''
             FROM agents_app_agent a
             CROSS JOIN unnest(%(names)s::text[], %(minutes)s::int[]) AS s(name, minutes)
+            WHERE NOT EXISTS (SELECT 1 FROM agents_app_agentsubsystem o WHERE o.agent_id = a.id)
             """,
             {"names": list(SUBSYSTEMS), "minutes": list(SUBSYSTEMS.values())},
-        )
-        cursor.execute("ANALYZE agents_app_agent")
-        cursor.execute("ANALYZE agents_app_agentsubsystem")
+        ),
+        ("ANALYZE agents_app_agent", {}),
+        ("ANALYZE agents_app_agentsubsystem", {}),
+    ]
+
+
+def load(agents: int) -> None:
+    from agents_app.choices import SUBSYSTEM_SCAN  # noqa: PLC0415  (needs setup_django())
+
+    assert set(SUBSYSTEMS) <= set(SUBSYSTEM_SCAN), "every benchmarked subsystem must have a scan command"
+    with connection.cursor() as cursor:
+        for sql, params in fleet_sql(agents):
+            cursor.execute(sql, params or None)
 
 
 def timed(function) -> tuple[float, object]:
@@ -107,8 +126,12 @@ def baseline_select_due() -> tuple[float, int]:
         return timed(select)
 
 
-def baseline_insert_select() -> tuple[float, int]:
-    """One INSERT ... SELECT of a command per due subsystem (dummy signature), then rolled back."""
+def baseline_insert_select(*, foreign_keys: bool = False) -> tuple[float, int]:
+    """One INSERT ... SELECT of a command per due subsystem (dummy signature), then rolled back.
+
+    ``foreign_keys``: also run the deferred foreign-key checks (SET CONSTRAINTS ALL IMMEDIATE) inside
+    the timing, which a committed INSERT pays at COMMIT and a rolled-back one never does.
+    """
     from agents_app.choices import SUBSYSTEM_SCAN  # noqa: PLC0415  (needs setup_django())
     from agents_app.services.commands import dedupe_key  # noqa: PLC0415  (needs setup_django())
 
@@ -116,6 +139,8 @@ def baseline_insert_select() -> tuple[float, int]:
                     dedupe_key(*SUBSYSTEM_SCAN[name])) for name in SUBSYSTEMS}
     with transaction.atomic(), connection.cursor() as cursor:
         started = time.perf_counter()
+        if foreign_keys:
+            cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
         cursor.execute(
             """
             INSERT INTO agents_app_command
@@ -140,11 +165,9 @@ def baseline_insert_select() -> tuple[float, int]:
     return elapsed, rows
 
 
-def baseline_signing(count: int) -> dict:
-    """Signing ``count`` commands: bare Ed25519 with the loaded key, and the whole command_build
-    (signature plus the unsaved Command) as the sweep runs it, with the key it fetched once."""
+def baseline_signing(count: int) -> float:
+    """Bare Ed25519 signatures of ``count`` command envelopes with the loaded key."""
     from agent_client.protocol import command_signing_bytes  # noqa: PLC0415  (root on sys.path by setup_django())
-    from agents_app.services.commands import command_build  # noqa: PLC0415  (needs setup_django())
     from tokens_app.signing import primary_key  # noqa: PLC0415  (needs setup_django())
 
     now = timezone.now()
@@ -154,12 +177,54 @@ def baseline_signing(count: int) -> dict:
                                       command_type="scan_updates", params={"package_type": "apt"},
                                       issued_at=int(now.timestamp()), expires_at=int(now.timestamp()) + 86400,
                                       nonce=f"nonce-{i}") for i in range(count)]
-    ed25519_seconds, _ = timed(lambda: [key.private_key.sign(payload) for payload in payloads])
-    build_seconds, _ = timed(lambda: [command_build(agent_id=agent_id, command_type="scan_updates",
-                                                    params={"package_type": "apt"}, source="scheduler", now=now,
-                                                    key=key)
-                                      for _ in range(count)])
-    return {"ed25519_seconds": round(ed25519_seconds, 3), "command_build_seconds": round(build_seconds, 3)}
+    seconds, _ = timed(lambda: [key.private_key.sign(payload) for payload in payloads])
+    return seconds
+
+
+def delivery(agents: int) -> dict:
+    """commands_deliver for ``agents`` agents (4 scans each, signed as claimed), then every delivered
+    signature checked against the published key, as the agent checks it. Baseline in the same run: the
+    next ``agents`` agents, their scans given a (dummy) signature first, as when every command was signed
+    at creation: the same claim with nothing to sign."""
+    import base64  # noqa: PLC0415
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey  # noqa: PLC0415
+
+    from agent_client.protocol import command_signing_bytes_from_wire  # noqa: PLC0415
+    from agents_app.models import Agent, Command  # noqa: PLC0415  (needs setup_django())
+    from agents_app.services.commands import commands_deliver, wire_format  # noqa: PLC0415
+    from tokens_app.models import SigningKey  # noqa: PLC0415
+
+    chosen = list(Agent.objects.order_by("hostname")[:2 * agents])
+    signing, presigned = chosen[:agents], chosen[agents:]
+    Command.objects.filter(agent__in=presigned).update(nonce="n" * 22, key_id="baseline", signature="A" * 88)
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE agents_app_command")
+    now = timezone.now()
+
+    def deliver(agents_list) -> tuple[float, list, StatementMeter]:
+        meter, delivered = StatementMeter(), []
+        with connection.execute_wrapper(meter):
+            seconds, _ = timed(lambda: [delivered.extend(commands_deliver(agent=agent, now=now))
+                                        for agent in agents_list])
+        return seconds, delivered, meter
+
+    seconds, delivered, meter = deliver(signing)
+    baseline_seconds, baseline_delivered, _ = deliver(presigned)
+    keys = {row.key_id: Ed25519PublicKey.from_public_bytes(base64.b64decode(row.public_key))
+            for row in SigningKey.objects.all()}
+    for command in delivered:
+        wire = wire_format(command)
+        keys[wire["key_id"]].verify(base64.b64decode(wire["signature"]), command_signing_bytes_from_wire(wire))
+    count = max(len(signing), 1)
+    return {"agents": len(signing), "commands": len(delivered), "seconds": round(seconds, 3),
+            "ms_per_checkin": round(seconds * 1000 / count, 3),
+            "statements_per_checkin": round(meter.statements / count, 2),
+            "signatures_verified": len(delivered),
+            "presigned_agents": len(presigned), "presigned_commands": len(baseline_delivered),
+            "presigned_seconds": round(baseline_seconds, 3),
+            "presigned_ms_per_checkin": round(baseline_seconds * 1000 / max(len(presigned), 1), 3),
+            "ed25519_seconds": round(baseline_signing(len(delivered)), 3)}
 
 
 class StatementMeter:
@@ -244,10 +309,12 @@ def main() -> int:
         assert due_rows == expected, (due_rows, expected)
         insert_seconds, inserted = baseline_insert_select()
         assert inserted == expected, (inserted, expected)
-        signing = baseline_signing(expected)
+        insert_fk_seconds, _ = baseline_insert_select(foreign_keys=True)
+        ed25519_seconds = baseline_signing(expected)
         sweep = full_sweep()
         created = Command.objects.filter(source=CommandSource.SCHEDULER).count()
         distinct = Command.objects.values("agent_id", "dedupe_key").distinct().count()
+        delivered = delivery(min(args.deliver_agents, args.agents // 2))
         idle = nothing_due()
         connection.close()
     finally:
@@ -266,16 +333,21 @@ def main() -> int:
                        "exactly_once": created == expected == distinct,
                        "commands_per_second": round(created / total) if total else None},
         "nothing_due": idle,
+        "delivery": delivered,
         "baselines": {
             "select_due_seconds": round(select_seconds, 3),
             "insert_select_seconds": round(insert_seconds, 3),
-            **signing,
+            "insert_select_with_foreign_keys_seconds": round(insert_fk_seconds, 3),
+            "ed25519_seconds": round(ed25519_seconds, 3),
         },
         "ratios": {
             "sweep_vs_insert_select": round(total / insert_seconds, 2) if insert_seconds else None,
+            "sweep_vs_insert_select_with_foreign_keys": (round(total / insert_fk_seconds, 2)
+                                                         if insert_fk_seconds else None),
             "sweep_vs_select_due": round(total / select_seconds, 2) if select_seconds else None,
-            "ed25519_share_of_sweep": round(signing["ed25519_seconds"] / total, 3) if total else None,
-            "command_build_share_of_sweep": round(signing["command_build_seconds"] / total, 3) if total else None,
+            "signing_at_delivery_vs_sweep": round(ed25519_seconds / total, 3) if total else None,
+            "delivery_vs_presigned": (round(delivered["ms_per_checkin"] / delivered["presigned_ms_per_checkin"], 2)
+                                      if delivered["presigned_ms_per_checkin"] else None),
         },
         "kept": name if args.keep else None,
     }

@@ -1,4 +1,5 @@
-"""Commands: built and signed once, created with their event, delivered at check-in, retried.
+"""Commands: built, created with their event, signed (at creation, or for scheduled scans at delivery),
+delivered at check-in, retried.
 
 A leaf: how a command ends (answer, time-out, cancel) is agents_app.services.results.
 """
@@ -10,16 +11,17 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import IntegrityError, transaction
+from django.db.models import Case, F, Value, When
 from django.utils import timezone
 
 from agent_client.protocol import command_signing_bytes, package_name_problem, reboot_params_problem
-from agents_app.choices import CommandSource, CommandStatus, CommandType
+from agents_app.choices import SUBSYSTEM_SCAN, CommandSource, CommandStatus, CommandType
 from agents_app.models import Agent, Command
 from agents_app.services.wakeup import agent_wake_on_commit
-from events_app.choices import Component, EventSubtype, EventType
+from events_app.choices import Component, EventSubtype, EventType, Severity
 from events_app.services import SYSTEM_ACTOR, record_event
 from redflag.errors import Conflict, InvalidRequest
-from tokens_app.signing import LoadedKey, sign
+from tokens_app.signing import LoadedKey, primary_key, sign
 
 DELIVERY_BATCH = 10
 COMMAND_LIFETIME = timedelta(hours=24)
@@ -68,10 +70,14 @@ def command_build(
     retry_of=None,
     lifetime: timedelta = COMMAND_LIFETIME,
     key: LoadedKey | None = None,
+    signed: bool = True,
 ) -> Command:
-    """An unsaved, signed Command. Nothing is delivered unsigned: signing happens here, once
-    (with ``key`` when the caller builds many: see ``tokens_app.signing.sign``), and never over a
-    package name that is not one (package_names_check)."""
+    """An unsaved Command, signed here, once (with ``key`` when the caller builds many: see
+    ``tokens_app.signing.sign``), and never over a package name that is not one (package_names_check).
+
+    ``signed=False`` only for the scheduler's scans (``scheduled_scan_problem`` says which): they
+    are signed by ``commands_deliver`` as they are handed over, and nothing else is ever signed there.
+    """
     package_names_check(params)
     if command_type == CommandType.REBOOT:
         reboot_params_check(params)
@@ -85,23 +91,54 @@ def command_build(
         created_at=now,
         issued_at=now.replace(microsecond=0),
         expires_at=(now + lifetime).replace(microsecond=0),
-        nonce=secrets.token_urlsafe(16),
         bulk_operation=bulk_operation,
         retry_of=retry_of,
     )
+    if signed:
+        command_sign(command, key)
+    elif problem := scheduled_scan_problem(command):
+        raise InvalidRequest(f"refusing to plan an unsigned command: {problem}")
+    return command
+
+
+def command_sign(command: Command, key: LoadedKey | None = None) -> None:
+    """Draw the command's nonce (unpredictable: secrets) and sign its envelope, in place."""
+    command.nonce = secrets.token_urlsafe(16)
     command.key_id, command.signature = sign(
         command_signing_bytes(
-            agent_id=str(agent_id),
-            command_id=str(command.id),
-            command_type=command_type,
-            params=params,
+            agent_id=str(command.agent_id),
+            command_id=str(command.pk),
+            command_type=command.command_type,
+            params=command.params,
             issued_at=int(command.issued_at.timestamp()),
             expires_at=int(command.expires_at.timestamp()),
             nonce=command.nonce,
         ),
         key,
     )
-    return command
+
+
+def scheduled_scan_problem(command: Command) -> str | None:
+    """Why ``command`` may not be signed at delivery (None: it may).
+
+    Only what the scheduler plans is stored unsigned: a scan of one subsystem
+    (agents_app.choices.SUBSYSTEM_SCAN), with ``verify`` for package scans. Anything else that
+    reaches delivery without a signature was written by something other than RedFlag's own
+    write paths, and is refused rather than signed: whoever can write to the database can at
+    most ask for a scan.
+    """
+    if command.source != CommandSource.SCHEDULER:
+        return f"a {command.source} command must be signed when it is created"
+    params = dict(command.params) if isinstance(command.params, dict) else None
+    if params is None:
+        return "its parameters are not an object"
+    verify = params.pop("verify", None)
+    for scan_type, scan_params in SUBSYSTEM_SCAN.values():
+        if command.command_type == scan_type and params == scan_params:
+            if verify is None or (verify is True and "package_type" in params):
+                return None
+            return "only package scans take verify, and only as true"
+    return f"{command.command_type} with these parameters is not a scheduled scan"
 
 
 def command_create(
@@ -163,25 +200,65 @@ def wire_format(command: Command) -> dict[str, Any]:
 
 
 def commands_deliver(*, agent: Agent, now: datetime) -> list[Command]:
-    """Claim the agent's oldest pending commands (at most 10) and mark them sent.
+    """Claim the agent's oldest pending commands (at most 10), sign the scheduled scans among them,
+    and mark them sent.
 
-    One read when nothing is pending (the common check-in). Otherwise a
-    conditional UPDATE claims them, so a concurrent check-in can never deliver
-    the same command twice, and the claimed rows are read back in the same
-    transaction.
+    1. One read of the pending commands (the common check-in reads nothing: checkin_claim).
+    2. Refuse any unsigned command that is not a scheduled scan (scheduled_scan_problem).
+    3. Sign the scheduled scans with the primary key: a fresh nonce, key id and signature,
+       written with the claim, so what was handed over stays on the row (the admin shows it).
+    4. One conditional UPDATE claims them all (status pending → sent): a concurrent check-in can
+       never deliver the same command twice, and a scan it claimed first keeps its own
+       signature. When the UPDATE claimed fewer rows than were read, the claimed ones are read back.
     """
     candidates = list(
-        Command.objects.pending().filter(agent=agent, expires_at__gt=now)
-        .order_by("created_at").values_list("pk", flat=True)[:DELIVERY_BATCH]
+        Command.objects.pending().filter(agent=agent, expires_at__gt=now).order_by("created_at")[:DELIVERY_BATCH]
     )
     if not candidates:
         return []
+    unsigned = [command for command in candidates if not command.signature]
+    refused = {command.pk: problem for command in unsigned if (problem := scheduled_scan_problem(command))}
+    if refused:
+        _commands_refuse(agent=agent, refused=refused, now=now)
+        candidates = [command for command in candidates if command.pk not in refused]
+        unsigned = [command for command in unsigned if command.pk not in refused]
+        if not candidates:
+            return []
+    changes: dict[str, Any] = {"status": CommandStatus.SENT, "sent_at": now}
+    if unsigned:
+        key = primary_key()
+        for command in unsigned:
+            command_sign(command, key)
+        for field in ("nonce", "key_id", "signature"):
+            changes[field] = Case(*[When(pk=command.pk, then=Value(getattr(command, field))) for command in unsigned],
+                                  default=F(field))
+    claimed = Command.objects.filter(pk__in=[command.pk for command in candidates],
+                                     status=CommandStatus.PENDING).update(**changes)
+    if claimed == len(candidates):
+        for command in candidates:
+            command.status, command.sent_at = CommandStatus.SENT, now
+        return candidates
+    # Another check-in of the same agent claimed some first: hand over only what this one claimed.
+    return list(Command.objects.filter(pk__in=[command.pk for command in candidates], status=CommandStatus.SENT,
+                                       sent_at=now).order_by("created_at"))
+
+
+def _commands_refuse(*, agent: Agent, refused: dict, now: datetime) -> None:
+    """End unsigned commands that are no scheduled scan as failed, unsigned and undelivered, with one
+    security_violation event: they did not come from RedFlag's write paths."""
     with transaction.atomic():
-        Command.objects.filter(pk__in=candidates, status=CommandStatus.PENDING).update(
-            status=CommandStatus.SENT, sent_at=now
-        )
-        return list(Command.objects.filter(pk__in=candidates, status=CommandStatus.SENT, sent_at=now)
-                    .order_by("created_at"))
+        ended = Command.objects.filter(pk__in=list(refused), status=CommandStatus.PENDING, signature="").update(
+            status=CommandStatus.FAILED, completed_at=now, output="refused: unsigned and not a scheduled scan")
+        if ended:
+            record_event(
+                event_type=EventType.SECURITY_VIOLATION,
+                subtype=EventSubtype.CRITICAL,
+                severity=Severity.CRITICAL,
+                component=Component.SECURITY,
+                message=f"Refused to sign {ended} command(s) for {agent.hostname} that were stored unsigned",
+                agent=agent,
+                metadata={"commands": {str(pk): problem for pk, problem in refused.items()}},
+            )
 
 
 def command_retry(*, command: Command, actor: str, created_by=None) -> Command:

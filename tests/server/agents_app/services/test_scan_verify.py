@@ -11,7 +11,6 @@ from agent_client.protocol import command_signing_bytes_from_wire
 from agents_app.models import BulkOperation, Command
 from agents_app.services.agents import agent_settings_update
 from agents_app.services.bulk import bulk_operation_run, bulk_operation_start
-from agents_app.services.commands import wire_format
 from agents_app.services.scheduling import schedule_due_scans
 from events_app.models import SystemEvent
 from tokens_app.models import SigningKey
@@ -35,8 +34,11 @@ def test_an_agent_asked_to_verify_gets_verify_in_its_signed_package_scans(fleet)
         "scan_storage": {}, "scan_system": {},
     }
     assert scan_params(other.id)["scan_updates:apt"] == {"package_type": "apt"}
-    # What the agent checks: the signature covers the verify flag.
-    wire = wire_format(Command.objects.get(agent_id=asked.id, dedupe_key="scan_updates:apt"))
+    # What the agent checks, as the check-in hands the scan over (signed at delivery): the signature covers
+    # the verify flag.
+    wire = next(command for command in asked.post("checkin", {}).json()["commands"]
+                if command["params"].get("package_type") == "apt")
+    assert wire["params"] == {"package_type": "apt", "verify": True}
     key = SigningKey.objects.get(key_id=wire["key_id"])
     Ed25519PublicKey.from_public_bytes(base64.b64decode(key.public_key)).verify(
         base64.b64decode(wire["signature"]), command_signing_bytes_from_wire(wire))
