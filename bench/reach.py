@@ -29,6 +29,21 @@ In a scratch database it creates and drops:
 Prints JSON: p50/p95/p99/max time to reach for both, their ratio, the idle fleet's cores and
 the projected steady cost (keep-alives measured, plus the waits re-opened every hold period at
 the measured CPU per opened wait), against the goals (p95 <= 2 s, <= 0.5 core at 10,000 agents).
+
+``--open-only`` measures what opening a wait costs instead (steps 2 to 5 are skipped):
+
+    DATABASE_URL=postgresql://postgres@127.0.0.1:5432/postgres .venv/bin/python bench/reach.py \
+        --open-only --opens 2000 --herd 5000
+
+A. baseline: ``--opens`` check-ins, ``--open-concurrency`` at a time, each by another agent: server
+   and PostgreSQL CPU per check-in;
+B. the same number of wait opens (open, read the first line, hang up), same concurrency: CPU per
+   open, and its ratio to the check-in's;
+C. the herd: ``--herd`` agents open their waits at the same moment (as after a server restart),
+   each honouring a 503's Retry-After as agent_client/wakeup.py does, while other agents check in
+   at ``--herd-checkins-per-second``. Time until every agent was held or refused with a
+   Retry-After, time until all are held, how many refusals, and the check-in latency during the
+   herd against the same check-in stream measured just before it.
 """
 
 from __future__ import annotations
@@ -44,6 +59,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
 
 import aiohttp
@@ -59,6 +75,7 @@ sys.path.insert(0, str(ROOT))
 
 from agent_client.protocol import WAKE_KEEPALIVE_SECONDS  # noqa: E402
 from agent_client.runner import HEARTBEAT_POLL_SECONDS, failure_delay  # noqa: E402
+from agent_client.transport import parse_retry_after  # noqa: E402
 
 REACH_GOAL_SECONDS = 2.0
 IDLE_CORES_GOAL = 0.5
@@ -85,6 +102,14 @@ def parse_args() -> argparse.Namespace:
                         "credentials_issue (enrolment speed is bench/fleet.py's subject, not this one's)")
     parser.add_argument("--database-url", default=os.environ.get("DATABASE_URL", ""))
     parser.add_argument("--keep", action="store_true", help="keep the scratch database")
+    parser.add_argument("--open-only", action="store_true", help="measure opening waits (phases A to C of the "
+                        "module docstring) instead of reach")
+    parser.add_argument("--opens", type=int, default=2000, help="--open-only: check-ins, then wait opens, measured")
+    parser.add_argument("--open-concurrency", type=int, default=32, help="--open-only: requests at once")
+    parser.add_argument("--herd", type=int, default=5000, help="--open-only: waits opened at the same moment")
+    parser.add_argument("--herd-checkins-per-second", type=float, default=40.0,
+                        help="--open-only: check-ins by other agents while the herd connects (and before it)")
+    parser.add_argument("--herd-timeout", type=float, default=600.0, help="--open-only: give up on the herd after")
     return parser.parse_args()
 
 
@@ -147,6 +172,9 @@ class ChannelAgent:
         self.holds = 0
         self.wakeups = 0
         self.failures = 0
+        self.retry_after: float | None = None
+        self.first_answer: float | None = None  # monotonic: held, or refused with a Retry-After
+        self.refusals = 0
 
     async def run(self, stop: asyncio.Event) -> None:
         url = f"{self.fleet.url}/api/v1/agents/{self.sim.id}/wait"
@@ -158,8 +186,14 @@ class ChannelAgent:
                 await self.gate.acquire()
             try:
                 async with self.fleet.session.get(url, headers=self.sim.headers(), timeout=timeout) as response:
+                    self.retry_after = None
                     if response.status != 200:
                         problem = response.status
+                        self.retry_after = parse_retry_after(response.headers.get("Retry-After"))
+                        if response.status == 503 and self.retry_after:
+                            self.refusals += 1
+                            if self.first_answer is None:
+                                self.first_answer = time.monotonic()
                     else:
                         async for raw in response.content:
                             line = raw.strip()
@@ -169,6 +203,8 @@ class ChannelAgent:
                             if message.get("waiting"):
                                 self.holds += 1
                                 self.failures = 0
+                                if self.first_answer is None:
+                                    self.first_answer = time.monotonic()
                                 if gated:
                                     gated = False
                                     self.gate.release()
@@ -182,10 +218,14 @@ class ChannelAgent:
                 if gated:
                     self.gate.release()
             if problem is not None:
-                # As agent_client/wakeup.py backs off: exponential with jitter from 5 s.
+                # As agent_client/wakeup.py backs off: exponential with jitter from 5 s, and never
+                # before the server's Retry-After (plus up to 10 % of it, at most 5 s, of its own jitter).
                 self.failures += 1
                 self.fleet.recorder.add("wait", problem, 0)
-                await asyncio.sleep(failure_delay(self.failures, None, self.sim.rng))
+                delay = failure_delay(self.failures, None, self.sim.rng)
+                if self.retry_after:
+                    delay = max(delay, self.retry_after + self.sim.rng.uniform(0, min(5.0, self.retry_after * 0.1)))
+                await asyncio.sleep(delay)
                 continue
             if woken:
                 self.wakeups += 1
@@ -277,28 +317,154 @@ async def send_probes(agents: list[SimAgent], count: int, rate: float, probes: d
                for key, value in percentiles([value * 1000 for value in values]).items()}}
 
 
+async def enroll(args: argparse.Namespace, fleet: Fleet, sims: list[SimAgent], secret: str, database_url: str,
+                 result: dict) -> list[SimAgent]:
+    """Step 1's agents: the first ``--register`` and the heartbeat ones through the API, the rest copied."""
+    started = time.perf_counter()
+    through_api = sims[:min(args.register, args.agents)] + sims[args.agents:]
+    failed = await register_all(fleet, through_api, secret, args.register_concurrency)
+    print(f"registered {len(through_api)} agents in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+    cloned = sims[min(args.register, args.agents):args.agents]
+    if cloned and sims[0].id:
+        await asyncio.to_thread(clone_agents, database_url, sims[0].id, cloned)
+        print(f"copied {len(cloned)} more in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+    registered = [sim for sim in sims if sim.id and sim.access_token]
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("UPDATE agents_app_agentsubsystem SET next_run_at = now() + interval '1 day'")
+        conn.execute("UPDATE agents_app_agent SET heartbeat_until = now() + interval '12 hours' "
+                     "WHERE id = ANY(%s::uuid[])", ([sim.id for sim in registered if sim.heartbeat],))
+    result["registration"] = {"agents": len(registered), "through_api": len(through_api),
+                              "copied_with_issued_credentials": len(cloned), "failed": failed,
+                              "seconds": round(time.perf_counter() - started, 1)}
+    return registered
+
+
+async def open_once(fleet: Fleet, sim: SimAgent) -> int | str:
+    """Open a wait, read its first line, hang up: the status (200 once the wait was held)."""
+    url = f"{fleet.url}/api/v1/agents/{sim.id}/wait"
+    try:
+        async with fleet.session.get(url, headers=sim.headers()) as response:
+            if response.status == 200:
+                await response.content.readline()
+            return response.status
+    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        return type(exc).__name__
+
+
+async def at_concurrency(calls: list, concurrency: int) -> list:
+    gate = asyncio.Semaphore(concurrency)
+
+    async def gated(call):
+        async with gate:
+            return await call()
+
+    return await asyncio.gather(*(gated(call) for call in calls))
+
+
+async def checkin_stream(fleet: Fleet, sims: list[SimAgent], rate: float, stop: asyncio.Event) -> None:
+    """Check-ins at ``rate`` a second, round the given agents, each on its own task (an open loop:
+    a slow server does not slow the arrivals)."""
+    running: set = set()
+    for index in range(10**9):
+        if stop.is_set():
+            break
+        task = asyncio.create_task(check_in(fleet, sims[index % len(sims)], {}, "stream"))
+        running.add(task)
+        task.add_done_callback(running.discard)
+        await asyncio.sleep(1 / rate)
+    await asyncio.gather(*running, return_exceptions=True)
+
+
+async def simulate_opens(args: argparse.Namespace, url: str, secret: str, database_url: str, meter: Meter) -> dict:
+    """Phases A to C of the module docstring."""
+    recorder = Recorder()
+    sims = [SimAgent(index, heartbeat=False) for index in range(args.agents)]
+    result: dict = {}
+    async with Fleet(url, recorder, {}, json.loads((DATA / "system_report.json").read_text())["report"]) as fleet:
+        registered = await enroll(args, fleet, sims, secret, database_url, result)
+        measured = registered[:args.opens]
+        await at_concurrency([lambda sim=sim: open_once(fleet, sim) for sim in registered[:64]], 8)  # warm up
+
+        recorder.start("checkins")
+        before = meter.sample()
+        await at_concurrency([lambda sim=sim: check_in(fleet, sim, {}, "baseline") for sim in measured],
+                             args.open_concurrency)
+        checkins = Meter.cores(before, meter.sample())
+        checkin_statuses = dict(recorder.statuses[("checkins", "checkin")])
+
+        before = meter.sample()
+        statuses = await at_concurrency([lambda sim=sim: open_once(fleet, sim) for sim in measured],
+                                        args.open_concurrency)
+        opens = Meter.cores(before, meter.sample())
+        per = {name: {
+            "server_cpu_ms": round(1000 * cpu["server_cpu_seconds"] / len(measured), 3),
+            "postgres_cpu_ms": round(1000 * cpu["postgres_cpu_seconds"] / len(measured), 3),
+            "per_second": round(len(measured) / cpu["seconds"], 1)} for name, cpu in (("checkin", checkins),
+                                                                                     ("wait_open", opens))}
+        result["opens"] = {
+            "requests": len(measured), "concurrency": args.open_concurrency,
+            "baseline_checkin": {**per["checkin"], "statuses": checkin_statuses},
+            "wait_open": {**per["wait_open"], "statuses": {str(k): v for k, v in Counter(statuses).items()}},
+            "ratio_to_checkin": {key: round(per["wait_open"][key] / per["checkin"][key], 3)
+                                 for key in ("server_cpu_ms", "postgres_cpu_ms") if per["checkin"][key]}}
+        print(f"opens measured: {result['opens']}", file=sys.stderr)
+
+        herd_sims, streamers = registered[:args.herd], registered[args.herd:] or registered[:200]
+        stop = asyncio.Event()
+        recorder.start("before_herd")
+        stream = asyncio.create_task(checkin_stream(fleet, streamers, args.herd_checkins_per_second, stop))
+        await asyncio.sleep(10)
+        recorder.start("herd")
+        gate = asyncio.Semaphore(len(herd_sims))  # no gate: every agent at once
+        herd = [ChannelAgent(sim, fleet, {}, gate) for sim in herd_sims]
+        started = time.monotonic()
+        before = meter.sample()
+        tasks = [asyncio.create_task(agent.run(stop)) for agent in herd]
+        answered_at = held_at = None
+        while time.monotonic() - started < args.herd_timeout:
+            if answered_at is None and all(agent.first_answer is not None for agent in herd):
+                answered_at = time.monotonic()
+            if all(agent.opened.is_set() for agent in herd):
+                held_at = time.monotonic()
+                break
+            await asyncio.sleep(0.2)
+        herd_cpu = Meter.cores(before, meter.sample())
+        # The check-ins alongside are measured for at least as long as the stream ran before.
+        await asyncio.sleep(max(0.0, started + 10 - time.monotonic()))
+        stop.set()
+        await stream
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        summaries = {phase: recorder.summary(phase, 1).get("checkin", {}) for phase in ("before_herd", "herd")}
+        result["herd"] = {
+            "agents": len(herd), "checkins_per_second_alongside": args.herd_checkins_per_second,
+            "all_answered_s": round(answered_at - started, 1) if answered_at else None,
+            "all_held_s": round(held_at - started, 1) if held_at else None,
+            "held": sum(agent.opened.is_set() for agent in herd),
+            "refused_with_retry_after": sum(agent.refusals for agent in herd),
+            "agents_refused_at_least_once": sum(bool(agent.refusals) for agent in herd),
+            "wait_statuses": {status: n for (phase, kind), counts in recorder.statuses.items()
+                              if kind == "wait" for status, n in counts.items()},
+            "cpu": herd_cpu,
+            "checkins_before_herd": {key: summaries["before_herd"].get(key) for key in
+                                     ("ok", "errors_by_status", "p50_ms", "p95_ms", "p99_ms", "max_ms")},
+            "checkins_during_herd": {key: summaries["herd"].get(key) for key in
+                                     ("ok", "errors_by_status", "p50_ms", "p95_ms", "p99_ms", "max_ms")},
+        }
+        before_p99, during_p99 = summaries["before_herd"].get("p99_ms"), summaries["herd"].get("p99_ms")
+        if before_p99 and during_p99:
+            result["herd"]["checkin_p99_ratio_to_before"] = round(during_p99 / before_p99, 2)
+    return result
+
+
 async def simulate(args: argparse.Namespace, url: str, secret: str, database_url: str, meter: Meter) -> dict:
     recorder = Recorder()
     sims = [SimAgent(index, heartbeat=index >= args.agents) for index in range(args.agents + args.baseline_agents)]
     probes: dict[str, float] = {}
     result: dict = {}
     async with Fleet(url, recorder, {}, json.loads((DATA / "system_report.json").read_text())["report"]) as fleet:
-        started = time.perf_counter()
-        through_api = sims[:min(args.register, args.agents)] + sims[args.agents:]
-        failed = await register_all(fleet, through_api, secret, args.register_concurrency)
-        print(f"registered {len(through_api)} agents in {time.perf_counter() - started:.1f} s", file=sys.stderr)
-        cloned = sims[min(args.register, args.agents):args.agents]
-        if cloned and sims[0].id:
-            await asyncio.to_thread(clone_agents, database_url, sims[0].id, cloned)
-            print(f"copied {len(cloned)} more in {time.perf_counter() - started:.1f} s", file=sys.stderr)
-        registered = [sim for sim in sims if sim.id and sim.access_token]
-        with psycopg.connect(database_url, autocommit=True) as conn:
-            conn.execute("UPDATE agents_app_agentsubsystem SET next_run_at = now() + interval '1 day'")
-            conn.execute("UPDATE agents_app_agent SET heartbeat_until = now() + interval '12 hours' "
-                         "WHERE id = ANY(%s::uuid[])", ([sim.id for sim in registered if sim.heartbeat],))
-        result["registration"] = {"agents": len(registered), "through_api": len(through_api),
-                                  "copied_with_issued_credentials": len(cloned), "failed": failed,
-                                  "seconds": round(time.perf_counter() - started, 1)}
+        registered = await enroll(args, fleet, sims, secret, database_url, result)
 
         gate = asyncio.Semaphore(args.connect_concurrency)
         channel = [ChannelAgent(sim, fleet, probes, gate) for sim in registered if not sim.heartbeat]
@@ -375,6 +541,8 @@ def main() -> int:
     if not args.database_url.startswith("postgres"):
         print("bench/reach.py needs a PostgreSQL DATABASE_URL (the server it starts runs on it)", file=sys.stderr)
         return 2
+    if args.open_only:  # the herd, plus agents of their own for the check-in stream alongside
+        args.agents, args.baseline_agents = max(args.opens, args.herd) + 200, 0
     base, name = scratch_database(args.database_url)
     database_url = f"{base}/{name}"
     data_dir = tempfile.mkdtemp(prefix="redflag-reach-")
@@ -387,7 +555,8 @@ def main() -> int:
         secret = prepare(env, seats=args.agents + args.baseline_agents, interval=IDLE_POLL_SECONDS)
         setup_django(env)
         server, url = start_server(env, Path(data_dir) / "server.log", argv, timeout=60)
-        result = asyncio.run(simulate(args, url, secret, database_url, Meter(server.pid, database_url, name)))
+        simulation = simulate_opens if args.open_only else simulate
+        result = asyncio.run(simulation(args, url, secret, database_url, Meter(server.pid, database_url, name)))
         log = (Path(data_dir) / "server.log").read_text(errors="replace")
         result["server"] = {"command": " ".join(argv(0)[2:]), "mode": "REDFLAG_ENV=production",
                             "hold_seconds": args.hold_seconds, "keepalive_seconds": WAKE_KEEPALIVE_SECONDS,

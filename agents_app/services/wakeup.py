@@ -29,7 +29,8 @@ import os
 import threading
 import uuid
 import weakref
-from collections.abc import Iterable
+from collections import deque
+from collections.abc import Callable, Iterable
 
 import psycopg
 import redis
@@ -55,6 +56,11 @@ LISTENER_POLL_SECONDS = 15.0
 LISTENER_APPLICATION_NAME = "redflag-wake-listener"
 # SQLite: how often a process looks for commands other processes queued.
 LOCAL_POLL_SECONDS = 1.0
+# Wait opens one event loop takes on at once: what it finishes in BACKLOG_SECONDS at the rate it
+# finished them over the last OPEN_RATE_WINDOW_SECONDS, and never fewer than BACKLOG_FLOOR.
+BACKLOG_SECONDS = 2.0
+OPEN_RATE_WINDOW_SECONDS = 5.0
+BACKLOG_FLOOR = 64
 
 BACKEND_REDIS, BACKEND_POSTGRESQL, BACKEND_LOCAL = "redis", "postgresql", "local"
 
@@ -186,6 +192,38 @@ class Waiter:
             self.event.set()
 
 
+class OpenBacklog:
+    """The wait opens one event loop has taken on and not finished (queued for the thread pool and
+    a database connection, or authenticating), against what it can finish within BACKLOG_SECONDS.
+
+    Why: after a server restart every agent opens its wait at once. Queued without a bound, the
+    opens took the thread pool and the connection pool for minutes and starved the check-ins into
+    time-outs. An open beyond the backlog is refused before any work (the caller answers 503 with a
+    Retry-After); the measured rate adapts the bound to what this machine actually sustains.
+    """
+
+    def __init__(self, clock: Callable[[], float]):
+        self.clock = clock
+        self.in_progress = 0
+        self.finished: deque[float] = deque()  # when each open of the last OPEN_RATE_WINDOW_SECONDS ended
+
+    def limit(self) -> int:
+        horizon = self.clock() - OPEN_RATE_WINDOW_SECONDS
+        while self.finished and self.finished[0] < horizon:
+            self.finished.popleft()
+        return max(BACKLOG_FLOOR, int(len(self.finished) / OPEN_RATE_WINDOW_SECONDS * BACKLOG_SECONDS))
+
+    def admit(self) -> bool:
+        if self.in_progress >= self.limit():
+            return False
+        self.in_progress += 1
+        return True
+
+    def done(self) -> None:
+        self.in_progress -= 1
+        self.finished.append(self.clock())
+
+
 class WakeHub:
     """The waiters of one event loop and the one connection that listens for them."""
 
@@ -200,6 +238,7 @@ class WakeHub:
         self.count = 0
         self.task: asyncio.Task | None = None
         self.listening = asyncio.Event()
+        self.opens = OpenBacklog(loop.time)
 
     @classmethod
     def for_running_loop(cls) -> WakeHub:

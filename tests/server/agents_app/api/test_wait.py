@@ -17,6 +17,7 @@ from datetime import timedelta
 
 import pytest
 from asgiref.sync import sync_to_async
+from django.core.management import call_command
 from django.db import connection, connections, transaction
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
@@ -402,13 +403,25 @@ def test_a_third_wait_of_one_agent_ends_its_oldest(agent):
 # -- the cost of opening a wait ----------------------------------------------------------
 
 
-# At most: the agent read, the nonce (one statement, or an insert in its savepoint), the rate's
-# settings row (cached per process) and the EXISTS of the catch-up read.
-WAIT_OPEN_QUERIES_AT_MOST = 5
+# The open's lean path (agents_app/services/waits.py): PostgreSQL, one statement (credentials,
+# machine, nonce, rate count, catch-up read). SQLite: BEGIN, the nonce, [the counter,] the catch-up
+# read, COMMIT. With the counters in the cache (these tests' in-memory one) there is no counter row;
+# with the database cache (production) there is, inside the same statement on PostgreSQL.
+WAIT_OPEN_QUERIES = {"postgresql": 1, "sqlite": 4}
+WAIT_OPEN_QUERIES_WITH_DATABASE_COUNTERS = {"postgresql": 1, "sqlite": 5}
+DATABASE_CACHE = {"default": {"BACKEND": "django.core.cache.backends.db.DatabaseCache", "LOCATION": "redflag_cache"}}
 
 
-def test_opening_a_wait_costs_the_same_few_queries_whatever_waits_for_the_agent(agent):
-    """The sync part of a wait (authentication, rate limit, catch-up read), run in this thread and counted."""
+@pytest.fixture
+def database_counters(settings):
+    settings.CACHES = DATABASE_CACHE
+    call_command("createcachetable", verbosity=0)
+    settings.REDFLAG_RATE_LIMIT_ENABLED = True
+
+
+def open_queries(agent) -> tuple[list, list]:
+    """The sync part of a wait (authentication, rate limit, catch-up read), run in this thread and
+    counted, with 0, 1 and 30 commands waiting for the agent."""
     now = timezone.now()
     ServerSettings.current()  # the process-wide cache, as in a server that has answered before
     counts, outcomes = [], []
@@ -422,5 +435,107 @@ def test_opening_a_wait_costs_the_same_few_queries_whatever_waits_for_the_agent(
         with CaptureQueriesContext(connection) as queries:
             outcomes.append(wait_module.authorize_and_peek(exchange.scope, str(agent.id)))
         counts.append(len(queries))
+    return counts, outcomes
+
+
+def test_opening_a_wait_is_one_statement_whatever_waits_for_the_agent(agent):
+    counts, outcomes = open_queries(agent)
     assert outcomes == [False, True, True]
-    assert counts[0] == counts[1] == counts[2] <= WAIT_OPEN_QUERIES_AT_MOST, counts
+    assert counts == [WAIT_OPEN_QUERIES[connection.vendor]] * 3
+
+
+def test_with_the_counters_in_the_database_the_count_is_in_the_same_statement(database_counters, agent):
+    counts, outcomes = open_queries(agent)
+    assert outcomes == [False, True, True]
+    assert counts == [WAIT_OPEN_QUERIES_WITH_DATABASE_COUNTERS[connection.vendor]] * 3
+
+
+def test_with_the_counters_in_the_database_over_the_rate_is_429(database_counters, agent):
+    row = ServerSettings.current()
+    row.rate_checkin = "2/min"
+    row.save()
+    ServerSettings.forget()
+    queue_command(agent.id)  # every wait answers at once
+
+    async def scenario():
+        return [await Exchange(wait_path(agent.id), wait_headers(agent)).run() for _ in range(3)]
+
+    answers = run(scenario)
+    assert [exchange.status for exchange in answers] == [200, 200, 429]
+    assert (b"retry-after", b"60") in answers[2].messages[0]["headers"]
+    assert agent.post("checkin", {"metrics": {}}).status_code == 200  # the check-in's own count
+
+
+def test_a_credential_revoked_between_two_opens_is_refused_at_once(agent):
+    queue_command(agent.id)
+
+    def revoke():
+        agent_revoke(agent=Agent.objects.get(pk=agent.id), actor="test")
+
+    async def scenario():
+        first = await Exchange(wait_path(agent.id), wait_headers(agent)).run()
+        await sync_to_async(revoke, thread_sensitive=False)()
+        second = await Exchange(wait_path(agent.id), wait_headers(agent)).run()
+        return first, second
+
+    first, second = run(scenario)
+    assert first.status == 200
+    assert (second.status, error_code(second)) == (401, "invalid_credentials")
+
+
+def test_from_a_new_machine_in_an_admin_opened_rebind_window_the_wait_opens_and_rebinds(agent):
+    """The statement records nothing (another machine); the general path rebinds, then takes the
+    nonce and the count once."""
+    Agent.objects.filter(pk=agent.id).update(rebind_allowed_until=timezone.now() + timedelta(hours=1))
+    queue_command(agent.id)
+    new_machine = machine_hash("reinstalled")
+
+    async def scenario():
+        return await Exchange(wait_path(agent.id), wait_headers(agent, **{"X-Machine-ID": new_machine})).run()
+
+    exchange = run(scenario)
+    assert exchange.status == 200 and exchange.lines() == [{"wake": True, "reason": "pending"}]
+    assert Agent.objects.get(pk=agent.id).machine_id_hash == new_machine
+
+
+# -- a reconnecting herd -------------------------------------------------------------------
+
+
+def test_beyond_the_backlog_an_open_is_refused_at_once_with_a_spread_retry_after(agent, monkeypatch):
+    monkeypatch.setattr(wakeup_module, "BACKLOG_FLOOR", 2)
+    headers = wait_headers(agent)
+    queue_command(agent.id)
+
+    async def scenario():
+        hub = WakeHub.for_running_loop()
+        hub.opens.in_progress = 2  # two opens still queued for the thread pool
+        refused = [await Exchange(wait_path(agent.id), headers).run() for _ in range(20)]
+        hub.opens.in_progress = 0
+        admitted = await Exchange(wait_path(agent.id), headers).run()  # the same nonce: nothing was taken
+        return refused, admitted, hub.count, hub.opens.in_progress
+
+    refused, admitted, left, in_progress = run(scenario)
+    assert {(exchange.status, error_code(exchange)) for exchange in refused} == {(503, "wake_channel_busy")}
+    retry_afters = {int(dict(exchange.messages[0]["headers"])[b"retry-after"]) for exchange in refused}
+    low, high = wait_module.HERD_RETRY_SECONDS
+    assert retry_afters <= set(range(low, high + 1)) and len(retry_afters) > 1  # jittered
+    assert admitted.status == 200 and admitted.lines() == [{"wake": True, "reason": "pending"}]
+    assert left == 0 and in_progress == 0  # the admitted open was counted out again
+    assert not SystemEvent.objects.filter(metadata__reason="replayed_nonce").exists()
+
+
+def test_the_backlog_grows_with_the_rate_this_loop_finishes_opens():
+    clock = [1000.0]
+    backlog = wakeup_module.OpenBacklog(lambda: clock[0])
+    floor = wakeup_module.BACKLOG_FLOOR
+    assert [backlog.admit() for _ in range(floor + 1)] == [True] * floor + [False]
+    for _ in range(floor):
+        backlog.done()
+    assert backlog.in_progress == 0
+    clock[0] += wakeup_module.OPEN_RATE_WINDOW_SECONDS + 1  # those are out of the window now
+    # 500 opens finished a second: the backlog is what it finishes in BACKLOG_SECONDS.
+    for _ in range(int(500 * wakeup_module.OPEN_RATE_WINDOW_SECONDS)):
+        backlog.finished.append(clock[0])
+    assert backlog.limit() == int(500 * wakeup_module.BACKLOG_SECONDS)
+    clock[0] += wakeup_module.OPEN_RATE_WINDOW_SECONDS + 1  # an idle while later: back to the floor
+    assert backlog.limit() == floor
