@@ -58,6 +58,11 @@ class SystemEvent(models.Model):
             models.Index(fields=["agent", "-created_at"], name="event_agent_time"),
             models.Index(fields=["event_type", "-created_at"], name="event_type_time"),
             models.Index(fields=["severity", "-created_at"], name="event_severity_time"),
+            # The other column filters (migration 0009): without them a value that is rare, or absent, read
+            # every row of the table (1.5 s at ten million events) to fill, or to find no, page.
+            models.Index(fields=["component", "-created_at"], name="event_component_time"),
+            models.Index(fields=["event_subtype", "-created_at"], name="event_subtype_time"),
+            models.Index(fields=["origin", "-created_at"], name="event_origin_time"),
         ]
 
     def __str__(self) -> str:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import time
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from django.db import transaction
 from django.db.models import Max, Q
@@ -152,48 +154,95 @@ def retention_cutoffs(*, now: datetime, retention_days: int) -> tuple[datetime, 
             now - timedelta(days=max(retention_days, SECURITY_EVENT_RETENTION_FLOOR_DAYS)))
 
 
-def events_purge(*, now: datetime, retention_days: int, batch_size: int = 5000) -> int:
-    """Delete events past their retention, oldest first, in batches; record it.
+@dataclass(frozen=True)
+class PurgePace:
+    """How hard the retention purge may push beside the live traffic (bench/purge.py measures it).
+
+    Each batch is one short DELETE of at most ``batch_size`` rows (its own transaction, row locks held for
+    milliseconds, a bounded burst of WAL); after it the purge rests ``rest_ratio`` times as long as the batch
+    took, at least ``min_rest`` seconds: a busy database makes batches slower, and the purge then yields more.
+    ``time_budget`` stops it (and says so in its record) before the django-q2 timeout would kill it mid-batch.
+    """
+
+    batch_size: int = 5000
+    rest_ratio: float = 1.0
+    min_rest: float = 0.02
+    time_budget: float | None = None
+
+
+@dataclass(frozen=True)
+class PurgeOutcome:
+    removed: int
+    batches: int
+    complete: bool  # False: stopped at the time budget with expired rows left
+
+
+def events_purge(*, now: datetime, retention_days: int, pace: PurgePace = PurgePace(),
+                 sleep: Callable[[float], None] = time.sleep) -> PurgeOutcome:
+    """Delete events past their retention, oldest first, in paced batches; record it.
 
     Whatever ``retention_days`` says, no event younger than its floor goes: ordinary events stay
     EVENT_RETENTION_FLOOR_DAYS (90), security events (security_events()) SECURITY_EVENT_RETENTION_FLOOR_DAYS
     (365). An admin who sets a short retention, or a caller passing 0, cannot wipe the audit trail,
     nor the record of the purge or of the settings change that asked for it.
 
-    1. Take the next ``batch_size`` expired ids: created before the ordinary cutoff (index event_time
-       serves that range), and for security events before the security cutoff too.
-    2. Delete them in one statement, its own short transaction (autocommit), so writers are never blocked long
-       and a crash loses at most one batch of work, which the next run redoes.
-    3. Repeat until a batch comes back short, then write ONE events_purged event saying how many
-       rows went and the cutoffs.
+    1. Read the creation times of the next ``pace.batch_size`` expired events, oldest first, from where the
+       previous batch ended (a keyset on created_at, index event_time): each batch reads a bounded index range,
+       never again past the dead entries of the rows already deleted (they stay in the index until VACUUM).
+       Security events between the two cutoffs are stepped over once, not re-read by every batch.
+    2. Delete the expired events of that created_at range in one statement (a batch, plus any ties on its last
+       instant), its own short transaction (autocommit), so writers are never blocked long and a crash loses
+       at most one batch of work, which the next run redoes.
+    3. Rest (see PurgePace), then repeat until a batch comes back short or the time budget is spent.
+    4. Write ONE events_purged event with the counts (rows, batches, time spent and rested) and the cutoffs.
     """
     cutoff, security_cutoff = retention_cutoffs(now=now, retention_days=retention_days)
     expired = SystemEvent.objects.filter(created_at__lt=cutoff).filter(
-        Q(created_at__lt=security_cutoff) | ~security_events())
-    removed = 0
-    oldest = expired.order_by("created_at").values_list("created_at", flat=True).first()
+        Q(created_at__lt=security_cutoff) | ~security_events()).order_by("created_at")
+    started = time.monotonic()
+    removed = batches = 0
+    rested = 0.0
+    oldest = newest = None
+    complete = False
     while True:
-        batch = list(expired.order_by("created_at").values_list("pk", flat=True)[:batch_size])
-        if not batch:
+        batch_started = time.monotonic()
+        rest = expired if newest is None else expired.filter(created_at__gte=newest)
+        stamps = list(rest.values_list("created_at", flat=True)[:pace.batch_size])
+        if not stamps:
+            complete = True
             break
-        # One DELETE statement: atomic by itself, its own short transaction under autocommit.
-        deleted, _ = SystemEvent.objects.filter(pk__in=batch).delete()
+        # One DELETE of a created_at range (the index's order, so neighbouring heap pages), not of a list of
+        # random UUIDs: its own short transaction under autocommit.
+        deleted, _ = rest.filter(created_at__lte=stamps[-1]).delete()
         removed += deleted
-        if len(batch) < batch_size:
+        batches += 1
+        oldest = oldest or stamps[0]
+        newest = stamps[-1]
+        if len(stamps) < pace.batch_size:
+            complete = True
             break
+        if pace.time_budget is not None and time.monotonic() - started >= pace.time_budget:
+            break
+        pause = max(pace.min_rest, (time.monotonic() - batch_started) * pace.rest_ratio)
+        sleep(pause)
+        rested += pause
+    spent = time.monotonic() - started
     record_event(
         event_type=EventType.EVENTS_PURGED,
-        subtype=EventSubtype.SUCCESS,
+        subtype=EventSubtype.SUCCESS if complete else EventSubtype.WARNING,
         component=Component.SCHEDULER,
         message=(f"Retention removed {removed} events created before {cutoff:%Y-%m-%d %H:%M} UTC "
-                 f"(security events before {security_cutoff:%Y-%m-%d %H:%M} UTC)"),
+                 f"(security events before {security_cutoff:%Y-%m-%d %H:%M} UTC) in {batches} batches"
+                 + ("" if complete else "; stopped at its time budget, the rest follows")),
         # retention_days: what was applied to ordinary events (the request, raised to the floor).
-        metadata={"removed": removed, "cutoff": cutoff.isoformat(),
+        metadata={"removed": removed, "batches": batches, "complete": complete, "cutoff": cutoff.isoformat(),
                   "retention_days": max(retention_days, EVENT_RETENTION_FLOOR_DAYS),
-                  "oldest_removed": oldest.isoformat() if oldest else None},
+                  "oldest_removed": oldest.isoformat() if oldest else None,
+                  "newest_removed": newest.isoformat() if newest else None,
+                  "seconds": round(spent, 3), "rested_seconds": round(rested, 3)},
         standalone=True,  # the batches committed one by one; this sums them up
     )
-    return removed
+    return PurgeOutcome(removed=removed, batches=batches, complete=complete)
 
 
 AUDIT_TOKEN_PREFIX = "rfa_"

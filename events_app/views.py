@@ -20,7 +20,7 @@ from django.views.decorators.http import require_safe
 from events_app.access import VIEW_EVENTS, auditor_required, can_read_events
 from events_app.filters import REPEATED, EventFilterForm, repeated_parameters
 from events_app.models import SystemEvent
-from events_app.querysets import EventFilter
+from events_app.querysets import TEXT_SCAN_WINDOW, EventFilter, Page
 from events_app.rendering import csv_lines, jsonl_lines
 from events_app.services import event_export_record
 from events_app.stream import event_stream, event_stream_sync
@@ -50,19 +50,18 @@ def history(request):
     Queries: the session, the user, their permissions, and one page query (LIMIT 51) — the same
     on page 1 and page 500 (tests/server/events_app/test_views.py counts them). The first page, which
     goes live, also reads the newest seq (one index lookup), so the stream starts exactly where the
-    rendered page ends.
+    rendered page ends. A text filter adds one: the edge of its scan window (SystemEventQuerySet.search_page).
     """
     form = EventFilterForm(request.GET).within(agents_q(request.user, VIEW_EVENTS))
-    events, next_cursor, stream_from = [], None, None
+    page, stream_from = Page([], None), None
     is_first_page = not request.GET.get("cursor")
     if form.is_valid():
         if is_first_page:
             # Read before the page: an event committed in between is then on the page, or streamed,
             # or both (the page's script skips rows it already shows) — never neither.
             stream_from = SystemEvent.objects.aggregate(top=Max("seq"))["top"] or 0
-        events, next_cursor = (
-            SystemEvent.objects.matching(form.spec()).page(form.cleaned_data["cursor"] or None, PAGE_SIZE)
-        )
+        page = SystemEvent.objects.search_page(form.spec(), form.cleaned_data["cursor"] or None, PAGE_SIZE)
+    next_cursor = page.next_cursor
     query = form.filter_query()
     stream_url = ""
     if stream_from is not None:
@@ -70,7 +69,9 @@ def history(request):
     return render(request, "events/history.html", {
         **page_context(request, "Event history"),
         "form": form,
-        "events": events,
+        "events": page.rows,
+        "searched_back_to": page.searched_back_to,
+        "text_scan_window": TEXT_SCAN_WINDOW,
         "filter_query": query,
         "next_query": form.filter_query(cursor=next_cursor) if next_cursor else "",
         "is_first_page": is_first_page,

@@ -310,7 +310,7 @@ class AgentAdmin(ScopedAdminMixin, admin.ModelAdmin):
             '<p><a href="{}">All commands for {}</a> · <a href="{}">All events for {}</a> · '
             '<a href="{}?agent={}">Event history</a></p>',
             changelist_url(Command, agent__id__exact=agent.pk), agent.hostname,
-            changelist_url(SystemEvent, q=agent.hostname), agent.hostname, reverse("events:history"), agent.pk,
+            changelist_url(SystemEvent, agent=agent.pk), agent.hostname, reverse("events:history"), agent.pk,
         )
         return format_html("{}{}", table(("When", "Kind", "What", "Detail"), rows, "Nothing yet."), links)
 

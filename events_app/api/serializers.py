@@ -27,4 +27,9 @@ class AuditEventSerializer(serializers.Serializer):
 
 class AuditEventPageSerializer(serializers.Serializer):
     results = AuditEventSerializer(many=True)
-    next_cursor = serializers.CharField(allow_null=True, help_text="Pass as ?cursor= for the next (older) page.")
+    next_cursor = serializers.CharField(allow_null=True, help_text=(
+        "Pass as ?cursor= for the next (older) page; null on the last. Continue while it is set: a page with a "
+        "text filter (q) may hold fewer rows than limit and still have a next one."))
+    searched_back_to = serializers.DateTimeField(allow_null=True, help_text=(
+        "Set when a text filter's page stopped at its scan window rather than at limit rows or the end: the "
+        "moment it searched back to. Older matches, if any, are on the next page."))

@@ -17,6 +17,7 @@ from events_app.api.serializers import AuditEventPageSerializer
 from events_app.choices import Component, EventSubtype, EventType, Origin, Severity
 from events_app.filters import REPEATED, EventFilterForm, repeated_parameters
 from events_app.models import SystemEvent
+from events_app.querysets import TEXT_SCAN_WINDOW
 from events_app.rendering import event_record
 from redflag.access import agents_q
 from redflag.api.schema import ErrorSerializer
@@ -35,7 +36,10 @@ PARAMETERS = [
     OpenApiParameter("since", OpenApiTypes.DATETIME, Q,
                      description="From (inclusive). UTC without an offset; years 1-9999 once in UTC."),
     OpenApiParameter("until", OpenApiTypes.DATETIME, Q, description="To (exclusive), as since."),
-    OpenApiParameter("q", OpenApiTypes.STR, Q, description="Text the message contains (case-insensitive)."),
+    OpenApiParameter("q", OpenApiTypes.STR, Q, description=(
+        "Text the message contains (case-insensitive). Unindexed: a page searches at most "
+        f"{TEXT_SCAN_WINDOW} events of the rest of the filter, so it may hold fewer than limit rows (even none) "
+        "and still have a next_cursor; searched_back_to then says how far back it looked.")),
     OpenApiParameter("meta", OpenApiTypes.STR, Q, description=(
         "Metadata filters: key=value[,key=value...], at most 5. A value matches as text and, when it is JSON, as "
         'that value: numbers must be finite and integers fit 64 bits (quote them, x="NaN", to match the text).')),
@@ -65,9 +69,11 @@ class AuditEventsView(APIView):
             errors["limit"] = [REPEATED]
         if errors:
             raise ValidationError({name: list(messages) for name, messages in errors.items()})
-        rows, next_cursor = SystemEvent.objects.matching(form.spec()).page(
-            form.cleaned_data["cursor"] or None, limit.validated_data["limit"])
-        return Response({"results": [event_record(row) for row in rows], "next_cursor": next_cursor})
+        page = SystemEvent.objects.search_page(form.spec(), form.cleaned_data["cursor"] or None,
+                                               limit.validated_data["limit"])
+        searched = page.searched_back_to
+        return Response({"results": [event_record(row) for row in page.rows], "next_cursor": page.next_cursor,
+                         "searched_back_to": searched.isoformat() if searched else None})
 
     def handle_exception(self, exc):
         # Django refuses to parse a query string of more than DATA_UPLOAD_MAX_NUMBER_FIELDS

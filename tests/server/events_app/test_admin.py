@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import hashlib
+from datetime import timedelta
 
+from django.db import connection
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
+from events_app.admin import CappedCountPaginator, SystemEventAdmin
 from events_app.choices import Component, EventSubtype, EventType
 from events_app.models import AuditApiToken, SystemEvent
 from events_app.services import record_event
-from tests.server.events_app.helpers import make_event, make_user
+from tests.server.events_app.helpers import NOW, bulk_events, make_event, make_user
 
 URL = "/api/v1/audit/events"
 
@@ -28,6 +32,47 @@ def test_admin_event_list_filters_and_searches(admin_client):
     assert b"disk almost full" in response.content and response.context["cl"].result_count == 1
     response = admin_client.get("/admin/events_app/systemevent/", {"severity__exact": "warning"})
     assert response.context["cl"].result_count == 1
+
+
+def test_admin_event_list_counts_at_most_its_cap_and_says_more(admin_client, monkeypatch):
+    """An exact count of millions of rows is seconds a page: the list counts up to the cap and says "more than"."""
+    monkeypatch.setattr(CappedCountPaginator, "COUNT_CAP", 3)
+    bulk_events(5)
+    with CaptureQueriesContext(connection) as queries:
+        response = admin_client.get("/admin/events_app/systemevent/")
+    assert response.status_code == 200
+    counts = [q["sql"] for q in queries.captured_queries if "COUNT(" in q["sql"].upper()]
+    assert len(counts) == 1 and "LIMIT 4" in counts[0]  # the cap + 1, never the whole table
+    body = response.content.decode()
+    assert 'id="capped-count"' in body and "More than 3 system events" in body and 'href="/audit/events/"' in body
+    assert response.context["cl"].result_count == 4  # "more than 3": no larger figure was read
+    below_cap = admin_client.get("/admin/events_app/systemevent/", {"event_type__exact": "agent_checkin",
+                                                                     "q": "no such event"})
+    assert below_cap.context["cl"].result_count == 0 and 'id="capped-count"' not in below_cap.content.decode()
+
+
+def test_admin_event_list_reads_no_whole_table_aggregate(admin_client):
+    """No date drill-down (a DISTINCT over every row), no facet counts even when asked for."""
+    bulk_events(3)
+    with CaptureQueriesContext(connection) as queries:
+        response = admin_client.get("/admin/events_app/systemevent/", {"_facets": "1"})
+    assert response.status_code == 200
+    sql = " ".join(q["sql"].upper() for q in queries.captured_queries)
+    assert "DISTINCT" not in sql and "DATE_TRUNC" not in sql and "DJANGO_DATETIME_TRUNC" not in sql
+
+
+def test_admin_search_covers_the_newest_events_of_its_window(admin_client, monkeypatch):
+    """"Contains" has no index: the search reads the newest search_window events, and says so."""
+    monkeypatch.setattr(SystemEventAdmin, "search_window", 3)
+    old = bulk_events(1, start=NOW - timedelta(days=1), message="needle, but old")
+    bulk_events(5, message="hay")
+    response = admin_client.get("/admin/events_app/systemevent/", {"q": "needle"})
+    assert response.status_code == 200 and response.context["cl"].result_count == 0
+    body = response.content.decode()
+    assert 'id="search-window"' in body and "newest 3 events" in body and "/audit/events/?q=needle" in body
+    monkeypatch.setattr(SystemEventAdmin, "search_window", 10)
+    response = admin_client.get("/admin/events_app/systemevent/", {"q": "needle"})
+    assert [e.pk for e in response.context["cl"].result_list] == [old[0].pk]
 
 
 def test_admin_event_detail_shows_metadata_readably_and_cannot_change(admin_client):

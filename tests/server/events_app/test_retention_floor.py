@@ -56,7 +56,7 @@ FLOORS_ONLY = ({("ordinary", age) for age in ("1d", "89d")}
 
 @pytest.mark.parametrize("retention_days", [0, -30, 1, EVENT_RETENTION_FLOOR_DAYS - 1])
 def test_no_retention_removes_an_event_younger_than_its_floor(events_of_every_kind_and_age, retention_days):
-    removed = events_purge(now=NOW, retention_days=retention_days)
+    removed = events_purge(now=NOW, retention_days=retention_days).removed
     assert surviving(events_of_every_kind_and_age) == FLOORS_ONLY
     assert removed == len(KINDS) * len(AGES) - len(FLOORS_ONLY)
     record = SystemEvent.objects.filter(event_type=EventType.EVENTS_PURGED).order_by("-seq").first()  # the newest

@@ -18,7 +18,7 @@ from django.test import Client
 from django.urls import reverse
 
 from agents_app.models import Command
-from events_app import views
+from events_app import querysets, views
 from events_app.choices import Component, EventSubtype, EventType, Severity
 from events_app.models import SystemEvent
 from events_app.querysets import decode_cursor, encode_cursor
@@ -131,7 +131,10 @@ def test_page_query_does_not_grow_with_filters_either(db, auditor, django_assert
     bulk_events(200, metadata={"k": "v"})
     client = Client()
     client.force_login(auditor)
+    # 7 with no text filter; a text filter adds the edge of its scan window (one more, on any page).
     with django_assert_num_queries(7):
+        client.get(f"{HISTORY}?event_type=agent_checkin&meta=k%3Dv&severity=info")
+    with django_assert_num_queries(8):
         client.get(f"{HISTORY}?event_type=agent_checkin&meta=k%3Dv&q=check&severity=info")
 
 
@@ -200,3 +203,40 @@ def test_bad_filter_or_format(auditor_client):
     assert auditor_client.get("/audit/events/export.csv?severity=loud").status_code == 400
     assert auditor_client.get("/audit/events/export.xml").status_code == 400
     assert not SystemEvent.objects.filter(event_type=EventType.AUDIT_EXPORT).exists()
+
+
+# --- the text filter's scan window ------------------------------------------------------------------------
+
+
+def test_a_text_search_reads_a_bounded_window_a_page_and_finds_every_match(auditor_client, monkeypatch,
+                                                                          django_assert_num_queries):
+    """Message text has no index: each page reads at most TEXT_SCAN_WINDOW events of the rest of the filter,
+    says how far back it searched, and the next page goes on from there; following the pages finds every match."""
+    monkeypatch.setattr(querysets, "TEXT_SCAN_WINDOW", 10)
+    needles = bulk_events(3, start=NOW - timedelta(seconds=5), step=timedelta(seconds=11), message="needle here")
+    bulk_events(40, message="hay")
+    url, pages, seen = f"{HISTORY}?event_type=agent_checkin&q=NEEDLE", 0, []
+    with django_assert_num_queries(8):  # session, user, 2 permissions, role grants, live seq, the edge, the page
+        first = auditor_client.get(url)
+    while url:
+        response = first if pages == 0 else auditor_client.get(url)
+        pages += 1
+        seen += ids(response)
+        body = response.content.decode()
+        match = re.search(r'id="next-page" href="([^"]+)"', body)
+        if match:
+            assert 'id="searched-back-to"' in body  # a short page with a next one says why
+        url = HISTORY + match.group(1).replace("&amp;", "&") if match else None
+    assert seen == [str(e.id) for e in needles]
+    assert pages == 5  # 43 events, 10 a page, the last page reads the 3 left
+
+
+def test_the_api_says_how_far_back_a_text_page_searched(auditor_token, monkeypatch):
+    _, secret = auditor_token
+    monkeypatch.setattr(querysets, "TEXT_SCAN_WINDOW", 10)
+    bulk_events(20, message="hay")
+    client = Client(HTTP_AUTHORIZATION=f"Bearer {secret}")
+    body = client.get("/api/v1/audit/events", {"q": "needle", "event_type": "agent_checkin"}).json()
+    assert body["results"] == [] and body["next_cursor"] and body["searched_back_to"]
+    body = client.get("/api/v1/audit/events", {"event_type": "agent_checkin"}).json()
+    assert body["searched_back_to"] is None and len(body["results"]) == 20
