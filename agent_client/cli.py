@@ -37,14 +37,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
 from agent_client import __version__, migrate
 from agent_client import config as config_module
 from agent_client.config import AgentConfig, ConfigError, ConfigNotFound, format_time, utc_now
 from agent_client.events import AGENT_REGISTRATION, AGENT_SCAN, AGENT_STARTUP, MIGRATION, make_event
 from agent_client.executor import LEDGER_FILE_NAME, CommandExecutor, ExecutedLedger, executor_channels, schedule_reboot
-from agent_client.machine import MachineIdError, host_facts, machine_id_hash, system_facts
+from agent_client.machine import MachineIdError, host_facts, machine_id_hash, release_freed_memory, system_facts
 from agent_client.outbox import KIND_COMMAND_RESULT, KIND_EVENT, Channel, Outbox, OutboxError, describe
 from agent_client.protocol import Capability, PackageType
 from agent_client.runner import EVENTS_PER_REQUEST, Runner, describe_heartbeat
@@ -52,6 +50,7 @@ from agent_client.scanners import build_scanners, capabilities
 from agent_client.scanners.base import Scanner
 from agent_client.scanners.verify import Verification, verify_scan
 from agent_client.selfupdate import RESTART_EXIT_CODE, SelfUpdater
+from agent_client.signatures import PublicKey
 from agent_client.transport import (
     REGISTER_PATH,
     ApiError,
@@ -231,7 +230,7 @@ def _pinned_keys(keys: Any) -> list[dict[str, Any]]:
     for key in keys if isinstance(keys, list) else []:
         try:
             raw = base64.b64decode(key["public_key"], validate=True)
-            Ed25519PublicKey.from_public_bytes(raw)
+            PublicKey.from_public_bytes(raw)
         except (KeyError, TypeError, ValueError, binascii.Error):
             logger.warning("ignoring a malformed signing key from the server (%r)", (key or {}).get("key_id"))
             continue
@@ -470,14 +469,20 @@ def command_run(args: argparse.Namespace, config_path: Path) -> int:
                     outcome.flush.sent if outcome.flush else 0)
         return EXIT_OK
 
+    channel = None if args.poll_only else WakeChannel(client=lambda: runner.client, stop=stop)
+
     def request_stop(signum: int, frame: Any) -> None:
         logger.info("received signal %d; stopping", signum)
         stop.set()
+        if channel is not None:
+            # The runner's wait returns now, not at its next look at ``stop``. From another thread: the
+            # handler interrupts the main thread, which may hold the lock of the event it waits on.
+            threading.Thread(target=channel.nudge, name="redflag-stop", daemon=True).start()
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    if not args.poll_only:
-        channel = WakeChannel(client=lambda: runner.client, stop=stop)
+    runner.cycle_listeners.append(lambda _outcome: release_freed_memory())
+    if channel is not None:
         runner.wait = channel.wait
         runner.cycle_listeners.append(channel.cycle_finished)
         channel.start()
@@ -736,8 +741,7 @@ COMMANDS = {"register": command_register, "run": command_run, "scan": command_sc
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)  # the parser is not kept: ``run`` lives for months
     _configure_logging(args.verbose, logging.INFO if args.command in ("run", "register") else logging.WARNING)
     config_path = Path(args.config) if args.config else config_module.default_config_path()
     try:

@@ -26,9 +26,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
 from agent_client.events import AGENT_CHECKIN, CONFIG_CHANGED, SECURITY_VIOLATION, make_event
 from agent_client.outbox import KIND_COMMAND_RESULT, KIND_SYSTEM_REPORT, KIND_UPDATES_REPORT, Channel, Outbox
 from agent_client.protocol import (
@@ -53,6 +50,7 @@ from agent_client.scanners.base import (
 )
 from agent_client.scanners.verify import disagreement_event, verify_scan
 from agent_client.selfupdate import UpdateRefused
+from agent_client.signatures import InvalidSignature, PublicKey
 from agent_client.transport import ApiError
 
 logger = logging.getLogger("redflag.agent.executor")
@@ -115,17 +113,17 @@ class ExecutedLedger:
             connection.close()
 
 
-def pinned_keys(signing_keys: list[Mapping[str, Any]]) -> dict[str, Ed25519PublicKey]:
+def pinned_keys(signing_keys: list[Mapping[str, Any]]) -> dict[str, PublicKey]:
     keys = {}
     for key in signing_keys:
         try:
-            keys[str(key["key_id"])] = Ed25519PublicKey.from_public_bytes(base64.b64decode(key["public_key"]))
+            keys[str(key["key_id"])] = PublicKey.from_public_bytes(base64.b64decode(key["public_key"]))
         except (KeyError, ValueError, TypeError):
             logger.warning("ignoring a malformed pinned signing key")
     return keys
 
 
-def verify_command(command: Mapping[str, Any], *, agent_id: str, keys: Mapping[str, Ed25519PublicKey],
+def verify_command(command: Mapping[str, Any], *, agent_id: str, keys: Mapping[str, PublicKey],
                    now: float) -> None:
     """Raise CommandRefused unless the command is well-formed, signed by a pinned key, ours and current."""
     for field, kind in REQUIRED_FIELDS.items():
@@ -180,7 +178,7 @@ def endorsed_keys(pinned: list[Mapping[str, Any]], offered: list[Mapping[str, An
             try:
                 signed = key_endorsement_bytes(key_id=key_id, public_key=str(key["public_key"]))
                 endorser.verify(base64.b64decode(str(key.get("endorsement", ""))), signed)
-                public = Ed25519PublicKey.from_public_bytes(base64.b64decode(str(key["public_key"])))
+                public = PublicKey.from_public_bytes(base64.b64decode(str(key["public_key"])))
             except (InvalidSignature, ValueError, TypeError, KeyError):
                 continue
             trusted[key_id] = public

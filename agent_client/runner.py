@@ -34,6 +34,7 @@ import platform
 import random
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -55,6 +56,10 @@ FAILURE_BACKOFF_MAX_SECONDS = 900.0
 TERMINAL_RECHECK_SECONDS = 3600.0
 CONFIG_WATCH_SECONDS = 30.0
 EVENTS_PER_REQUEST = 500
+# The config file is rewritten (temp file, fsync, rename) after a check-in that changed something in
+# it; when only ``last_checkin_at`` moved, at most this often: an agent in heartbeat mode would
+# otherwise write it every 5 s, a fifth of its idle CPU. ``status`` may show a check-in up to this old.
+CHECKIN_STAMP_SAVE_SECONDS = 60.0
 
 CommandHandler = Callable[[list[dict[str, Any]]], None]
 ConfigFetcher = Callable[[int], bool]
@@ -153,6 +158,7 @@ class Runner:
         # Probed at start-up; sent with check-ins until one succeeds, then None.
         self.unreported_capabilities: Optional[list[str]] = None
         self.consecutive_failures = 0
+        self._checkin_saved_at: Optional[float] = None  # monotonic time of the last save after a check-in
         # Called with whether the check-in worked, before the flush (self-update confirms or rolls back here).
         self.after_checkin: Optional[Callable[[bool], None]] = None
         # Called after every cycle of run_forever (the fast channel waits for the check-in it asked for).
@@ -248,6 +254,7 @@ class Runner:
     def _adopt(self, answer: dict[str, Any]) -> None:
         if not isinstance(answer, dict):
             raise TransportError("the server's check-in answer is not an object")
+        before = self._adopted_state()
         interval = answer.get("poll_interval_seconds")
         if isinstance(interval, int) and interval > 0:
             self.config.poll_interval_seconds = interval
@@ -259,10 +266,19 @@ class Runner:
                 logger.info("config version %s -> %s", self.config.config_version, server_version)
                 self.config.config_version = server_version
         self.config.last_checkin_at = format_time(utc_now())
+        now = time.monotonic()
+        stamp_due = self._checkin_saved_at is None or now - self._checkin_saved_at >= CHECKIN_STAMP_SAVE_SECONDS
+        if self._adopted_state() == before and not stamp_due:
+            return  # nothing but the time of this check-in changed: kept in memory until the next save
         try:
             config_module.save(self.config, self.config_path)
+            self._checkin_saved_at = now
         except OSError as exc:
             logger.warning("could not save check-in state to %s: %s", self.config_path, exc.strerror or exc)
+
+    def _adopted_state(self) -> tuple[Any, ...]:
+        """What a check-in answer changes in the config, besides the time of the check-in."""
+        return self.config.poll_interval_seconds, self.config.heartbeat_until, self.config.config_version
 
     # -- timing --------------------------------------------------------------------
 

@@ -27,10 +27,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
 from agent_client.protocol import ResultStatus, release_manifest_bytes, update_nonce_bytes, version_key
+from agent_client.signatures import InvalidSignature, PublicKey
 
 logger = logging.getLogger("redflag.agent.selfupdate")
 
@@ -75,7 +73,7 @@ class UpdateState:
         os.replace(temporary, self.path)
 
 
-def _verify(key: Optional[Ed25519PublicKey], signature: str, signed: bytes, reason: str, what: str) -> None:
+def _verify(key: Optional[PublicKey], signature: str, signed: bytes, reason: str, what: str) -> None:
     if key is None:
         raise UpdateRefused(reason, f"the {what} is signed by a key this agent has not pinned")
     try:
@@ -84,7 +82,7 @@ def _verify(key: Optional[Ed25519PublicKey], signature: str, signed: bytes, reas
         raise UpdateRefused(reason, f"the {what} signature does not verify") from None
 
 
-def verify_update(params: Mapping[str, Any], *, agent_id: str, keys: Mapping[str, Ed25519PublicKey],
+def verify_update(params: Mapping[str, Any], *, agent_id: str, keys: Mapping[str, PublicKey],
                   current_version: str, highest_accepted: str, now: float) -> dict[str, Any]:
     """Check nonce and manifest; returns the manifest. Raises UpdateRefused naming the reason."""
     try:
@@ -118,7 +116,7 @@ def verify_update(params: Mapping[str, Any], *, agent_id: str, keys: Mapping[str
 
 class SelfUpdater:
     def __init__(self, *, state_dir: Path, agent_id: str, current_version: str,
-                 keys: Callable[[], Mapping[str, Ed25519PublicKey]], download: Callable[[str, Path, int], str],
+                 keys: Callable[[], Mapping[str, PublicKey]], download: Callable[[str, Path, int], str],
                  request_restart: Callable[[], None], agent_file: Callable[[], Optional[Path]] = running_agent_file,
                  clock: Callable[[], float] = time.time) -> None:
         self.state = UpdateState(state_dir)

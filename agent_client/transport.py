@@ -132,6 +132,18 @@ def parse_retry_after(value: Optional[str], now: Optional[float] = None) -> Opti
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
+def settle_environment(session: requests.Session, url: str) -> None:
+    """Read the proxy and CA-bundle environment variables once, for ``url``'s server, rather than on
+    every request: requests looks them up (and ``~/.netrc``) per request while ``trust_env`` is on,
+    a third of the CPU an idle agent's check-in costs. Every request of a Client goes to that one
+    server, and the agent's environment does not change while it runs; so the answer is the same.
+    """
+    settings = session.merge_environment_settings(url, {}, None, None, None)
+    session.proxies = settings["proxies"]
+    session.verify = settings["verify"]
+    session.trust_env = False
+
+
 def new_nonce() -> str:
     return secrets.token_urlsafe(24)  # 32 characters of [A-Za-z0-9_-]
 
@@ -167,6 +179,8 @@ class Client:
         self.session.headers["User-Agent"] = f"redflag-agent/{__version__}"
         if config.ca_bundle:
             self.session.verify = config.ca_bundle
+        if session is None and config.server_url:
+            settle_environment(self.session, config.server_url)
         self.retry = retry or RetryPolicy()
         self.sleep = sleep
         self.rng = rng or random.Random()

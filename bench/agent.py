@@ -14,12 +14,16 @@
    agent's three dependencies, doing nothing).
 3. After a warm-up (imports, registration events, the first due system and storage scans), sample
    both once a second for ``--seconds``: RSS, USS, CPU time (user + system). Count the agent's
-   check-ins from the server's access log (``POST …/checkin`` answered 200).
+   check-ins from the server's access log (``POST …/checkin`` answered 200). At the end, the
+   resident memory of both processes per mapping (/proc/PID/smaps): where the difference is.
 4. APT: under the lock the APT tests take (/tmp/redflag-apt-tests.lock), time the agent's
    AptScanner.scan() on this machine's real apt state against ``apt-get -s upgrade`` itself,
-   ``--apt-runs`` times each, medians. Read-only: the scanner's list refresh is skipped by a fresh
+   ``--apt-runs`` times each, alternating, medians of the wall time and of the CPU time of the
+   processes each side started. Read-only: the scanner's list refresh is skipped by a fresh
    refresh stamp in a temporary state folder (never ``apt-get update``); everything is a simulation.
-5. Stop everything (process groups), drop the scratch database, print the figures and ratios.
+5. Stop everything (process groups), drop the scratch database, print the figures, each with its
+   baseline and ratio, and the issue's goals (#16, goal 7): RSS within 4 MiB of the baseline, at
+   most 2 CPU-seconds per idle hour, the APT scan within 1.25x ``apt-get -s upgrade``.
 """
 
 from __future__ import annotations
@@ -45,6 +49,9 @@ DEFAULT_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"  # as bench/eve
 
 ROOT = Path(__file__).resolve().parents[1]
 APT_LOCK = Path(tempfile.gettempdir()) / "redflag-apt-tests.lock"
+GOAL_RSS_ABOVE_BASELINE_MIB = 4.0
+GOAL_CPU_SECONDS_PER_HOUR = 2.0
+GOAL_APT_RATIO = 1.25
 CHECKIN_LINE = re.compile(r'"POST /api/v1/agents/[0-9a-f-]+/checkin HTTP/[0-9.]+" 200')
 
 
@@ -102,6 +109,27 @@ class Sampler:
         }
 
 
+def rss_by_mapping(pid: int) -> dict[str, int]:
+    """Resident KiB per mapped file (its base name), ``[heap]`` and ``[anon]``, from /proc/PID/smaps."""
+    sizes: dict[str, int] = {}
+    name = "[anon]"
+    with open(f"/proc/{pid}/smaps", encoding="utf-8", errors="replace") as smaps:
+        for line in smaps:
+            fields = line.split()
+            if fields and "-" in fields[0] and not fields[0].endswith(":"):
+                name = fields[5].rsplit("/", 1)[-1] if len(fields) > 5 else "[anon]"
+            elif fields and fields[0] == "Rss:":
+                sizes[name] = sizes.get(name, 0) + int(fields[1])
+    return sizes
+
+
+def mapping_difference(agent_pid: int, baseline_pid: int) -> dict[str, int]:
+    """Where the agent's resident memory exceeds the baseline's, KiB per mapping (64 KiB or more)."""
+    agent, baseline = rss_by_mapping(agent_pid), rss_by_mapping(baseline_pid)
+    difference = {name: agent.get(name, 0) - baseline.get(name, 0) for name in set(agent) | set(baseline)}
+    return dict(sorted(((name, kib) for name, kib in difference.items() if abs(kib) >= 64), key=lambda item: -item[1]))
+
+
 def footprint(url: str, token: str, work: Path, seconds: float, warmup: float, server_log: Path) -> dict:
     config = work / "agent" / "config.json"
     agent_env = clean_env()
@@ -137,6 +165,7 @@ def footprint(url: str, token: str, work: Path, seconds: float, warmup: float, s
         measured = time.monotonic() - started
         agent_figures = agent_sampler.figures(measured)
         baseline_figures = baseline_sampler.figures(measured)
+        by_mapping = mapping_difference(agent.pid, baseline.pid)
         if agent.poll() is not None:
             raise RuntimeError(f"the agent exited (code {agent.returncode})")
         checkins = count_checkins(server_log)
@@ -145,20 +174,29 @@ def footprint(url: str, token: str, work: Path, seconds: float, warmup: float, s
         stop_group(baseline)
     status = subprocess.run([sys.executable, "-m", "agent_client", "--config", str(config), "status", "--json"],
                             cwd=work, env=agent_env, capture_output=True, text=True, timeout=60)
+    in_window = checkins - checkins_before
+    above_rss = round(agent_figures["rss_mib_median"] - baseline_figures["rss_mib_median"], 2)
+    above_cpu = round(agent_figures["cpu_seconds_per_hour"] - baseline_figures["cpu_seconds_per_hour"], 2)
     return {
         "seconds": round(measured, 1),
         "warmup_seconds": warmup,
         "agent": {**agent_figures, "startup_cpu_seconds": round(agent_startup_cpu, 3),
-                  "checkins_in_window": checkins - checkins_before, "checkins_total": checkins,
+                  "checkins_in_window": in_window, "checkins_total": checkins,
+                  "cpu_ms_per_checkin": round(1000 * agent_figures["cpu_seconds"] / max(1, in_window), 2),
                   "status": json.loads(status.stdout) if status.returncode == 0 else status.stderr.strip()},
         "baseline_bare_interpreter": baseline_figures,
+        "rss_kib_above_baseline_by_mapping": by_mapping,
         "ratios": {
             "rss_median": round(agent_figures["rss_mib_median"] / baseline_figures["rss_mib_median"], 2),
             "uss_median": round(agent_figures["uss_mib_median"] / baseline_figures["uss_mib_median"], 2),
-            "agent_minus_baseline_rss_mib": round(
-                agent_figures["rss_mib_median"] - baseline_figures["rss_mib_median"], 2),
-            "agent_minus_baseline_cpu_seconds_per_hour": round(
-                agent_figures["cpu_seconds_per_hour"] - baseline_figures["cpu_seconds_per_hour"], 2),
+            "agent_minus_baseline_rss_mib": above_rss,
+            "agent_minus_baseline_cpu_seconds_per_hour": above_cpu,
+        },
+        "goals": {
+            "rss_within_mib_of_baseline": GOAL_RSS_ABOVE_BASELINE_MIB,
+            "rss_met": above_rss <= GOAL_RSS_ABOVE_BASELINE_MIB,
+            "cpu_seconds_per_hour_at_most": GOAL_CPU_SECONDS_PER_HOUR,
+            "cpu_met": above_cpu <= GOAL_CPU_SECONDS_PER_HOUR,
         },
     }
 
@@ -182,23 +220,37 @@ def apt_scan(runs: int) -> dict:
         Path(scanner.refresh_stamp_path).write_text(f"{time.time():.0f}\n")  # lists count as fresh:
         if not scanner.lists_are_fresh():  # so the scan never runs apt-get update
             raise RuntimeError("could not mark the apt lists fresh; refusing to let the scanner refresh them")
-        scan_times, apt_times, packages = [], [], None
+        scan_times, apt_times, scan_cpu, apt_cpu, packages = [], [], [], [], None
         for _ in range(runs):
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), children_cpu()
             records = scanner.scan()
             scan_times.append(time.perf_counter() - started)
+            scan_cpu.append(children_cpu() - cpu)
             packages = len(records)
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), children_cpu()
             result = subprocess.run(["apt-get", "-s", "upgrade"], capture_output=True, text=True, timeout=600,
                                     env={**os.environ, "LC_ALL": "C"})
             apt_times.append(time.perf_counter() - started)
+            apt_cpu.append(children_cpu() - cpu)
             if result.returncode != 0:
                 raise RuntimeError(f"apt-get -s upgrade failed: {result.stderr[-2000:]}")
             upgradable = sum(1 for line in result.stdout.splitlines() if line.startswith("Inst "))
     scan_ms, apt_ms = statistics.median(scan_times) * 1000, statistics.median(apt_times) * 1000
+    scan_cpu_ms, apt_cpu_ms = statistics.median(scan_cpu) * 1000, statistics.median(apt_cpu) * 1000
     return {"runs": runs, "lock_wait_seconds": round(waited, 2), "packages_reported_by_scanner": packages,
             "upgradable_by_apt_get_s_upgrade": upgradable, "scanner_ms_median": round(scan_ms, 1),
-            "apt_get_s_upgrade_ms_median": round(apt_ms, 1), "ratio": round(scan_ms / apt_ms, 2)}
+            "apt_get_s_upgrade_ms_median": round(apt_ms, 1), "ratio": round(scan_ms / apt_ms, 2),
+            "scanner_ms_all": [round(value * 1000) for value in scan_times],
+            "apt_get_s_upgrade_ms_all": [round(value * 1000) for value in apt_times],
+            "scanner_cpu_ms_median": round(scan_cpu_ms, 1), "apt_get_s_upgrade_cpu_ms_median": round(apt_cpu_ms, 1),
+            "cpu_ratio": round(scan_cpu_ms / apt_cpu_ms, 2) if apt_cpu_ms else None,
+            "goal_ratio_at_most": GOAL_APT_RATIO, "goal_met": scan_ms / apt_ms <= GOAL_APT_RATIO}
+
+
+def children_cpu() -> float:
+    """CPU seconds (user + system) of this process's finished child processes so far."""
+    times = os.times()
+    return times.children_user + times.children_system
 
 
 def main() -> int:

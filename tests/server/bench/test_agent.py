@@ -32,4 +32,6 @@ def test_bench_agent_smoke_run():
     assert agent["rss_mib_median"] > 0 and baseline["rss_mib_median"] > 0
     assert agent["samples"] >= 5 and agent["cpu_seconds"] >= 0
     assert footprint["ratios"]["rss_median"] > 0
+    assert isinstance(footprint["goals"]["rss_met"], bool) and isinstance(footprint["goals"]["cpu_met"], bool)
+    assert isinstance(footprint["rss_kib_above_baseline_by_mapping"], dict)
     assert report["apt"] == {"skipped": "--apt-runs 0"} and report["kept"] is None
