@@ -232,8 +232,13 @@ def commands_deliver(*, agent: Agent, now: datetime) -> list[Command]:
         for field in ("nonce", "key_id", "signature"):
             changes[field] = Case(*[When(pk=command.pk, then=Value(getattr(command, field))) for command in unsigned],
                                   default=F(field))
-    claimed = Command.objects.filter(pk__in=[command.pk for command in candidates],
-                                     status=CommandStatus.PENDING).update(**changes)
+    # In a transaction, not autocommit: a server that dies while the claim waits on a row lock must
+    # leave the commands pending (the UPDATE would otherwise commit by itself once the lock is free,
+    # marking sent what no agent received; tests/server/end_to_end/test_crash_recovery.py). Inside a
+    # caller's transaction no savepoint is needed: an error here ends the request anyway.
+    with transaction.atomic(savepoint=False):
+        claimed = Command.objects.filter(pk__in=[command.pk for command in candidates],
+                                         status=CommandStatus.PENDING).update(**changes)
     if claimed == len(candidates):
         for command in candidates:
             command.status, command.sent_at = CommandStatus.SENT, now

@@ -40,8 +40,9 @@ def test_checkin_query_count_does_not_grow_with_pending_commands(agent, django_a
     agent.post("checkin", {})
     model = agent.model
     command_create(agent=model, command_type="reboot", source="api")
-    # + the pending commands, one claim (no transaction: when the claim takes every row it read, nothing is
-    # read back; signing at delivery only reads the primary key when a scheduled scan is among them)
+    # + the pending commands, one claim (in a transaction of its own, which logs no statement; when the claim
+    # takes every row it read, nothing is read back; signing at delivery only reads the primary key when a
+    # scheduled scan is among them)
     expected = COMMON_CHECKIN_QUERIES[connection.vendor] + 2
     with django_assert_num_queries(expected):
         assert len(agent.post("checkin", {}).json()["commands"]) == 1
