@@ -164,9 +164,7 @@ def _registration_metadata(token: RegistrationToken, facts: dict[str, Any], clie
             "agent_version": facts.get("agent_version", "")}
 
 
-def _enrol(token, machine_id_hash, facts, client_ip, now) -> Registration:
-    agent = Agent.objects.create(machine_id_hash=machine_id_hash, registered_at=now, last_seen_at=now,
-                                 capabilities=sorted(set(facts.get("capabilities", ()))), **_host_facts(facts))
+def _registered_record(agent: Agent, token: RegistrationToken, facts: dict[str, Any], client_ip: str) -> None:
     record_event(
         event_type=EventType.AGENT_REGISTRATION,
         subtype=EventSubtype.SUCCESS,
@@ -176,6 +174,12 @@ def _enrol(token, machine_id_hash, facts, client_ip, now) -> Registration:
         metadata=_registration_metadata(token, facts, client_ip),
         actor=agent_actor(agent),
     )
+
+
+def _enrol(token, machine_id_hash, facts, client_ip, now) -> Registration:
+    agent = Agent.objects.create(machine_id_hash=machine_id_hash, registered_at=now, last_seen_at=now,
+                                 capabilities=sorted(set(facts.get("capabilities", ()))), **_host_facts(facts))
+    _registered_record(agent, token, facts, client_ip)
     subsystems_ensure(agent=agent, capabilities=facts.get("capabilities", ()), existing=())
     return Registration(agent, credentials_issue(agent=agent, now=now), False)
 
@@ -233,15 +237,7 @@ def _enrol_in_one_statement(token_secret, machine_id_hash, facts, client_ip, now
     for row in rows:
         row._state.adding, row._state.db = False, connection.alias
     token = RegistrationToken(pk=seat[0], label=seat[1])
-    record_event(
-        event_type=EventType.AGENT_REGISTRATION,
-        subtype=EventSubtype.SUCCESS,
-        component=Component.SECURITY,
-        message=f"Agent {agent.hostname} registered",
-        agent=agent,
-        metadata=_registration_metadata(token, facts, client_ip),
-        actor=agent_actor(agent),
-    )
+    _registered_record(agent, token, facts, client_ip)
     return Registration(agent, credentials, False)
 
 

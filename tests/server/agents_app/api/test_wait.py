@@ -224,17 +224,22 @@ def test_other_methods_paths_and_hosts_are_refused_and_other_paths_go_to_django(
     assert (bad_host.status, error_code(bad_host)) == (400, "invalid_host")
 
 
-def test_the_wait_shares_the_check_in_rate_but_not_its_count(agent, settings):
+def three_waits_at_two_a_minute(agent) -> list:
+    """Three waits in a row with the check-in rate at 2/min and a command queued (each answers at once)."""
     row = ServerSettings.current()
     row.rate_checkin = "2/min"
     row.save()
     ServerSettings.forget()
-    queue_command(agent.id)  # every wait answers at once
+    queue_command(agent.id)
 
     async def scenario():
         return [await Exchange(wait_path(agent.id), wait_headers(agent)).run() for _ in range(3)]
 
-    answers = run(scenario)
+    return run(scenario)
+
+
+def test_the_wait_shares_the_check_in_rate_but_not_its_count(agent, settings):
+    answers = three_waits_at_two_a_minute(agent)
     assert [exchange.status for exchange in answers] == [200, 200, 429]
     assert any(name == b"retry-after" for name, _ in answers[2].messages[0]["headers"])
     # The check-in's own budget is untouched.
@@ -451,16 +456,7 @@ def test_with_the_counters_in_the_database_the_count_is_in_the_same_statement(da
 
 
 def test_with_the_counters_in_the_database_over_the_rate_is_429(database_counters, agent):
-    row = ServerSettings.current()
-    row.rate_checkin = "2/min"
-    row.save()
-    ServerSettings.forget()
-    queue_command(agent.id)  # every wait answers at once
-
-    async def scenario():
-        return [await Exchange(wait_path(agent.id), wait_headers(agent)).run() for _ in range(3)]
-
-    answers = run(scenario)
+    answers = three_waits_at_two_a_minute(agent)
     assert [exchange.status for exchange in answers] == [200, 200, 429]
     assert (b"retry-after", b"60") in answers[2].messages[0]["headers"]
     assert agent.post("checkin", {"metrics": {}}).status_code == 200  # the check-in's own count
