@@ -31,16 +31,25 @@ import argparse
 import asyncio
 import json
 import os
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import psutil
 import psycopg
-from events import drop_database, scratch_database  # bench/events.py: scratch DB helpers
-from fleet import UVICORN_PLAIN, Fleet, Recorder, SimAgent, machine, prepare, register_all, server_argv, server_env
+from fleet import (
+    UVICORN_PLAIN,
+    Fleet,
+    Recorder,
+    Scratch,
+    SimAgent,
+    machine,
+    prepare,
+    ratio_to,
+    register_all,
+    scratch_server,
+    server_argv,
+)
 from schedule import fleet_sql
 from serving import start_server, stop_group
 
@@ -195,7 +204,8 @@ def bury_scans(database_url: str) -> None:
         conn.execute("VACUUM ANALYZE")
 
 
-async def run(args, url: str, bare_url_factory, secret: str, database_url: str, server) -> dict:
+async def run(args, url: str, bare_url_factory, secret: str, scratch: Scratch) -> dict:
+    database_url = scratch.database_url
     recorder = Recorder()
     agents = [SimAgent(index, heartbeat=False) for index in range(args.agents)]
     apt_report = json.loads((DATA / "apt_scan_debian12.json").read_text())
@@ -207,13 +217,13 @@ async def run(args, url: str, bare_url_factory, secret: str, database_url: str, 
         registered = [agent for agent in agents if agent.id]
         pad_fleet(database_url, args.fleet - len(registered))
         bury_scans(database_url)
-        split = Split(server.pid, database_url)
+        split = Split(scratch.server.pid, database_url)
         result = {"registration": {"agents": len(registered), "failed": failed,
                                    "seconds": round(registration_seconds, 1),
                                    "per_second": round(len(registered) / registration_seconds, 1)}}
         result["config"] = await phase(fleet, "config", "config", registered, args, split)
         result["checkin"] = await phase(fleet, "checkin", "checkin", registered, args, split)
-    stop_group(server)
+    scratch.stop()
     bare, bare_url = bare_url_factory()
     try:
         async with Fleet(bare_url, Recorder(), apt_report, system_report) as fleet:
@@ -224,54 +234,33 @@ async def run(args, url: str, bare_url_factory, secret: str, database_url: str, 
 
 
 def ratios(result: dict) -> dict:
-    checkin = result["checkin"]
-    out = {}
-    for baseline in ("config", "bare"):
-        base = result[baseline]
-        out[f"checkin_vs_{baseline}"] = {
-            "throughput": round(checkin["requests_per_second"] / base["requests_per_second"], 2),
-            "server_cpu_per_request": round(checkin["cpu_ms_per_request"]["server"]
-                                            / max(base["cpu_ms_per_request"]["server"], 0.01), 2),
-            "p99": round(checkin["p99_ms"] / base["p99_ms"], 2) if checkin["p99_ms"] and base["p99_ms"] else None,
-        }
-    return out
+    return {f"checkin_vs_{baseline}": ratio_to(result["checkin"], result[baseline]) for baseline in ("config", "bare")}
+
+
+def serve_and_measure(args, scratch: Scratch) -> dict:
+    plain = UVICORN_PLAIN if args.uvicorn_plain else ()
+    secret = prepare(scratch.env, seats=args.agents, interval=300)
+    if args.checkin_rate:
+        with psycopg.connect(scratch.database_url, autocommit=True) as conn:
+            conn.execute("UPDATE redflag_serversettings SET rate_checkin = %s", (args.checkin_rate,))
+    url = scratch.start(lambda port: server_argv("uvicorn", args.workers, port, plain))
+    bare_env = {**scratch.env, "PYTHONPATH": str(ROOT / "bench")}
+
+    def bare_factory():
+        return start_server(bare_env, Path(scratch.data_dir) / "bare.log", lambda port: [
+            sys.executable, "-m", "uvicorn", "bare_checkin:app", "--host", "127.0.0.1", "--port", str(port),
+            "--workers", str(args.workers), "--log-level", "warning", "--no-access-log", *plain], timeout=60)
+
+    result = asyncio.run(run(args, url, bare_factory, secret, scratch))
+    result["server_log_tracebacks"] = scratch.log_tracebacks()
+    return result
 
 
 def main() -> int:
     args = parse_args()
-    if not args.database_url.startswith("postgres"):
-        print("bench/checkin.py needs a PostgreSQL DATABASE_URL", file=sys.stderr)
-        return 2
-    base, name = scratch_database(args.database_url)
-    database_url = f"{base}/{name}"
-    data_dir = tempfile.mkdtemp(prefix="redflag-checkin-")
-    env = server_env(database_url, data_dir, args.cache_url, 0)
     load_before = os.getloadavg()
-    server = None
-    plain = UVICORN_PLAIN if args.uvicorn_plain else ()
-    try:
-        secret = prepare(env, seats=args.agents, interval=300)
-        if args.checkin_rate:
-            with psycopg.connect(database_url, autocommit=True) as conn:
-                conn.execute("UPDATE redflag_serversettings SET rate_checkin = %s", (args.checkin_rate,))
-        server, url = start_server(env, Path(data_dir) / "server.log",
-                                   lambda port: server_argv("uvicorn", args.workers, port, plain), timeout=60)
-        bare_env = {**env, "PYTHONPATH": str(ROOT / "bench")}
-
-        def bare_factory():
-            return start_server(bare_env, Path(data_dir) / "bare.log", lambda port: [
-                sys.executable, "-m", "uvicorn", "bare_checkin:app", "--host", "127.0.0.1", "--port", str(port),
-                "--workers", str(args.workers), "--log-level", "warning", "--no-access-log", *plain], timeout=60)
-
-        result = asyncio.run(run(args, url, bare_factory, secret, database_url, server))
-        log = (Path(data_dir) / "server.log").read_text(errors="replace")
-        result["server_log_tracebacks"] = log.count("Traceback")
-    finally:
-        if server is not None:
-            stop_group(server)
-        if not args.keep:
-            drop_database(base, name)
-            shutil.rmtree(data_dir, ignore_errors=True)
+    with scratch_server("checkin.py", args.database_url, cache_url=args.cache_url, keep=args.keep) as scratch:
+        result = serve_and_measure(args, scratch)
     checkin = result["checkin"]
     output = {
         "bench": "checkin", "machine": machine(),

@@ -61,6 +61,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter, defaultdict
+from contextlib import contextmanager
 from pathlib import Path
 
 import aiohttp
@@ -524,42 +525,84 @@ def machine() -> dict:
             "python": platform.python_version(), "platform": platform.platform()}
 
 
-def main() -> int:
-    args = parse_args()
-    if not args.database_url.startswith("postgres"):
-        print("bench/fleet.py needs a PostgreSQL DATABASE_URL (the server it starts runs on it)", file=sys.stderr)
-        return 2
-    base, name = scratch_database(args.database_url)
-    database_url = f"{base}/{name}"
-    if args.synchronous_commit == "off":
-        with psycopg.connect(database_url, autocommit=True) as conn:
-            conn.execute(f'ALTER DATABASE "{name}" SET synchronous_commit = off')
-    data_dir = tempfile.mkdtemp(prefix="redflag-fleet-")
-    env = server_env(database_url, data_dir, args.cache_url, args.pool_size)
-    server = None
+class Scratch:
+    """A bench's scratch database, data folder, server environment and the server it started."""
+
+    def __init__(self, database_url: str, data_dir: str, env: dict) -> None:
+        self.database_url, self.data_dir, self.env = database_url, data_dir, env
+        self.server = None
+
+    def start(self, argv_for_port) -> str:
+        """Start the server (``argv_for_port(port)``) logging to server.log; its URL."""
+        self.server, url = start_server(self.env, Path(self.data_dir) / "server.log", argv_for_port, timeout=60)
+        return url
+
+    def stop(self) -> None:
+        if self.server is not None:
+            stop_group(self.server)
+            self.server = None
+
+    def log_tracebacks(self) -> int:
+        return (Path(self.data_dir) / "server.log").read_text(errors="replace").count("Traceback")
+
+
+@contextmanager
+def scratch_server(script: str, database_url: str, *, cache_url: str = "", pool_size: int = 0, keep: bool = False):
+    """For a bench that starts the server: a scratch database on the PostgreSQL server ``database_url``
+    names and a private data folder, as a Scratch; afterwards the server is stopped and both are
+    dropped (unless ``keep``). Exits with a message on anything but PostgreSQL."""
+    if not database_url.startswith("postgres"):
+        sys.exit(f"bench/{script} needs a PostgreSQL DATABASE_URL (the server it starts runs on it)")
+    base, name = scratch_database(database_url)
+    scratch_url = f"{base}/{name}"
+    data_dir = tempfile.mkdtemp(prefix=f"redflag-{Path(script).stem}-")
+    scratch = Scratch(scratch_url, data_dir, server_env(scratch_url, data_dir, cache_url, pool_size))
     try:
-        secret = prepare(env, seats=args.agents + args.heartbeat, interval=args.interval)
-        server, url = start_server(env, Path(data_dir) / "server.log",
-                                   lambda port: server_argv(args.server, args.workers, port), timeout=60)
-        result = asyncio.run(simulate(args, url, secret, database_url, CpuMeter(server.pid)))
-        log = (Path(data_dir) / "server.log").read_text(errors="replace")
-        result["server"] = {"command": " ".join(server_argv(args.server, args.workers, 0)[2:]),
-                            "mode": "REDFLAG_ENV=production", "log_tracebacks": log.count("Traceback"),
-                            "rate_limit_counters": "redis" if args.cache_url else "database table",
-                            "db_pool_size": args.pool_size or "default",
-                            "synchronous_commit": args.synchronous_commit}
+        yield scratch
     finally:
-        if server is not None:
-            stop_group(server)
-        if not args.keep:
+        scratch.stop()
+        if not keep:
             drop_database(base, name)
             shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def ratio_to(subject: dict, base: dict) -> dict:
+    """A phase against its baseline phase of the same run: throughput, server CPU per request and p99."""
+    return {
+        "throughput": round(subject["requests_per_second"] / base["requests_per_second"], 2),
+        "server_cpu_per_request": round(subject["cpu_ms_per_request"]["server"]
+                                        / max(base["cpu_ms_per_request"]["server"], 0.01), 2),
+        "p99": round(subject["p99_ms"] / base["p99_ms"], 2) if subject["p99_ms"] and base["p99_ms"] else None,
+    }
+
+
+def main() -> int:
+    args = parse_args()
+    with scratch_server("fleet.py", args.database_url, cache_url=args.cache_url, pool_size=args.pool_size,
+                        keep=args.keep) as scratch:
+        result = serve_and_simulate(args, scratch)
     result = {"bench": "fleet", "machine": machine(),
               "fleet": {"agents": args.agents, "heartbeat_agents": args.heartbeat, "interval_seconds": args.interval,
                         "duration_seconds": args.duration, "scans": args.scans, "channel": args.channel},
               **result}
     print(json.dumps(result, indent=2))
     return 0
+
+
+def serve_and_simulate(args, scratch: Scratch) -> dict:
+    if args.synchronous_commit == "off":
+        with psycopg.connect(scratch.database_url, autocommit=True) as conn:
+            name = conn.execute("SELECT current_database()").fetchone()[0]
+            conn.execute(f'ALTER DATABASE "{name}" SET synchronous_commit = off')
+    secret = prepare(scratch.env, seats=args.agents + args.heartbeat, interval=args.interval)
+    url = scratch.start(lambda port: server_argv(args.server, args.workers, port))
+    result = asyncio.run(simulate(args, url, secret, scratch.database_url, CpuMeter(scratch.server.pid)))
+    result["server"] = {"command": " ".join(server_argv(args.server, args.workers, 0)[2:]),
+                        "mode": "REDFLAG_ENV=production", "log_tracebacks": scratch.log_tracebacks(),
+                        "rate_limit_counters": "redis" if args.cache_url else "database table",
+                        "db_pool_size": args.pool_size or "default",
+                        "synchronous_commit": args.synchronous_commit}
+    return result
 
 
 if __name__ == "__main__":

@@ -30,19 +30,15 @@ import argparse
 import asyncio
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import psycopg
 from checkin import bury_scans, checkin_body
-from events import drop_database, scratch_database  # bench/events.py: scratch DB helpers
-from fleet import Fleet, Recorder, SimAgent, machine, prepare, register_all, server_argv, server_env
-from serving import start_server, stop_group
+from fleet import Fleet, Recorder, Scratch, SimAgent, machine, prepare, register_all, scratch_server, server_argv
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).resolve().parent / "data"
@@ -197,29 +193,19 @@ async def run(args, url: str, secret: str, env: dict, database_url: str) -> dict
     return result
 
 
+def serve_and_measure(args, scratch: Scratch) -> dict:
+    secret = prepare(scratch.env, seats=args.agents, interval=300)
+    url = scratch.start(lambda port: server_argv("uvicorn", args.workers, port))
+    result = asyncio.run(run(args, url, secret, scratch.env, scratch.database_url))
+    result["server_log_tracebacks"] = scratch.log_tracebacks()
+    return result
+
+
 def main() -> int:
     args = parse_args()
-    if not args.database_url.startswith("postgres"):
-        print("bench/purge.py needs a PostgreSQL DATABASE_URL", file=sys.stderr)
-        return 2
-    base, name = scratch_database(args.database_url)
-    database_url = f"{base}/{name}"
-    data_dir = tempfile.mkdtemp(prefix="redflag-purge-")
-    env = server_env(database_url, data_dir, "", 0)
     load_before = os.getloadavg()
-    server = None
-    try:
-        secret = prepare(env, seats=args.agents, interval=300)
-        server, url = start_server(env, Path(data_dir) / "server.log",
-                                   lambda port: server_argv("uvicorn", args.workers, port), timeout=60)
-        result = asyncio.run(run(args, url, secret, env, database_url))
-        result["server_log_tracebacks"] = (Path(data_dir) / "server.log").read_text(errors="replace").count("Traceback")
-    finally:
-        if server is not None:
-            stop_group(server)
-        if not args.keep:
-            drop_database(base, name)
-            shutil.rmtree(data_dir, ignore_errors=True)
+    with scratch_server("purge.py", args.database_url, keep=args.keep) as scratch:
+        result = serve_and_measure(args, scratch)
     print(json.dumps({
         "bench": "purge", "machine": machine(),
         "conditions": {"agents": args.agents, "checkins_per_second": round(args.rate, 2), "workers": args.workers,

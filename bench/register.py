@@ -36,17 +36,13 @@ import argparse
 import asyncio
 import json
 import os
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import psycopg
 from checkin import Split, closed_loop  # bench/checkin.py: CPU split (scratch database's backends) and closed loop
-from events import drop_database, scratch_database  # bench/events.py: scratch DB helpers
-from fleet import Fleet, Recorder, SimAgent, machine, manage, prepare, server_argv, server_env
-from serving import start_server, stop_group
+from fleet import Fleet, Recorder, Scratch, SimAgent, machine, manage, prepare, ratio_to, scratch_server, server_argv
 
 DATA = Path(__file__).resolve().parent / "data"
 
@@ -172,42 +168,26 @@ def ratios(result: dict) -> dict:
         base = result.get(baseline)
         if not base or not base["requests_per_second"]:
             continue
-        out[f"register_vs_{baseline}"] = {
-            "throughput": round(register["requests_per_second"] / base["requests_per_second"], 2),
-            "server_cpu_per_request": round(register["cpu_ms_per_request"]["server"]
-                                            / max(base["cpu_ms_per_request"]["server"], 0.01), 2),
-            "p99": round(register["p99_ms"] / base["p99_ms"], 2) if register["p99_ms"] and base["p99_ms"] else None,
-        }
+        out[f"register_vs_{baseline}"] = ratio_to(register, base)
     return out
+
+
+def serve_and_measure(args, scratch: Scratch) -> dict:
+    saturation_secret = prepare(scratch.env, seats=SATURATION_SEATS, interval=300)
+    storm_secret = manage(scratch.env, "shell", "--no-imports", "-c", STORM_TOKEN.format(seats=args.storm)).strip()
+    url = scratch.start(lambda port: server_argv("uvicorn", args.workers, port))
+    result = asyncio.run(run(args, url, scratch.database_url, saturation_secret, storm_secret, scratch.server))
+    scratch.stop()
+    result["storm"]["in_database"] = storm_in_database(scratch.database_url)
+    result["server_log_tracebacks"] = scratch.log_tracebacks()
+    return result
 
 
 def main() -> int:
     args = parse_args()
-    if not args.database_url.startswith("postgres"):
-        print("bench/register.py needs a PostgreSQL DATABASE_URL", file=sys.stderr)
-        return 2
-    base, name = scratch_database(args.database_url)
-    database_url = f"{base}/{name}"
-    data_dir = tempfile.mkdtemp(prefix="redflag-register-")
-    env = server_env(database_url, data_dir, "", 0)
     load_before = os.getloadavg()
-    server = None
-    try:
-        saturation_secret = prepare(env, seats=SATURATION_SEATS, interval=300)
-        storm_secret = manage(env, "shell", "--no-imports", "-c", STORM_TOKEN.format(seats=args.storm)).strip()
-        server, url = start_server(env, Path(data_dir) / "server.log",
-                                   lambda port: server_argv("uvicorn", args.workers, port), timeout=60)
-        result = asyncio.run(run(args, url, database_url, saturation_secret, storm_secret, server))
-        stop_group(server)
-        result["storm"]["in_database"] = storm_in_database(database_url)
-        log = (Path(data_dir) / "server.log").read_text(errors="replace")
-        result["server_log_tracebacks"] = log.count("Traceback")
-    finally:
-        if server is not None:
-            stop_group(server)
-        if not args.keep:
-            drop_database(base, name)
-            shutil.rmtree(data_dir, ignore_errors=True)
+    with scratch_server("register.py", args.database_url, keep=args.keep) as scratch:
+        result = serve_and_measure(args, scratch)
     register, storm_result = result["register"], result["storm"]
     output = {
         "bench": "register", "machine": machine(),

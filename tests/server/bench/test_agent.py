@@ -7,25 +7,18 @@ hold while they install packages, and its figures need several runs to mean anyt
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 
 import pytest
 
-from tests.server.processes import ROOT
+from tests.server.bench.smoke import run_bench
 
 
 @pytest.mark.skipif(not os.environ.get("DATABASE_URL", "").startswith("postgres"),
                     reason="the benchmark needs PostgreSQL (DATABASE_URL): uvicorn and the test share a database "
                            "server")
 def test_bench_agent_smoke_run():
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "REDFLAG_"))}
-    result = subprocess.run([sys.executable, "bench/agent.py", "--seconds", "8", "--warmup", "3", "--apt-runs", "0"],
-                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout)
+    report = run_bench("agent.py", "--seconds", "8", "--warmup", "3", "--apt-runs", "0")
     footprint = report["footprint"]
     agent, baseline = footprint["agent"], footprint["baseline_bare_interpreter"]
     assert agent["checkins_total"] >= 1

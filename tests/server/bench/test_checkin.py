@@ -3,25 +3,18 @@ bare ASGI floor (bench/bare_checkin.py). The published figures come from full ru
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 
 import pytest
 
-from tests.server.processes import ROOT
+from tests.server.bench.smoke import run_bench
 
 
 @pytest.mark.skipif(not os.environ.get("DATABASE_URL", "").startswith("postgres"),
                     reason="the check-in bench needs PostgreSQL (DATABASE_URL)")
 def test_checkin_bench_smoke_run():
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "REDFLAG_"))}
-    result = subprocess.run([sys.executable, "bench/checkin.py", "--agents", "20", "--seconds", "3", "--clients", "4",
-                             "--workers", "1", "--checkin-rate", "100000/min"],
-                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout)
+    report = run_bench("checkin.py", "--agents", "20", "--seconds", "3", "--clients", "4", "--workers", "1",
+                       "--checkin-rate", "100000/min")
     assert report["registration"] == {**report["registration"], "agents": 20, "failed": 0}
     for phase in ("config", "checkin", "bare"):
         assert report[phase]["errors_by_status"] == {}, (phase, report[phase])

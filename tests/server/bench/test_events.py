@@ -5,24 +5,17 @@ The million-row figures are not a test (bench/README.md); this only proves the s
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 
 import pytest
 
-from tests.server.processes import ROOT
+from tests.server.bench.smoke import run_bench
 
 
 @pytest.mark.skipif(not os.environ.get("DATABASE_URL", "").startswith("postgres"),
                     reason="the benchmark needs PostgreSQL (DATABASE_URL)")
 def test_bench_smoke_run():
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "REDFLAG_"))}
-    result = subprocess.run([sys.executable, "bench/events.py", "--rows", "1000", "--repeat", "2"],
-                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout)
+    report = run_bench("events.py", "--rows", "1000", "--repeat", "2")
     assert report["rows"] == 1000 and report["kept"] is None
     cases = report["cases"]
     assert {"first_page", "deep_page", "by_agent", "by_type_common", "no_match", "by_text_rare", "admin_list",

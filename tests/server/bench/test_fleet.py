@@ -7,26 +7,18 @@ command results, all answered without an error or a traceback.
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 
 import pytest
 
-from tests.server.processes import ROOT
+from tests.server.bench.smoke import run_bench
 
 
 @pytest.mark.skipif(not os.environ.get("DATABASE_URL", "").startswith("postgres"),
                     reason="the fleet simulator needs PostgreSQL (DATABASE_URL)")
 def test_fleet_smoke_run():
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "REDFLAG_"))}
-    result = subprocess.run([sys.executable, "bench/fleet.py", "--agents", "30", "--heartbeat", "5",
-                             "--interval", "5", "--duration", "12", "--baseline-seconds", "2", "--workers", "1",
-                             "--scans", "due"],
-                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout)
+    report = run_bench("fleet.py", "--agents", "30", "--heartbeat", "5", "--interval", "5", "--duration", "12",
+                       "--baseline-seconds", "2", "--workers", "1", "--scans", "due")
     assert report["registration"]["ok"] == 35 and report["registration"]["failed_agents"] == 0
     steady = report["steady"]
     # 35 agents polling every 5-5.5 s for 12 s; each first check-in hands over its three due scans

@@ -5,24 +5,17 @@ The 2,000-package figures are not a test (bench/README.md); this only proves the
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 
 import pytest
 
-from tests.server.processes import ROOT
+from tests.server.bench.smoke import run_bench
 
 
 @pytest.mark.skipif(not os.environ.get("DATABASE_URL", "").startswith("postgres"),
                     reason="the benchmark needs PostgreSQL (DATABASE_URL): its baseline is a COPY")
 def test_bench_ingest_smoke_run():
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "REDFLAG_"))}
-    result = subprocess.run([sys.executable, "bench/ingest.py", "--packages", "20", "--repeat", "1"],
-                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout)
+    report = run_bench("ingest.py", "--packages", "20", "--repeat", "1")
     assert report["packages"] == 20 and report["baseline_copy_ms"] > 0 and report["baseline_copy_cpu_ms"] > 0
     for case in ("first_report", "repeated_report"):
         assert report[case]["server_ms"] > 0 and report[case]["ratio"] > 0

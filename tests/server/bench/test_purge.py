@@ -6,25 +6,18 @@ removes exactly the expired rows, in batches, while every check-in is answered.
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 
 import pytest
 
-from tests.server.processes import ROOT
+from tests.server.bench.smoke import run_bench
 
 
 @pytest.mark.skipif(not os.environ.get("DATABASE_URL", "").startswith("postgres"),
                     reason="the benchmark needs PostgreSQL (DATABASE_URL)")
 def test_bench_smoke_run():
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "REDFLAG_"))}
-    result = subprocess.run([sys.executable, "bench/purge.py", "--agents", "6", "--rate", "4", "--expired", "12000",
-                             "--kept", "500", "--seconds", "2", "--workers", "1"],
-                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout)
+    report = run_bench("purge.py", "--agents", "6", "--rate", "4", "--expired", "12000", "--kept", "500",
+                       "--seconds", "2", "--workers", "1", timeout=600)
     assert report["registration"] == {"agents": 6, "failed": 0}
     phases = report["phases"]
     assert set(phases) == {"before", "purge", "after", "unpaced"}

@@ -4,25 +4,18 @@ small storm on a token with exactly as many seats. The published figures come fr
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 
 import pytest
 
-from tests.server.processes import ROOT
+from tests.server.bench.smoke import run_bench
 
 
 @pytest.mark.skipif(not os.environ.get("DATABASE_URL", "").startswith("postgres"),
                     reason="the registration bench needs PostgreSQL (DATABASE_URL)")
 def test_register_bench_smoke_run():
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "REDFLAG_"))}
-    result = subprocess.run([sys.executable, "bench/register.py", "--seconds", "2", "--clients", "4", "--storm", "40",
-                             "--storm-clients", "8", "--workers", "1"],
-                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout)
+    report = run_bench("register.py", "--seconds", "2", "--clients", "4", "--storm", "40", "--storm-clients", "8",
+                       "--workers", "1")
     for phase in ("health", "register", "config"):
         assert report[phase]["errors_by_status"] == {}, (phase, report[phase])
         assert report[phase]["requests"] > 0 and report[phase]["cpu_ms_per_request"]["server"] > 0

@@ -6,14 +6,11 @@ The 50,000-agent figures are not a test (bench/README.md); this only proves the 
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 
 import pytest
 
-from tests.server.processes import ROOT
+from tests.server.bench.smoke import run_bench
 
 AGENTS = 50
 
@@ -22,11 +19,7 @@ AGENTS = 50
                     reason="the benchmark needs PostgreSQL (DATABASE_URL): it loads rows with generate_series "
                            "and measures SKIP LOCKED sweeps")
 def test_bench_schedule_smoke_run():
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "REDFLAG_"))}
-    result = subprocess.run([sys.executable, "bench/schedule.py", "--agents", str(AGENTS)],
-                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout)
+    report = run_bench("schedule.py", "--agents", str(AGENTS))
     assert report["agents"] == AGENTS and report["subsystems"] == 4 * AGENTS and report["kept"] is None
     sweep = report["full_sweep"]
     assert sweep["commands_counted"] == sweep["created_reported"] == sweep["distinct_agent_kind"] == 4 * AGENTS
