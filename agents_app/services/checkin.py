@@ -167,6 +167,59 @@ def _agent_from_row(values) -> Agent:
     return Agent.from_db(connection.alias, _RETURNED_ATTNAMES, converted)
 
 
+@dataclass(frozen=True)
+class NonceAndCount:
+    """The first part of an agent request's one statement, shared by the check-in and the wait open: take
+    the request nonce if the credentials hold (credentials_hold_sql), then count the request against
+    ``rate`` in the database counter table, if that is where counters live. ``cached_count`` is the count
+    already taken in the cache (Redis, or process memory in tests) when they live there."""
+
+    nonce_sql: str
+    nonce_params: list
+    rate: RateWindow | None
+    table: str | None
+    cached_count: int | None
+
+    @classmethod
+    def prepare(cls, *, agent_id: str, generation: int, machine_id_hash: str, nonce: str, rate: RateWindow | None,
+                now: datetime) -> NonceAndCount:
+        table = rate_counter_table() if rate is not None else None
+        cached = rate_take(rate) if rate is not None and table is None else None
+        credentials, credential_params = credentials_hold_sql(agent_id=agent_id, generation=generation,
+                                                              machine_id_hash=machine_id_hash)
+        nonce_sql, nonce_params = nonce_take_sql(nonce=nonce, agent_id=agent_id, now=now, condition=credentials,
+                                                 condition_params=credential_params)
+        return cls(nonce_sql, nonce_params, rate, table, cached)
+
+    @property
+    def over_rate_in_cache(self) -> bool:
+        return self.cached_count is not None and self.cached_count > self.rate.allowed
+
+    def postgresql_ctes(self) -> tuple[str, str, list]:
+        """(``taken_nonce AS (…)[, counted AS (…)]`` for a WITH, the SQL of the count or NULL, parameters)."""
+        if self.table is None:
+            return f"taken_nonce AS ({self.nonce_sql} RETURNING 1)", "NULL", list(self.nonce_params)
+        counter_sql, counter_params = rate_counter_sql(self.rate, self.table,
+                                                       condition="EXISTS (SELECT 1 FROM taken_nonce)")
+        return (f"taken_nonce AS ({self.nonce_sql} RETURNING 1), counted AS ({counter_sql})",
+                "(SELECT value FROM counted)", [*self.nonce_params, *counter_params])
+
+    def count_from(self, counted) -> int | None:
+        """The request's count: the statement's (``counted``), else the cache's."""
+        return int(counted) if counted is not None else self.cached_count
+
+    def run_on_sqlite(self, cursor) -> tuple[bool, int | None]:
+        """The same as separate statements in the caller's transaction: (nonce taken, count)."""
+        cursor.execute(self.nonce_sql, self.nonce_params)
+        if cursor.rowcount != 1:
+            return False, self.cached_count
+        if self.table is None:
+            return True, self.cached_count
+        counter_sql, counter_params = rate_counter_sql(self.rate, self.table)
+        cursor.execute(counter_sql, counter_params)
+        return True, int(cursor.fetchone()[0])
+
+
 def checkin_claim(*, agent_id: str, generation: int, machine_id_hash: str, nonce: str, rate: RateWindow | None,
                   agent_version: str | None, metrics: dict[str, Any], now: datetime) -> CheckinClaim:
     """The common check-in in one statement and one commit (PostgreSQL): if the access token's
@@ -182,41 +235,30 @@ def checkin_claim(*, agent_id: str, generation: int, machine_id_hash: str, nonce
     transaction. With the counters in Redis (or process memory in tests) the count is taken first,
     in the cache, and a check-in over the rate records nothing.
     """
-    table = rate_counter_table() if rate is not None else None
-    count = rate_take(rate) if rate is not None and table is None else None
-    if count is not None and count > rate.allowed:
-        return CheckinClaim(agent=None, nonce_fresh=False, rate_count=count)
-    credentials, credential_params = credentials_hold_sql(agent_id=agent_id, generation=generation,
-                                                       machine_id_hash=machine_id_hash)
-    nonce_sql, nonce_params = nonce_take_sql(nonce=nonce, agent_id=agent_id, now=now, condition=credentials,
-                                             condition_params=credential_params)
+    first = NonceAndCount.prepare(agent_id=agent_id, generation=generation, machine_id_hash=machine_id_hash,
+                                  nonce=nonce, rate=rate, now=now)
+    if first.over_rate_in_cache:
+        return CheckinClaim(agent=None, nonce_fresh=False, rate_count=first.cached_count)
     alive = {"agent_id": agent_id, "generation": generation, "machine_id_hash": machine_id_hash,
              "agent_version": agent_version, "metrics": metrics, "now": now}
     if connection.vendor == "postgresql":
-        counter_cte, counter_value, guards, guard_params = "", "NULL", " AND EXISTS (SELECT 1 FROM taken_nonce)", []
-        counter_params: list = []
-        if table is not None:
-            counter_sql, counter_params = rate_counter_sql(rate, table, condition="EXISTS (SELECT 1 FROM taken_nonce)")
-            counter_cte, counter_value = f", counted AS ({counter_sql})", "(SELECT value FROM counted)"
+        ctes, counter_value, params = first.postgresql_ctes()
+        guards, guard_params = " AND EXISTS (SELECT 1 FROM taken_nonce)", []
+        if first.table is not None:
             guards += f" AND CAST({counter_value} AS bigint) <= %s"
             guard_params = [rate.allowed]
         alive_sql, alive_params = _alive_sql(**alive, guards=guards, guard_params=guard_params)
-        sql = (f"WITH taken_nonce AS ({nonce_sql} RETURNING 1){counter_cte}, alive AS ({alive_sql}) "
+        sql = (f"WITH {ctes}, alive AS ({alive_sql}) "
                f"SELECT (SELECT count(*) FROM taken_nonce), {counter_value}, alive.* FROM (SELECT 1) AS one "
                f"LEFT JOIN alive ON true")
         with connection.cursor() as cursor:
-            cursor.execute(sql, [*nonce_params, *counter_params, *alive_params])
+            cursor.execute(sql, [*params, *alive_params])
             fresh, counted, *row = cursor.fetchone()
-        count = int(counted) if counted is not None else count
+        count = first.count_from(counted)
     else:
         row = [None]
         with transaction.atomic(), connection.cursor() as cursor:
-            cursor.execute(nonce_sql, nonce_params)
-            fresh = cursor.rowcount == 1
-            if fresh and table is not None:
-                counter_sql, counter_params = rate_counter_sql(rate, table)
-                cursor.execute(counter_sql, counter_params)
-                count = int(cursor.fetchone()[0])
+            fresh, count = first.run_on_sqlite(cursor)
             if fresh and (count is None or count <= rate.allowed):
                 alive_sql, alive_params = _alive_sql(**alive, guards="", guard_params=[])
                 cursor.execute(alive_sql, alive_params)

@@ -15,8 +15,8 @@ from datetime import datetime
 
 from django.db import connection, transaction
 
-from agents_app.services.checkin import credentials_hold_sql, nonce_take_sql, pending_probe_sql
-from redflag.api.throttling import RateWindow, rate_counter_sql, rate_counter_table, rate_take
+from agents_app.services.checkin import NonceAndCount, pending_probe_sql
+from redflag.api.throttling import RateWindow
 
 
 @dataclass(frozen=True)
@@ -39,35 +39,22 @@ def wait_claim(*, agent_id: str, generation: int, machine_id_hash: str, nonce: s
     command is pending. One statement and one commit on PostgreSQL; SQLite runs the same statements
     in one transaction. With the counters in Redis (or process memory) the count is taken first, in
     the cache, and a request over the rate takes nothing else."""
-    table = rate_counter_table() if rate is not None else None
-    count = rate_take(rate) if rate is not None and table is None else None
-    if count is not None and count > rate.allowed:
-        return WaitClaim(nonce_fresh=False, rate_count=count)
-    credentials, credential_params = credentials_hold_sql(agent_id=agent_id, generation=generation,
-                                                          machine_id_hash=machine_id_hash)
-    nonce_sql, nonce_params = nonce_take_sql(nonce=nonce, agent_id=agent_id, now=now, condition=credentials,
-                                             condition_params=credential_params)
+    first = NonceAndCount.prepare(agent_id=agent_id, generation=generation, machine_id_hash=machine_id_hash,
+                                  nonce=nonce, rate=rate, now=now)
+    if first.over_rate_in_cache:
+        return WaitClaim(nonce_fresh=False, rate_count=first.cached_count)
     pending_sql, pending_params = pending_probe_sql(agent_id=agent_id, now=now)
     if connection.vendor == "postgresql":
-        counter_cte, counter_value, counter_params = "", "NULL", []
-        if table is not None:
-            counter_sql, counter_params = rate_counter_sql(rate, table, condition="EXISTS (SELECT 1 FROM taken_nonce)")
-            counter_cte, counter_value = f", counted AS ({counter_sql})", "(SELECT value FROM counted)"
-        sql = (f"WITH taken_nonce AS ({nonce_sql} RETURNING 1){counter_cte} "
-               f"SELECT (SELECT count(*) FROM taken_nonce), {counter_value}, {pending_sql}")
+        ctes, counter_value, params = first.postgresql_ctes()
+        sql = f"WITH {ctes} SELECT (SELECT count(*) FROM taken_nonce), {counter_value}, {pending_sql}"
         with connection.cursor() as cursor:
-            cursor.execute(sql, [*nonce_params, *counter_params, *pending_params])
+            cursor.execute(sql, [*params, *pending_params])
             fresh, counted, pending = cursor.fetchone()
-        count = int(counted) if counted is not None else count
-        return WaitClaim(nonce_fresh=bool(fresh), rate_count=count, pending=bool(pending) and bool(fresh))
+        return WaitClaim(nonce_fresh=bool(fresh), rate_count=first.count_from(counted),
+                         pending=bool(pending) and bool(fresh))
     with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute(nonce_sql, nonce_params)
-        fresh = cursor.rowcount == 1
+        fresh, count = first.run_on_sqlite(cursor)
         if not fresh:
             return WaitClaim(nonce_fresh=False, rate_count=count)
-        if table is not None:
-            counter_sql, counter_params = rate_counter_sql(rate, table)
-            cursor.execute(counter_sql, counter_params)
-            count = int(cursor.fetchone()[0])
         cursor.execute(f"SELECT {pending_sql}", pending_params)
         return WaitClaim(nonce_fresh=True, rate_count=count, pending=bool(cursor.fetchone()[0]))
